@@ -1,0 +1,125 @@
+"""asyncio client: the same methods as `SteeringClient`, as coroutines (and an async iterator for streams)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from . import builders
+from ._channel import DEFAULT_TARGET, channel_options
+from ._proto.steering.v1 import steering_pb2 as pb
+from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+__all__ = ["AsyncSteeringClient"]
+
+
+class AsyncSteeringClient:
+    """`async with AsyncSteeringClient("127.0.0.1:50051") as client: ...`. Create it inside the running event
+    loop. `timeout` (seconds) is the default deadline of every call; `metadata` is sent with every call."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target, options=channel_options())
+        self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    async def __aenter__(self) -> AsyncSteeringClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(
+        self, prompt: str | None = None, **options: Unpack[builders.GenerateOptions]
+    ) -> pb.GenerateResponse:
+        return await self._call(self._stub.Generate, builders.generate_request(prompt, **options))
+
+    async def generate_stream(
+        self, prompt: str | None = None, **options: Unpack[builders.GenerateOptions]
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        """Yields one message per token (`.token`), then the result (`.final`). Leaving the loop early (or
+        closing the generator) cancels the request on the server."""
+        call = self._stub.GenerateStream(
+            builders.generate_request(prompt, **options), timeout=self._timeout, metadata=self._metadata
+        )
+        try:
+            async for message in call:
+                yield message
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
+    async def compare(
+        self, prompt: str | None = None, **options: Unpack[builders.CompareOptions]
+    ) -> pb.CompareResponse:
+        return await self._call(self._stub.Compare, builders.compare_request(prompt, **options))
+
+    async def score(self, prompt: str | None = None, **options: Unpack[builders.ScoreOptions]) -> pb.ScoreResponse:
+        return await self._call(self._stub.Score, builders.score_request(prompt, **options))
+
+    async def list_directions(self) -> pb.ListDirectionsResponse:
+        return await self._call(self._stub.ListDirections, pb.ListDirectionsRequest())
+
+    async def get_direction(self, name: str, include_vectors: bool = False) -> pb.Direction:
+        request = pb.GetDirectionRequest(name=name, include_vectors=include_vectors)
+        return await self._call(self._stub.GetDirection, request)
+
+    async def put_direction(
+        self,
+        name: str = "",
+        *,
+        vectors: dict[int, Sequence[float]] | None = None,
+        safetensors: bytes | None = None,
+        path: str | Path | None = None,
+        monitor_layer: int | None = None,
+        description: str = "",
+        strict: bool = False,
+    ) -> pb.PutDirectionResponse:
+        request = builders.put_direction_request(
+            name,
+            vectors=vectors,
+            safetensors=safetensors,
+            path=path,
+            monitor_layer=monitor_layer,
+            description=description,
+            strict=strict,
+        )
+        return await self._call(self._stub.PutDirection, request)
+
+    async def delete_direction(self, name: str) -> pb.DeleteDirectionResponse:
+        return await self._call(self._stub.DeleteDirection, pb.DeleteDirectionRequest(name=name))
+
+    async def get_steering(self) -> pb.SteeringPolicy:
+        return await self._call(self._stub.GetSteering, pb.GetSteeringRequest())
+
+    async def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
+        policy = builders.steering_policy(terms, enforced)
+        return await self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
+
+    async def model_info(self) -> pb.ModelInfoResponse:
+        return await self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
+
+    async def tokenize(self, text: str) -> pb.TokenizeResponse:
+        return await self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        return await method(request, timeout=self._timeout, metadata=self._metadata)

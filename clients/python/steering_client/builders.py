@@ -1,0 +1,200 @@
+"""Build request messages from Python values; shared by the sync and asyncio clients and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+from ._proto.steering.v1 import steering_pb2 as pb
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+__all__ = [
+    "CompareOptions",
+    "GenerateOptions",
+    "MessageLike",
+    "ScoreOptions",
+    "ablate",
+    "add",
+    "clamp",
+    "compare_request",
+    "generate_request",
+    "parse_steering",
+    "put_direction_request",
+    "score_request",
+    "steering_policy",
+]
+
+# A chat message: a ChatMessage, a {"role": ..., "content": ...} mapping or a (role, content) pair.
+MessageLike = pb.ChatMessage | Mapping[str, str] | tuple[str, str]
+
+
+class _InputOptions(TypedDict, total=False):
+    messages: Sequence[MessageLike]
+    prompt_token_ids: Sequence[int]
+
+
+class _SamplingOptions(TypedDict, total=False):
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop: Sequence[str]
+
+
+class _MonitorOptions(TypedDict, total=False):
+    monitor: Sequence[str]  # directions to monitor; empty: all
+    token_scores: bool
+    stop_threshold: float
+
+
+class GenerateOptions(_InputOptions, _SamplingOptions, _MonitorOptions, total=False):
+    steering: Sequence[pb.SteeringTerm]
+    ignore_policy: bool
+
+
+class CompareOptions(_InputOptions, _SamplingOptions, _MonitorOptions, total=False):
+    # name -> steering terms, in order (the first is the reference for divergence); empty: the server's defaults
+    variants: Mapping[str, Sequence[pb.SteeringTerm]]
+
+
+class ScoreOptions(_InputOptions, _MonitorOptions, total=False):
+    response: str
+    response_token_ids: Sequence[int]
+    steering: Sequence[pb.SteeringTerm]
+    ignore_policy: bool
+
+
+def ablate(direction: str, strength: float = 1.0, layers: Iterable[int] = ()) -> pb.SteeringTerm:
+    """Remove `direction` (strength 1 removes it fully) at `layers` (default: at and above its monitor layer)."""
+    return pb.SteeringTerm(direction=direction, mode=pb.ABLATE, strength=strength, layers=list(layers))
+
+
+def add(direction: str, strength: float, layers: Iterable[int] = ()) -> pb.SteeringTerm:
+    """Add `strength` times the stored vector (negative subtracts)."""
+    return pb.SteeringTerm(direction=direction, mode=pb.ADD, strength=strength, layers=list(layers))
+
+
+def clamp(direction: str, value: float, layers: Iterable[int] = ()) -> pb.SteeringTerm:
+    """Set the projection onto `direction` to `value` (z units when the direction is calibrated)."""
+    return pb.SteeringTerm(direction=direction, mode=pb.CLAMP, strength=value, layers=list(layers))
+
+
+def parse_steering(spec: str) -> pb.SteeringTerm:
+    """`NAME[:MODE[:STRENGTH[:LAYERS]]]`, e.g. `misalignment`, `misalignment:add:-2`, `m:clamp:0:4,5,6`.
+    MODE is ablate (default), add or clamp; STRENGTH defaults to 1; LAYERS is a comma-separated list."""
+    parts = spec.split(":")
+    if not parts[0] or len(parts) > 4:
+        raise ValueError(f"bad steering spec {spec!r}: expected NAME[:MODE[:STRENGTH[:LAYERS]]]")
+    mode_name = parts[1].upper() if len(parts) > 1 and parts[1] else "ABLATE"
+    if mode_name not in ("ABLATE", "ADD", "CLAMP"):
+        raise ValueError(f"bad steering mode {parts[1]!r} in {spec!r}: use ablate, add or clamp")
+    term = pb.SteeringTerm(direction=parts[0], mode=pb.SteeringMode.Value(mode_name))
+    if len(parts) > 2 and parts[2]:
+        term.strength = float(parts[2])
+    if len(parts) > 3 and parts[3]:
+        term.layers.extend(int(x) for x in parts[3].split(","))
+    return term
+
+
+def generate_request(prompt: str | None = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(
+        steering=options.get("steering", ()), ignore_policy=options.get("ignore_policy", False)
+    )
+    _fill_input(request, prompt, options)
+    _fill_sampling(request.sampling, options)
+    _fill_monitor(request.monitor, options)
+    return request
+
+
+def compare_request(prompt: str | None = None, **options: Unpack[CompareOptions]) -> pb.CompareRequest:
+    request = pb.CompareRequest()
+    _fill_input(request, prompt, options)
+    _fill_sampling(request.sampling, options)
+    _fill_monitor(request.monitor, options)
+    for name, terms in (options.get("variants") or {}).items():
+        request.variants.add(name=name, steering=terms)
+    return request
+
+
+def score_request(prompt: str | None = None, **options: Unpack[ScoreOptions]) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(
+        response=options.get("response", ""),
+        response_token_ids=options.get("response_token_ids", ()),
+        steering=options.get("steering", ()),
+        ignore_policy=options.get("ignore_policy", False),
+    )
+    _fill_input(request, prompt, options)
+    if any(k in options for k in ("monitor", "token_scores", "stop_threshold")):
+        _fill_monitor(request.monitor, options)  # unset monitor means every direction with token scores
+    return request
+
+
+def put_direction_request(
+    name: str = "",
+    *,
+    vectors: Mapping[int, Sequence[float]] | None = None,
+    safetensors: bytes | None = None,
+    path: str | Path | None = None,
+    monitor_layer: int | None = None,
+    description: str = "",
+    strict: bool = False,
+) -> pb.PutDirectionRequest:
+    """Exactly one of `vectors` ({layer: values}), `safetensors` (file bytes) or `path` (a .safetensors file)."""
+    if path is not None:
+        safetensors = Path(path).read_bytes()
+    request = pb.PutDirectionRequest(name=name, description=description, strict=strict)
+    for layer, values in (vectors or {}).items():
+        request.vectors.add(layer=layer, values=values)
+    if safetensors is not None:
+        request.safetensors = safetensors
+    if monitor_layer is not None:
+        request.monitor_layer = monitor_layer
+    return request
+
+
+def steering_policy(terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
+    return pb.SteeringPolicy(terms=terms, enforced=enforced)
+
+
+def _fill_input(
+    request: pb.GenerateRequest | pb.CompareRequest | pb.ScoreRequest, prompt: str | None, options: _InputOptions
+) -> None:
+    if prompt is not None:
+        request.prompt = prompt
+    for message in options.get("messages", ()):
+        request.messages.append(_chat_message(message))
+    request.prompt_token_ids.extend(options.get("prompt_token_ids", ()))
+
+
+def _chat_message(message: MessageLike) -> pb.ChatMessage:
+    if isinstance(message, pb.ChatMessage):
+        return message
+    if isinstance(message, tuple):
+        return pb.ChatMessage(role=message[0], content=message[1])
+    return pb.ChatMessage(role=message["role"], content=message["content"])
+
+
+def _fill_sampling(sampling: pb.SamplingParams, options: _SamplingOptions) -> None:
+    # Only what was given is set, so the server's defaults (and its picking a seed) apply to the rest.
+    if "max_new_tokens" in options:
+        sampling.max_new_tokens = options["max_new_tokens"]
+    if "temperature" in options:
+        sampling.temperature = options["temperature"]
+    if "top_p" in options:
+        sampling.top_p = options["top_p"]
+    if "top_k" in options:
+        sampling.top_k = options["top_k"]
+    if "seed" in options:
+        sampling.seed = options["seed"]
+    sampling.stop.extend(options.get("stop", ()))
+
+
+def _fill_monitor(monitor: pb.MonitorOptions, options: _MonitorOptions) -> None:
+    monitor.directions.extend(options.get("monitor", ()))
+    monitor.token_scores = options.get("token_scores", False)
+    if "stop_threshold" in options:
+        monitor.stop_threshold = options["stop_threshold"]

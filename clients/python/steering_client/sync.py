@@ -1,0 +1,118 @@
+"""Blocking client: one method per RPC, taking plain Python values (see `builders`) and returning messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from . import builders
+from ._channel import DEFAULT_TARGET, channel_options
+from ._proto.steering.v1 import steering_pb2 as pb
+from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+__all__ = ["SteeringClient"]
+
+
+class SteeringClient:
+    """`SteeringClient("127.0.0.1:50051")`; use as a context manager or call `close()`. `timeout` (seconds) is
+    the default deadline of every call; `metadata` is sent with every call (e.g. credentials)."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.insecure_channel(target, options=channel_options())
+        self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def __enter__(self) -> SteeringClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def generate(self, prompt: str | None = None, **options: Unpack[builders.GenerateOptions]) -> pb.GenerateResponse:
+        return self._call(self._stub.Generate, builders.generate_request(prompt, **options))
+
+    def generate_stream(
+        self, prompt: str | None = None, **options: Unpack[builders.GenerateOptions]
+    ) -> Iterator[pb.GenerateStreamResponse]:
+        """Yields one message per token (`.token`), then the result (`.final`). Breaking out of the loop (or
+        closing the iterator) cancels the request on the server."""
+        call = self._stub.GenerateStream(
+            builders.generate_request(prompt, **options), timeout=self._timeout, metadata=self._metadata
+        )
+        try:
+            yield from call
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
+    def compare(self, prompt: str | None = None, **options: Unpack[builders.CompareOptions]) -> pb.CompareResponse:
+        return self._call(self._stub.Compare, builders.compare_request(prompt, **options))
+
+    def score(self, prompt: str | None = None, **options: Unpack[builders.ScoreOptions]) -> pb.ScoreResponse:
+        return self._call(self._stub.Score, builders.score_request(prompt, **options))
+
+    def list_directions(self) -> pb.ListDirectionsResponse:
+        return self._call(self._stub.ListDirections, pb.ListDirectionsRequest())
+
+    def get_direction(self, name: str, include_vectors: bool = False) -> pb.Direction:
+        return self._call(self._stub.GetDirection, pb.GetDirectionRequest(name=name, include_vectors=include_vectors))
+
+    def put_direction(
+        self,
+        name: str = "",
+        *,
+        vectors: dict[int, Sequence[float]] | None = None,
+        safetensors: bytes | None = None,
+        path: str | Path | None = None,
+        monitor_layer: int | None = None,
+        description: str = "",
+        strict: bool = False,
+    ) -> pb.PutDirectionResponse:
+        request = builders.put_direction_request(
+            name,
+            vectors=vectors,
+            safetensors=safetensors,
+            path=path,
+            monitor_layer=monitor_layer,
+            description=description,
+            strict=strict,
+        )
+        return self._call(self._stub.PutDirection, request)
+
+    def delete_direction(self, name: str) -> pb.DeleteDirectionResponse:
+        return self._call(self._stub.DeleteDirection, pb.DeleteDirectionRequest(name=name))
+
+    def get_steering(self) -> pb.SteeringPolicy:
+        return self._call(self._stub.GetSteering, pb.GetSteeringRequest())
+
+    def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
+        policy = builders.steering_policy(terms, enforced)
+        return self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
+
+    def model_info(self) -> pb.ModelInfoResponse:
+        return self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
+
+    def tokenize(self, text: str) -> pb.TokenizeResponse:
+        return self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
+
+    def _call(self, method: Any, request: Any) -> Any:
+        return method(request, timeout=self._timeout, metadata=self._metadata)
