@@ -1,0 +1,145 @@
+"""The grpc.aio server: SteeringService, health checking, reflection; attaching the engine; graceful stop.
+
+Health is NOT_SERVING until an engine whose start-up canary passed is attached, and again, for good, once the
+engine dies or the server stops. The port is open (answering UNAVAILABLE) while the engine loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from steering_client import pb, pb_grpc
+from steering_client._channel import MAX_MESSAGE_BYTES
+
+from ..config import EngineConfig
+from ..engine_api import EngineClient
+from ..types import EngineStats
+from .metrics import Metrics
+from .servicer import SteeringServicer
+
+__all__ = ["SERVICE_NAME", "SteeringServer", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SteeringService"].full_name  # "steering.v1.SteeringService"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+StartEngine = Callable[[EngineConfig], Awaitable[EngineClient]]
+
+
+class SteeringServer:
+    """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, metrics_registry: CollectorRegistry | None = None):
+        self._engine: EngineClient | None = None
+        self._loop = asyncio.get_running_loop()
+        metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
+        self.servicer = SteeringServicer(metrics=metrics)
+        self.health = HealthServicer()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")  # the bound port when `port` is 0
+
+    async def start(self) -> None:
+        await self._set_health(_NOT_SERVING)  # HealthServicer starts out SERVING
+        await self._server.start()
+        log.info("listening on port %d", self.port)
+
+    async def attach(self, engine: EngineClient) -> None:
+        """Serve `engine` (its canary has run); health follows `engine.healthy` and turns off when it dies."""
+        self._engine = engine
+        self.servicer.attach(engine)
+        engine.add_death_callback(self._on_engine_death)
+        await self._set_health(_SERVING if engine.healthy else _NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let running ones finish for `grace` seconds, then cancel them."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+    def _on_engine_death(self, exc: BaseException) -> None:
+        # Called once from any thread (the engine's loop thread, typically).
+        try:
+            self._loop.call_soon_threadsafe(self._engine_died, exc)
+        except RuntimeError:  # the event loop is already closed: nothing left to tell
+            pass
+
+    def _engine_died(self, exc: BaseException) -> None:
+        log.error("engine died; health is NOT_SERVING and calls fail with UNAVAILABLE: %r", exc)
+        self._loop.create_task(self._set_health(_NOT_SERVING))
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    def _stats(self) -> EngineStats | None:
+        return self._engine.stats() if self._engine is not None else None
+
+    def _healthy(self) -> bool:
+        return self._engine is not None and self._engine.healthy
+
+
+async def serve(
+    config: EngineConfig,
+    host: str,
+    port: int,
+    start_engine: StartEngine,
+    metrics_port: int | None = None,
+    grace: float = 10.0,
+    on_serving: Callable[[int], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
+    then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
+    bound port once the engine is attached."""
+    registry = CollectorRegistry() if metrics_port is not None else None
+    server = SteeringServer(host, port, registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    engine: EngineClient | None = None
+    starting = asyncio.ensure_future(start_engine(config))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await server.start()
+        if registry is not None and metrics_port is not None:
+            start_http_server(metrics_port, addr=host, registry=registry)
+            log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            engine = starting.result()  # a failed start raises here
+            await server.attach(engine)
+            log.info("serving %s on %s:%d", engine.model_info().model_id, host, server.port)
+            if on_serving is not None:
+                on_serving(server.port)
+            await stopping
+        log.info("stopping")
+    finally:
+        for task in (starting, stopping):
+            task.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(grace)
+        if engine is not None:
+            await engine.shutdown()

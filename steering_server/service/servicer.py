@@ -1,0 +1,119 @@
+"""The SteeringService RPCs: each decodes the request, makes one engine call and encodes the answer.
+
+Errors are turned into statuses by the `unary`/`streaming` wrappers (status.py), nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TypeAlias
+
+import grpc.aio
+from steering_client import pb, pb_grpc
+
+from ..engine_api import EngineClient
+from ..errors import UnavailableError
+from . import decode, encode
+from .metrics import Metrics
+from .status import streaming, unary
+
+__all__ = ["SteeringServicer"]
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+class SteeringServicer(pb_grpc.SteeringServiceServicer):
+    """Serves `engine` once attached; until then every RPC answers UNAVAILABLE (the engine is starting)."""
+
+    def __init__(self, engine: EngineClient | None = None, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self._engine = engine
+        self._bounds: decode.Bounds | None = None
+
+    def attach(self, engine: EngineClient) -> None:
+        self._engine = engine
+        self._bounds = None
+
+    @property
+    def engine(self) -> EngineClient:
+        if self._engine is None:
+            raise UnavailableError("the engine is starting; retry when health reports SERVING")
+        return self._engine
+
+    @property
+    def bounds(self) -> decode.Bounds:
+        if self._bounds is None:  # the model never changes while serving: read it once
+            info = self.engine.model_info()
+            self._bounds = decode.Bounds(self.engine.limits, info.num_layers, info.hidden_size, info.vocab_size)
+        return self._bounds
+
+    @unary
+    async def Generate(self, request: pb.GenerateRequest, context: Context) -> pb.GenerateResponse:
+        req = decode.generate_request(request, self.bounds)
+        result = await self.engine.generate(req)
+        self.metrics.generation(result)
+        return encode.generate_response(result, req.sampling.seed)
+
+    @streaming
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: Context
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        req = decode.generate_request(request, self.bounds)
+        stream = self.engine.generate_stream(req)
+        try:  # cancellation or a deadline raises CancelledError here; `finally` frees the request at once
+            async for event in stream:
+                yield encode.stream_token(event)
+            result = await stream.result()
+            self.metrics.generation(result)
+            yield encode.stream_final(result, req.sampling.seed)
+        finally:
+            stream.cancel()
+
+    @unary
+    async def Compare(self, request: pb.CompareRequest, context: Context) -> pb.CompareResponse:
+        req = decode.compare_request(request, self.bounds)
+        return encode.compare_response(await self.engine.compare(req), req.sampling.seed)
+
+    @unary
+    async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
+        req = decode.score_request(request, self.bounds)
+        return encode.score_response(await self.engine.score(req))
+
+    @unary
+    async def ListDirections(self, request: pb.ListDirectionsRequest, context: Context) -> pb.ListDirectionsResponse:
+        directions = sorted(self.engine.list_directions(), key=lambda d: d.name)
+        return pb.ListDirectionsResponse(directions=[encode.direction(d) for d in directions])
+
+    @unary
+    async def GetDirection(self, request: pb.GetDirectionRequest, context: Context) -> pb.Direction:
+        name = decode.direction_name(request.name)
+        return encode.direction(self.engine.get_direction(name), request.include_vectors)
+
+    @unary
+    async def PutDirection(self, request: pb.PutDirectionRequest, context: Context) -> pb.PutDirectionResponse:
+        direction = decode.put_direction(request, self.bounds)
+        stored = self.engine.put_direction(direction, strict=request.strict)
+        return encode.put_direction_response(stored, direction)
+
+    @unary
+    async def DeleteDirection(self, request: pb.DeleteDirectionRequest, context: Context) -> pb.DeleteDirectionResponse:
+        self.engine.delete_direction(decode.direction_name(request.name))
+        return pb.DeleteDirectionResponse()
+
+    @unary
+    async def GetSteering(self, request: pb.GetSteeringRequest, context: Context) -> pb.SteeringPolicy:
+        return encode.steering_policy(self.engine.get_policy())
+
+    @unary
+    async def SetSteering(self, request: pb.SetSteeringRequest, context: Context) -> pb.SteeringPolicy:
+        policy = decode.steering_policy(request.policy, self.bounds)
+        return encode.steering_policy(self.engine.set_policy(policy))
+
+    @unary
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: Context) -> pb.ModelInfoResponse:
+        return encode.model_info(self.engine.model_info(), self.engine.limits)
+
+    @unary
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        ids = self.engine.tokenize(decode.tokenize_text(request.text, self.bounds))
+        return pb.TokenizeResponse(token_ids=ids, tokens=[self.engine.detokenize([i]) for i in ids])

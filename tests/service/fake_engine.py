@@ -1,0 +1,438 @@
+"""A deterministic in-process EngineClient for service tests: no model, same contract as the real engine.
+
+Tokens are UTF-8 bytes (ids 0-255) plus EOS (256). A generated token is a hash of (prompt, position, sampling
+settings, and the effective steering from a per-steering start position), so steered requests diverge from
+unsteered ones after a few tokens and nothing depends on batching. A score is a hash of (direction, the tokens up
+to the input position, steering below the monitor layer), so Score agrees with Generate by construction.
+
+Hooks for the tests: `hold()` makes every generation wait after its first token until `release()`; `kill()`
+simulates the engine's death; `limits` sets the queue size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+import torch
+
+from steering_server.directions import Calibration, Direction
+from steering_server.engine_api import EngineClient, RequestStream
+from steering_server.errors import (
+    EngineDeadError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from steering_server.types import (
+    CompareRequest,
+    CompareResult,
+    DirectionScores,
+    EngineLimits,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    MonitorOptions,
+    Prompt,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+    SteeringMode,
+    SteeringPolicy,
+    SteeringTerm,
+    StopReason,
+    TokenEvent,
+    Variant,
+    VariantResult,
+)
+
+__all__ = ["EOS", "HIDDEN", "LAYERS", "VOCAB", "FakeEngine", "make_direction"]
+
+EOS = 256
+VOCAB = 260
+HIDDEN = 8
+LAYERS = 4
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyz    .,"
+
+
+def make_direction(name: str, monitor_layer: int = 2, calibrated: bool = True, seed: int = 0) -> Direction:
+    gen = torch.Generator().manual_seed(seed)
+    vectors = {layer: torch.randn(HIDDEN, generator=gen) for layer in range(LAYERS)}
+    calibration = {"token": Calibration(mu=0.0, sigma=1.0)} if calibrated else {}
+    return Direction(name, vectors, monitor_layer, calibration=calibration, method="fake")
+
+
+def _h(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+class FakeEngine(EngineClient):
+    def __init__(self, limits: EngineLimits | None = None) -> None:
+        self.limits = limits or EngineLimits(max_new_tokens=64, max_prompt_tokens=512, max_queued=512, max_variants=4)
+        self.directions: dict[str, Direction] = {"misalignment": make_direction("misalignment")}
+        self.policy = SteeringPolicy()
+        self.active: dict[str, _FakeStream] = {}
+        self.dead: BaseException | None = None
+        self._callbacks: list[Callable[[BaseException], None]] = []
+        self._ids = itertools.count()
+        self._released = asyncio.Event()
+        self._released.set()
+        self.generated_tokens = 0
+        self.forward_passes = 0
+        self.stopping = False
+
+    # ---- test hooks
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def kill(self, error: BaseException | None = None) -> None:
+        self.dead = error or RuntimeError("simulated batching-loop crash")
+        dead = EngineDeadError(f"the engine stopped: {self.dead}")
+        for stream in list(self.active.values()):
+            stream.fail(dead)
+        for cb in self._callbacks:
+            cb(dead)
+
+    # ---- EngineClient
+    @property
+    def healthy(self) -> bool:
+        return self.dead is None and not self.stopping
+
+    def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
+        self._callbacks.append(callback)
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo("fake/bytes", "fake", LAYERS, HIDDEN, VOCAB, "float32", "cpu", 4096)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return bytes(t for t in token_ids if t < 256).decode("utf-8", errors="replace")
+
+    def generate_stream(self, request: GenerationRequest) -> RequestStream:
+        self._check_accepting()
+        prompt = self._render(request.prompt)
+        if len(prompt) > self.limits.max_prompt_tokens:
+            raise InvalidArgumentError(
+                "prompt", f"{len(prompt)} tokens exceed the limit of {self.limits.max_prompt_tokens}"
+            )
+        if request.sampling.max_new_tokens > self.limits.max_new_tokens:
+            raise InvalidArgumentError("sampling.max_new_tokens", f"exceeds the limit of {self.limits.max_new_tokens}")
+        terms = self._effective(request.steering, request.ignore_policy)
+        monitored = self._monitored(request.monitor)
+        if len(self.active) >= self.limits.max_queued:
+            raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
+        stream = _FakeStream(
+            self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor
+        )
+        self.active[stream.request_id] = stream
+        return stream
+
+    async def compare(self, request: CompareRequest) -> CompareResult:
+        variants = request.variants or self._default_variants(request.monitor)
+        if len(variants) > self.limits.max_variants:
+            raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit")
+        streams = []
+        try:
+            for v in variants:  # admitted together, as the real engine batches them
+                req = GenerationRequest(
+                    request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
+                )
+                streams.append(self.generate_stream(req))
+            results = []
+            for s in streams:
+                async for _ in s:
+                    pass
+                results.append(await s.result())
+        finally:
+            for s in streams:
+                s.cancel()
+        first = results[0].token_ids
+        return CompareResult(
+            tuple(
+                VariantResult(v.name, r, _divergence(first, r.token_ids))
+                for v, r in zip(variants, results, strict=True)
+            )
+        )
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        self._check_accepting()
+        prompt = self._render(request.prompt)
+        if request.response_token_ids:
+            response = list(request.response_token_ids)
+        else:
+            response = self.tokenize(request.response_text or "")
+        terms = self._effective(request.steering, request.ignore_policy)
+        monitored = self._monitored(request.monitor)
+        ids = prompt + response
+        n_scored = max(0, len(response) - 1)
+        scores = tuple(
+            _summarise(
+                d,
+                [_score(d, ids, len(prompt) - 1 + i, terms) for i in range(n_scored + 1)],
+                terms,
+                request.monitor.token_scores,
+            )
+            for d in monitored
+        )
+        await asyncio.sleep(0)
+        return ScoreResult(len(prompt), tuple(response), scores)
+
+    def list_directions(self) -> list[Direction]:
+        return list(self.directions.values())
+
+    def get_direction(self, name: str) -> Direction:
+        if name not in self.directions:
+            raise NotFoundError("direction", name)
+        return self.directions[name]
+
+    def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
+        direction = direction.validate(LAYERS, HIDDEN)
+        if direction.provenance.model_id and direction.provenance.model_id != "fake/bytes":
+            if strict:
+                raise InvalidArgumentError("direction.provenance", "made for another model; refused under strict")
+            direction = direction.uncalibrated()
+        if direction.name not in self.directions and len(self.directions) >= self.limits.max_directions:
+            raise ResourceExhaustedError(f"the direction table is full ({self.limits.max_directions})")
+        self.directions[direction.name] = direction
+        return direction
+
+    def delete_direction(self, name: str) -> None:
+        self.get_direction(name)
+        del self.directions[name]
+
+    def get_policy(self) -> SteeringPolicy:
+        return self.policy
+
+    def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
+        self._check_terms(policy.terms, "policy.terms")
+        self.policy = policy
+        return policy
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.active), len(self.active), self.forward_passes, self.generated_tokens)
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        for stream in list(self.active.values()):
+            stream.cancel()
+
+    # ---- internals
+    def _check_accepting(self) -> None:
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self.dead}")
+        if self.stopping:
+            raise UnavailableError("the server is shutting down")
+
+    def _render(self, prompt: Prompt) -> list[int]:
+        if prompt.text is not None:
+            return self.tokenize(prompt.text)
+        if prompt.messages:
+            return self.tokenize("".join(f"<|{m.role}|>{m.content}\n" for m in prompt.messages) + "<|assistant|>")
+        return list(prompt.token_ids)
+
+    def _effective(self, steering: tuple[SteeringTerm, ...], ignore_policy: bool) -> tuple[SteeringTerm, ...]:
+        if ignore_policy and self.policy.enforced:
+            raise PermissionDeniedError("the server's steering policy is enforced: ignore_policy is not allowed")
+        self._check_terms(steering, "steering")
+        if self.policy.enforced:
+            return self.policy.terms + steering
+        if ignore_policy:
+            return steering
+        return steering or self.policy.terms
+
+    def _check_terms(self, terms: tuple[SteeringTerm, ...], field: str) -> None:
+        for i, t in enumerate(terms):
+            d = self.get_direction(t.direction)
+            for layer in t.layers:
+                if layer not in d.vectors:
+                    raise InvalidArgumentError(f"{field}[{i}].layers", f"direction {d.name!r} has no layer {layer}")
+            if t.mode is SteeringMode.ADD and t.strength > 0 and not self.limits.allow_red_team:
+                raise PermissionDeniedError(
+                    f"{field}[{i}]: adding {t.direction!r} (inducing it) needs --allow-red-team"
+                )
+
+    def _monitored(self, monitor: MonitorOptions) -> list[Direction]:
+        if not monitor.enabled:
+            return []
+        return [self.get_direction(n) for n in monitor.directions] or list(self.directions.values())
+
+    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
+        if self.policy.terms:
+            return (Variant("unsteered", ()), Variant("policy", self.policy.terms))
+        name = (monitor.directions or tuple(self.directions))[0]
+        return (Variant("unsteered", ()), Variant(f"ablate-{name}", (SteeringTerm(name, SteeringMode.ABLATE, 1.0),)))
+
+
+def _steer_start(terms: tuple[SteeringTerm, ...]) -> int:
+    return 1 + _h(terms) % 3 if terms else 1 << 30
+
+
+def _next_token(prompt: list[int], i: int, sampling: SamplingParams, terms: tuple[SteeringTerm, ...]) -> int:
+    noise = (sampling.seed, sampling.temperature, sampling.top_p, sampling.top_k) if sampling.temperature > 0 else ()
+    key = _h(tuple(prompt), i, noise, terms if i >= _steer_start(terms) else ())
+    if i >= 3 and key % 17 == 0:
+        return EOS
+    return _ALPHABET[key % len(_ALPHABET)]
+
+
+def _post_intervention(d: Direction, terms: tuple[SteeringTerm, ...]) -> bool:
+    return any(any(layer < d.monitor_layer for layer in t.layers) for t in terms)
+
+
+def _score(d: Direction, ids: list[int], position: int, terms: tuple[SteeringTerm, ...]) -> float:
+    below = tuple(t for t in terms if _post_intervention(d, (t,)))
+    return (_h(d.name, tuple(ids[: position + 1]), below) % 4001) / 1000 - 2.0
+
+
+def _summarise(
+    d: Direction, readings: list[float], terms: tuple[SteeringTerm, ...], with_tokens: bool
+) -> DirectionScores:
+    tokens = readings[1:]  # readings[0] is the last prompt token
+    return DirectionScores(
+        direction=d.name,
+        layer=d.monitor_layer,
+        prompt_score=readings[0],
+        response_score=sum(tokens) / len(tokens) if tokens else None,
+        token_scores=tuple(tokens) if with_tokens else (),
+        calibrated=d.calibrated,
+        post_intervention=_post_intervention(d, terms),
+        max_score=max(tokens) if tokens else None,
+    )
+
+
+def _divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+class _FakeStream(RequestStream):
+    def __init__(
+        self,
+        engine: FakeEngine,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        terms: tuple[SteeringTerm, ...],
+        monitored: list[Direction],
+        monitor: MonitorOptions,
+    ) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._prompt = prompt
+        self._sampling = sampling
+        self._terms = terms
+        self._monitored = monitored
+        self._monitor = monitor
+        self._queue: asyncio.Queue[TokenEvent | BaseException | None] = asyncio.Queue()
+        self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+        self.tokens: list[int] = []
+        self.done = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:  # type: ignore[override]
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def result(self) -> GenerationResult:
+        return await asyncio.shield(self._result)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self._finish(StopReason.CANCELLED, "")
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self._close()
+        self._result.set_exception(error)
+        self._result.exception()
+        self._queue.put_nowait(error)
+
+    async def _run(self) -> None:
+        text = ""
+        emitted = 0
+        stops = self._sampling.stop
+        for i in range(self._sampling.max_new_tokens):
+            await asyncio.sleep(0)  # one "forward pass" per token; other requests interleave
+            if i == 1:
+                await self._engine._released.wait()
+            if self.done:
+                return
+            self._engine.forward_passes += 1
+            ids = self._prompt + self.tokens
+            scores = {d.name: _score(d, ids, len(ids) - 1, self._terms) for d in self._monitored}
+            threshold = self._monitor.stop_threshold
+            if i > 0 and threshold is not None and any(v >= threshold for v in scores.values()):
+                self._finish(StopReason.MONITOR_ALERT, text[emitted:], text)
+                return
+            token = _next_token(self._prompt, i, self._sampling, self._terms)
+            self.tokens.append(token)
+            if token == EOS:
+                self._queue.put_nowait(TokenEvent(i, token, "", scores))
+                self._finish(StopReason.EOS_TOKEN, text[emitted:], text)
+                return
+            text += chr(token)
+            hit = [text.index(s) for s in stops if s in text]
+            if hit:
+                text = text[: min(hit)]
+                self._queue.put_nowait(TokenEvent(i, token, text[emitted:], scores))
+                self._finish(StopReason.STOP_SEQUENCE, "", text)
+                return
+            # Hold back a suffix that could still begin a stop sequence.
+            hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            upto = max(emitted, len(text) - hold)
+            self._queue.put_nowait(TokenEvent(i, token, text[emitted:upto], scores))
+            emitted = upto
+        self._finish(StopReason.MAX_TOKENS, text[emitted:], text)
+
+    def _finish(self, reason: StopReason, tail: str, text: str | None = None) -> None:
+        if text is None:
+            text = self._engine.detokenize(self.tokens)
+        ids = self._prompt + self.tokens
+        n_scored = max(0, len(self.tokens) - 1)
+        monitor = tuple(
+            _summarise(
+                d,
+                [_score(d, ids, len(self._prompt) - 1 + i, self._terms) for i in range(n_scored + 1)],
+                self._terms,
+                self._monitor.token_scores,
+            )
+            for d in self._monitored
+        )
+        self._close()
+        self._result.set_result(
+            GenerationResult(
+                text=text,
+                token_ids=tuple(self.tokens),
+                stop_reason=reason,
+                prompt_tokens=len(self._prompt),
+                monitor=monitor,
+                request_id=self.request_id,
+                text_tail=tail,
+            )
+        )
+        self._queue.put_nowait(None)
+
+    def _close(self) -> None:
+        self.done = True
+        if self._engine.active.pop(self.request_id, None) is not None:
+            self._engine.generated_tokens += len(self.tokens)
+        if asyncio.current_task() is not self._task:
+            self._task.cancel()

@@ -1,0 +1,41 @@
+"""Assertions shared by the service tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+__all__ = ["assert_no_unexpected_errors", "expect_status", "wait_until"]
+
+
+async def expect_status(call: Awaitable[Any], code: grpc.StatusCode, field: str | None = None) -> str:
+    """Await `call`, which must fail with `code`; the message must start with `field` when given."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    err = info.value
+    assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
+    details = err.details() or ""
+    if field is not None:
+        assert details.startswith(field), f"message does not name {field!r}: {details}"
+    return details
+
+
+def assert_no_unexpected_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """The server logged no traceback and nothing at ERROR (bad input is not a server error)."""
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, attempts: int = 500) -> None:
+    """Yield to the event loop until `predicate()` holds; fail (not time out silently) if it never does."""
+    for _ in range(attempts):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
