@@ -1,0 +1,149 @@
+"""`steering-server`: `serve` starts the gRPC server; the organism package adds its own commands when present."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from .config import EngineConfig
+from .directions import validate_direction_name
+from .errors import InvalidArgumentError
+from .types import EngineLimits
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+log = logging.getLogger("steering_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steering-server", description="gRPC inference server that monitors and steers a misalignment direction."
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _register_organism(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Commands set `run` (or `func`, argparse's usual name): a callable taking the parsed args, returning an exit code.
+    run = getattr(args, "run", None) or args.func
+    return int(run(args) or 0)
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    defaults = EngineConfig()
+    limits = replace(
+        EngineLimits(),
+        **{
+            k: v for k, v in (("max_queued", args.max_queued), ("max_new_tokens", args.max_new_tokens)) if v is not None
+        },
+        allow_red_team=args.allow_red_team,
+    )
+    return replace(
+        defaults,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        directions=tuple(args.direction),
+        strict_provenance=args.strict,
+        limits=limits,
+        max_batch_tokens=args.max_batch_tokens or defaults.max_batch_tokens,
+    )
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="start the gRPC server (the built-in model unless --model)")
+    serve.add_argument("--model", default=None, help="Hugging Face id or local directory (default: built-in model)")
+    serve.add_argument(
+        "--direction",
+        action="append",
+        default=[],
+        type=_direction_arg,
+        metavar="NAME=PATH",
+        help="register a direction file at start-up (repeatable)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
+    serve.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    serve.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="default: bfloat16 on cuda, float32 on cpu",
+    )
+    serve.add_argument("--max-batch-tokens", type=_positive, default=None, help="tokens per forward pass")
+    serve.add_argument(
+        "--max-queued",
+        type=_positive,
+        default=None,
+        help="admitted, unfinished requests; one more gets RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument("--max-new-tokens", type=_positive, default=None, help="limit on a request's max_new_tokens")
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument(
+        "--allow-red-team",
+        action="store_true",
+        help="allow ADD with positive strength along a registered direction (inducing it)",
+    )
+    serve.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse direction files made for another model instead of dropping their calibration",
+    )
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
+    serve.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    # Imported here so that `--help` and the organism commands do not load grpc, torch and the engine.
+    from .engine import start_engine
+    from .service import serve
+
+    config = config_from_args(args)
+    try:
+        asyncio.run(serve(config, args.host, args.port, start_engine, args.metrics_port, args.grace))
+    except InvalidArgumentError as exc:  # e.g. a bad --direction file: a usage error, not a crash
+        log.error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+def _register_organism(commands: argparse._SubParsersAction) -> None:
+    try:
+        organism_cli = importlib.import_module("steering_server.organism.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("steering_server.organism", "steering_server.organism.cli"):
+            raise  # the organism exists but something it needs is missing: say so
+        return
+    organism_cli.register(commands)
+
+
+def _direction_arg(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+    try:
+        validate_direction_name(name, "--direction")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return name, path
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""`steering-server`: flags become the engine configuration; serve runs until SIGTERM; organism commands plug in."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import types
+
+import pytest
+from steering_client import AsyncSteeringClient
+
+from steering_server.cli import build_parser, config_from_args, main
+from steering_server.config import EngineConfig
+from steering_server.service import serve
+
+from .service.fake_engine import FakeEngine
+
+
+def test_serve_flags_fill_the_engine_config() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "org/model",
+            "--direction",
+            "mis=/tmp/a.safetensors",
+            "--direction",
+            "b.2=/tmp/b.pt",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bfloat16",
+            "--max-batch-tokens",
+            "128",
+            "--max-queued",
+            "7",
+            "--max-new-tokens",
+            "99",
+            "--allow-red-team",
+            "--strict",
+            "--port",
+            "6000",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.model == "org/model" and config.device == "cpu" and config.dtype == "bfloat16"
+    assert config.directions == (("mis", "/tmp/a.safetensors"), ("b.2", "/tmp/b.pt"))
+    assert config.max_batch_tokens == 128 and config.strict_provenance
+    assert (config.limits.max_queued, config.limits.max_new_tokens, config.limits.allow_red_team) == (7, 99, True)
+    assert (args.port, args.host) == (6000, "127.0.0.1")
+
+
+def test_defaults_are_the_built_in_model_on_loopback() -> None:
+    args = build_parser().parse_args(["serve"])
+    config = config_from_args(args)
+    default = EngineConfig()
+    assert config.model is None and config.limits == default.limits
+    assert config.max_batch_tokens == default.max_batch_tokens
+    assert (args.host, args.port) == ("127.0.0.1", 50051)
+
+
+@pytest.mark.parametrize("flag", ["--direction=../x=/tmp/a", "--direction=noequals", "--max-queued=0", "--dtype=int8"])
+def test_bad_flags_are_usage_errors(flag: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", flag])
+    assert info.value.code == 2
+
+
+def test_organism_commands_are_registered_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[argparse.Namespace] = []
+
+    def register(commands: argparse._SubParsersAction) -> None:
+        sub = commands.add_parser("organism")
+        sub.add_argument("--steps", type=int)
+        sub.set_defaults(func=calls.append)
+
+    module = types.ModuleType("steering_server.organism.cli")
+    module.register = register  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "steering_server.organism.cli", module)
+    assert main(["organism", "--steps", "3"]) == 0
+    assert calls[0].steps == 3
+
+
+def test_a_missing_organism_module_does_not_break_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "steering_server.organism.cli", None)  # import raises ModuleNotFoundError
+    assert build_parser().parse_args(["serve"]).command == "serve"
+
+
+async def test_serve_runs_until_sigterm_then_stops_the_engine() -> None:
+    engine = FakeEngine()
+    ports: list[int] = []
+
+    async def start_engine(config: EngineConfig) -> FakeEngine:
+        assert config.model == "m"
+        return engine
+
+    task = asyncio.ensure_future(serve(EngineConfig(model="m"), "127.0.0.1", 0, start_engine, on_serving=ports.append))
+    while not ports and not task.done():
+        await asyncio.sleep(0.01)
+    assert ports, task.result()
+    async with AsyncSteeringClient(f"127.0.0.1:{ports[0]}") as client:
+        assert (await client.generate("Hi", max_new_tokens=3)).token_ids
+    os.kill(os.getpid(), signal.SIGTERM)
+    await task
+    assert engine.stopping  # shut down after the server stopped
+
+
+async def test_sigint_while_the_engine_starts_stops_cleanly() -> None:
+    started = asyncio.Event()
+
+    async def start_engine(config: EngineConfig) -> FakeEngine:
+        started.set()
+        await asyncio.Event().wait()  # a model that takes forever to load
+        raise AssertionError("unreachable")
+
+    task = asyncio.ensure_future(serve(EngineConfig(), "127.0.0.1", 0, start_engine))
+    await started.wait()
+    os.kill(os.getpid(), signal.SIGINT)
+    await task  # returns: the start was cancelled and the server stopped
