@@ -1,0 +1,144 @@
+"""Every contact with transformers' continuous-batching internals lives here (pinned: transformers 5.24).
+
+We keep the stock scheduler, paged KV cache and model runner, and change three things:
+  - prepare_next_batch / update_batch: tell the SteeringRuntime which request owns each token of the flat batch
+    before the forward, and hand it the projections after;
+  - the runner's sampler: per-request keyed sampling instead of one global do_sample/RNG (Engine rule 2);
+  - prefix block sharing is off, so steered and unsteered requests never share KV (Engine rule 1), and async
+    batching is off (Engine rule 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.generation.continuous_batching.continuous_api import (
+    ContinuousBatchingManager,
+    ContinuousBatchProcessor,
+)
+from transformers.generation.continuous_batching.model_runner import ModelRunner
+from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
+
+from .runtime import SteeringRuntime
+
+__all__ = ["BatchingManager", "GenerationOutput", "is_failed", "is_finished"]
+
+log = logging.getLogger(__name__)
+
+
+def is_finished(output: GenerationOutput) -> bool:
+    return output.is_finished()
+
+
+def is_failed(output: GenerationOutput) -> bool:
+    return output.status == RequestStatus.FAILED
+
+
+class _SteeringRunner(ModelRunner):
+    runtime: SteeringRuntime
+
+    def _sample(self, scores: torch.Tensor, output_ids: torch.Tensor) -> None:
+        tokens = self.runtime.sample(scores[0])  # scores (1, rows, vocab) -> (rows,)
+        output_ids[0, : tokens.shape[0]].copy_(tokens)
+
+
+class _SteeringProcessor(ContinuousBatchProcessor):
+    runtime: SteeringRuntime
+
+    def prepare_next_batch(self) -> bool:
+        ready = super().prepare_next_batch()
+        if ready:
+            batch = []
+            for fs in self.inputs_and_outputs.requests_in_batch:
+                # position_offset was already advanced past this batch's tokens
+                past = fs.state.position_offset - fs.query_length
+                batch.append((fs.state.request_id, past, fs.query_length, fs.has_new_token))
+            self.runtime.begin_batch(batch)
+        return ready
+
+    def update_batch(self) -> None:
+        self.runtime.end_batch()
+        super().update_batch()
+
+
+class BatchingManager(ContinuousBatchingManager):
+    """The stock manager with steering hooks and per-request sampling wired into its batch processor."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        runtime: SteeringRuntime,
+        eos_token_id: int | list[int] | None,
+        max_batch_tokens: int,
+        max_requests_per_batch: int,
+        num_blocks: int | None,
+        page_size: int,
+        max_queue_size: int,
+        on_loop_exit: Callable[[BaseException | None], None],
+    ) -> None:
+        gen_config = GenerationConfig(do_sample=False, eos_token_id=eos_token_id, pad_token_id=None)
+        cb_config = ContinuousBatchingConfig(
+            allow_block_sharing=False,
+            use_async_batching=False,
+            max_batch_tokens=max_batch_tokens,
+            max_requests_per_batch=max_requests_per_batch,
+            num_blocks=num_blocks,
+            page_size=page_size,
+            max_queue_size=max_queue_size,
+            auto_switch_to_flash=False,
+        )
+        super().__init__(model, gen_config, cb_config)
+        if self.logit_processor.do_processing:
+            raise RuntimeError("the batching manager must not run logits processors; sampling is per request")
+        self.runtime = runtime
+        self._on_loop_exit = on_loop_exit
+
+    def _create_batch_processor(self) -> ContinuousBatchProcessor:
+        processor = super()._create_batch_processor()
+        if not isinstance(processor, _SteeringProcessor):
+            processor.__class__ = _SteeringProcessor
+            processor.model_runner.__class__ = _SteeringRunner
+        processor.runtime = self.runtime  # type: ignore[attr-defined]
+        processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
+        return processor
+
+    def _run_generation_loop(self, use_inference_mode: bool) -> None:
+        error: BaseException | None = None
+        try:
+            super()._run_generation_loop(use_inference_mode)
+            error = self.background_thread_status.fatal_error
+        except BaseException as exc:  # the stock loop catches Exception; anything else still kills the engine
+            error = exc
+            raise
+        finally:
+            self._on_loop_exit(error)
+
+    # ---- accounting the engine relies on ----
+    def scheduler_counts(self) -> tuple[int, int]:
+        """(active, waiting) requests inside the scheduler, plus those still in the input queue as waiting."""
+        processor = self.batch_processor
+        queued = self.input_queue.qsize()
+        if processor is None:
+            return 0, queued
+        sched = processor.scheduler
+        return len(sched.active_requests), len(sched.waiting_requests) + queued
+
+    def submit(self, request_id: str, input_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> bool:
+        """Register the handler first (results go only to handlers registered before the request is added), then
+        add the request. False when the manager is not accepting (Engine rule 7)."""
+        self.register_result_handler(request_id, handler)
+        added = self.add_request(input_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True)
+        if added is None:
+            with self.output_router._lock:
+                self.output_router.result_handlers.pop(request_id, None)
+            return False
+        return True
+
+    def forget_handler(self, request_id: str) -> None:
+        with self.output_router._lock:
+            self.output_router.result_handlers.pop(request_id, None)

@@ -1,0 +1,120 @@
+"""Directions: per-layer vectors with a monitor layer, calibration and provenance (plain data, no device state).
+
+Layer l is the output of decoder block l (Hugging Face `hidden_states[l + 1]`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "POOLINGS",
+    "Calibration",
+    "Direction",
+    "Provenance",
+    "validate_direction_name",
+]
+
+# Calibration is stored per pooling because the three have different spreads (DESIGN.md "Calibration").
+POOLINGS = ("token", "response_mean", "last_prompt")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def validate_direction_name(name: str, field_name: str = "name") -> str:
+    """Names travel in URLs, file names and metric labels: letters, digits, `_.-`, at most 64 characters."""
+    if not name:
+        raise InvalidArgumentError(field_name, "direction name is empty")
+    if not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            field_name, f"direction name {name[:80]!r} is not allowed (use 1-64 of A-Z a-z 0-9 _ . -, not first . - _)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Benign-text statistics of the raw projection at the monitor layer, for one pooling."""
+
+    mu: float
+    sigma: float
+    threshold: float | None = None  # z threshold chosen for a target false-positive rate
+    target_fpr: float | None = None
+    n: int = 0
+
+    def z(self, p: float) -> float:
+        return (p - self.mu) / self.sigma
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model_id: str = ""
+    config_hash: str = ""
+    tokenizer_hash: str = ""
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A named direction. `vectors[l]` is the stored (unnormalised) vector for layer l, shape (hidden,), fp32."""
+
+    name: str
+    vectors: dict[int, torch.Tensor]
+    monitor_layer: int
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # pooling -> stats at monitor_layer
+    provenance: Provenance = field(default_factory=Provenance)
+    method: str = ""
+    n_examples: int = 0
+    created_at: str = ""
+    description: str = ""
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.vectors))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.vectors.values())).shape[0])
+
+    @property
+    def calibrated(self) -> bool:
+        return "token" in self.calibration
+
+    def uncalibrated(self) -> Direction:
+        return replace(self, calibration={})
+
+    def validate(self, num_layers: int, hidden_size: int, field_name: str = "direction") -> Direction:
+        """Check shapes and values against a model; returns self with fp32 contiguous CPU vectors."""
+        validate_direction_name(self.name, f"{field_name}.name")
+        if not self.vectors:
+            raise InvalidArgumentError(f"{field_name}.vectors", "direction has no vectors")
+        clean: dict[int, torch.Tensor] = {}
+        for layer, vec in self.vectors.items():
+            where = f"{field_name}.vectors[{layer}]"
+            if not 0 <= layer < num_layers:
+                raise InvalidArgumentError(where, f"layer {layer} is outside 0..{num_layers - 1}")
+            if vec.ndim != 1 or vec.shape[0] != hidden_size:
+                raise InvalidArgumentError(
+                    where, f"vector has shape {tuple(vec.shape)}, the model's hidden size is {hidden_size}"
+                )
+            v = vec.detach().to("cpu", torch.float32).contiguous()
+            if not torch.isfinite(v).all():
+                raise InvalidArgumentError(where, "vector has NaN or infinite values")
+            norm = float(v.norm())
+            if norm < 1e-8 or not math.isfinite(norm):
+                raise InvalidArgumentError(where, "vector is all zeros (no direction)")
+            clean[layer] = v
+        if self.monitor_layer not in clean:
+            raise InvalidArgumentError(
+                f"{field_name}.monitor_layer", f"monitor layer {self.monitor_layer} has no vector (layers {sorted(clean)})"
+            )
+        for pooling, cal in self.calibration.items():
+            if pooling not in POOLINGS:
+                raise InvalidArgumentError(f"{field_name}.calibration", f"unknown pooling {pooling!r}")
+            if not (math.isfinite(cal.mu) and math.isfinite(cal.sigma) and cal.sigma > 0):
+                raise InvalidArgumentError(f"{field_name}.calibration", f"{pooling}: need finite mu and sigma > 0")
+        return replace(self, vectors=clean)

@@ -1,0 +1,479 @@
+"""The engine: per-request measure-and-steer inside continuous batching, behind the EngineClient interface.
+
+Threads: the batching manager runs forwards on its own thread; everything else (admission, registry, streams)
+runs on the asyncio event loop that started the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .cb_adapter import BatchingManager, GenerationOutput, is_failed
+from .config import EngineConfig
+from .directions import Direction
+from .engine_api import EngineClient
+from .errors import (
+    EngineDeadError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from .models import LoadedModel, load_model
+from .planning import RequestPlan, effective_terms, make_plan
+from .prompts import render_prompt, validate_sampling
+from .provenance import config_hash, tokenizer_hash
+from .registry import DirectionRegistry
+from .runtime import RequestTrack, SteeringRuntime
+from .streams import GenerationStream, direction_scores
+from .types import (
+    CompareRequest,
+    CompareResult,
+    EngineStats,
+    GenerationRequest,
+    ModelInfo,
+    MonitorOptions,
+    Prompt,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+    SteeringMode,
+    SteeringPolicy,
+    SteeringTerm,
+    Variant,
+    VariantResult,
+)
+
+__all__ = ["Engine", "start_engine"]
+
+log = logging.getLogger(__name__)
+
+
+async def start_engine(config: EngineConfig, loaded: LoadedModel | None = None) -> Engine:
+    """Load the model (unless given), register the configured directions, start batching and run the canary."""
+    if loaded is None:
+        loaded = await asyncio.to_thread(load_model, config.model, config.device, config.dtype)
+    engine = Engine(loaded, config)
+    if config.model is None:
+        engine.register_builtin_directions()
+    for name, path in config.directions:
+        engine.load_direction_file(name, path)
+    await engine.start()
+    return engine
+
+
+class Engine(EngineClient):
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        self.loaded = loaded
+        self.config = config
+        self.limits = config.limits
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        text_config = self.model.config.get_text_config()
+        self.num_layers = loaded.num_layers
+        self.hidden_size = loaded.hidden_size
+        self.vocab_size = int(text_config.vocab_size)
+        self.max_context = int(getattr(text_config, "max_position_embeddings", 0) or getattr(text_config, "n_positions", 4096))
+        self.config_hash = config_hash(self.model.config)
+        self.tokenizer_hash = tokenizer_hash(self.tokenizer)
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
+        self.runtime = SteeringRuntime(
+            loaded.layers,
+            self.hidden_size,
+            self.model.device,
+            max_directions=self.limits.max_directions,
+            max_slots=self.limits.max_queued,
+            max_batch_tokens=config.max_batch_tokens,
+            max_rows=config.max_requests_per_batch,
+        )
+        self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size)
+        self.manager = BatchingManager(
+            self.model,
+            self.runtime,
+            eos_token_id=sorted(self.eos_ids) if self.eos_ids else -1,
+            max_batch_tokens=config.max_batch_tokens,
+            max_requests_per_batch=config.max_requests_per_batch,
+            num_blocks=self._num_blocks(),
+            page_size=config.page_size,
+            max_queue_size=self.limits.max_queued + 16,  # admission control keeps put() from ever blocking
+            on_loop_exit=self._on_loop_exit,
+        )
+        self._policy = SteeringPolicy()
+        self._streams: dict[str, GenerationStream] = {}
+        self._free_slots = list(range(self.limits.max_queued, 0, -1))  # slot 0 is the unsteered slot
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._healthy = False
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._death_callbacks: list[Callable[[BaseException], None]] = []
+        self.generated_tokens = 0
+
+    def _num_blocks(self) -> int | None:
+        if self.config.num_blocks is not None:
+            return self.config.num_blocks
+        if self.model.device.type == "cuda":
+            return None  # the manager sizes the cache from free GPU memory
+        per_request = min(self.limits.max_prompt_tokens + self.limits.max_new_tokens, self.max_context)
+        tokens = min(self.config.max_requests_per_batch * per_request, 65536)
+        return max(8, math.ceil(tokens / self.config.page_size))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        reference = await asyncio.to_thread(self._plain_greedy, _CANARY_PROMPT, 4) if self.config.run_canary else None
+        self.manager.start()
+        if self.config.run_canary:
+            assert reference is not None
+            try:
+                await self._canary(reference)
+            except BaseException:
+                await self.shutdown()
+                raise
+        self._healthy = True
+        log.info("engine serving %s on %s (%s)", self.loaded.model_id, self.model.device, self.model.dtype)
+
+    def _plain_greedy(self, prompt: list[int], n: int) -> list[int]:
+        """A plain forward loop without the batching manager or hooks: the canary's reference."""
+        self.runtime.active = False
+        try:
+            ids = torch.tensor([prompt], device=self.model.device)
+            with torch.inference_mode():
+                for _ in range(n):
+                    logits = self.model(ids).logits[0, -1].float()
+                    ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+            return ids[0, len(prompt) :].tolist()
+        finally:
+            self.runtime.active = True
+
+    async def _canary(self, reference: list[int]) -> None:
+        """Engine rule 6: an unsteered request must match a plain forward and a steered one must change."""
+        prompt = Prompt(token_ids=tuple(_CANARY_PROMPT))
+        sampling = SamplingParams(max_new_tokens=len(reference))
+        plain = await self._generate_internal(GenerationRequest(prompt, sampling, ignore_policy=True, monitor=_NO_MONITOR))
+        if list(plain.token_ids) != reference:
+            raise RuntimeError(f"canary: unsteered tokens {list(plain.token_ids)} != plain forward {reference}")
+        gen = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            scale = 64.0 * float(self.model.get_input_embeddings().weight.float().norm(dim=-1).mean())
+        for _attempt in range(3):
+            v = torch.randn(self.hidden_size, generator=gen)
+            probe = Direction("canary-probe", {layer: v for layer in range(self.num_layers)}, monitor_layer=0)
+            self.registry.put(probe)
+            try:
+                term = SteeringTerm("canary-probe", SteeringMode.ADD, -scale / float(v.norm()))  # subtracting: no red-team
+                steered = await self._generate_internal(GenerationRequest(prompt, sampling, (term,), _NO_MONITOR, True))
+            finally:
+                self.registry.delete("canary-probe")
+            if list(steered.token_ids) != reference:
+                log.info("canary passed: unsteered %s, steered %s", reference, list(steered.token_ids))
+                return
+        raise RuntimeError("canary: steering did not change the output")
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and self._dead is None and not self._stopping
+
+    def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
+        self._death_callbacks.append(callback)
+
+    def _on_loop_exit(self, error: BaseException | None) -> None:
+        """Batching thread exit. Unless we asked it to stop, the engine is dead: fail everything once."""
+        if self._stopping:
+            return
+        self._dead = error or RuntimeError("the batching loop exited")
+        log.error("engine died: %r", self._dead)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_all)
+
+    def _fail_all(self) -> None:
+        dead = EngineDeadError(f"the engine stopped: {self._dead}")
+        for stream in list(self._streams.values()):
+            stream.fail(dead)
+        callbacks, self._death_callbacks = self._death_callbacks, []
+        for cb in callbacks:
+            cb(dead)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        for stream in list(self._streams.values()):
+            stream.cancel()
+        await asyncio.to_thread(self.manager.stop, True, 30.0)
+        self.runtime.close()
+
+    def _check_accepting(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._stopping:
+            raise UnavailableError("the server is shutting down")
+
+    # ------------------------------------------------------------------ requests
+    def generate_stream(self, request: GenerationRequest) -> GenerationStream:
+        if not self._healthy:
+            self._check_accepting()
+            raise UnavailableError("the engine is starting")
+        return self._generate_internal_stream(request)
+
+    async def _generate_internal(self, request: GenerationRequest) -> Any:
+        stream = self._generate_internal_stream(request)
+        try:
+            async for _ in stream:
+                pass
+            return await stream.result()
+        finally:
+            stream.cancel()
+
+    def _generate_internal_stream(self, request: GenerationRequest, prompt_ids: list[int] | None = None,
+                                  prompt_len: int | None = None, field_prefix: str = "") -> GenerationStream:
+        self._check_accepting()
+        sampling = validate_sampling(request.sampling, self.limits, field_prefix)
+        if prompt_ids is None:
+            prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, f"{field_prefix}prompt")
+        self._check_length(prompt_ids, sampling.max_new_tokens, field_prefix)
+        terms = effective_terms(request.steering, self._policy, request.ignore_policy)
+        plan = make_plan(self.registry, terms, request.monitor, self.num_layers, self.limits.max_directions,
+                         self.limits.allow_red_team, field_prefix)
+        return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
+
+    def _check_length(self, prompt_ids: list[int], max_new_tokens: int, field_prefix: str) -> None:
+        if len(prompt_ids) > self.limits.max_prompt_tokens:
+            raise InvalidArgumentError(
+                f"{field_prefix}prompt", f"{len(prompt_ids)} tokens exceed the limit of {self.limits.max_prompt_tokens}"
+            )
+        if len(prompt_ids) + max_new_tokens > self.max_context:
+            raise InvalidArgumentError(
+                f"{field_prefix}sampling.max_new_tokens",
+                f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the context of {self.max_context}",
+            )
+
+    def _admit(self, plan: RequestPlan, prompt_ids: list[int], prompt_len: int, sampling: SamplingParams,
+               monitor: MonitorOptions, capture: tuple[int, int] = (0, 0)) -> GenerationStream:
+        """Admission control (Engine rule 7): never let add_request block on a full queue."""
+        if len(self._streams) >= self.limits.max_queued:
+            raise ResourceExhaustedError(f"{len(self._streams)} requests in flight (limit {self.limits.max_queued}); retry later")
+        request_id = f"r{next(self._ids)}"
+        slot = self._free_slots.pop() if plan.steered else 0
+        track = RequestTrack(
+            request_id=request_id,
+            prompt_len=prompt_len,
+            slot=slot,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            monitored=tuple((m.entry.row, m.layer) for m in plan.monitors),
+            capture_slot=capture[0],
+            capture_from=capture[1],
+        )
+        if plan.steered or capture[0]:
+            zeros = torch.zeros(self.num_layers, self.limits.max_directions)
+            track.upload = (plan.alpha if plan.alpha is not None else zeros, plan.beta if plan.beta is not None else zeros)
+        for entry in plan.entries:
+            self.registry.acquire(entry)
+        stream = GenerationStream(request_id, track, plan, self.tokenizer, sampling.stop, self.eos_ids,
+                                  monitor.token_scores, monitor.stop_threshold, self._close_stream)
+        self._streams[request_id] = stream
+        self.runtime.tracks[request_id] = track
+
+        def handler(output: GenerationOutput) -> None:
+            if is_failed(output):
+                stream.on_output([], True, output.error or "request failed")
+            else:
+                stream.on_output(output.generated_tokens, output.is_finished(), None)
+
+        if not self.manager.submit(request_id, prompt_ids, sampling.max_new_tokens, handler):
+            self._close_stream(stream, needs_cancel=False)
+            stream.done = True
+            raise UnavailableError("the batching manager is not accepting requests")
+        return stream
+
+    def _close_stream(self, stream: GenerationStream, needs_cancel: bool) -> None:
+        """Free everything a request held; runs exactly once per stream, on the event loop."""
+        if self._streams.pop(stream.request_id, None) is None:
+            return
+        if needs_cancel and self._dead is None:
+            self.manager.cancel_request(stream.request_id)
+        self.manager.forget_handler(stream.request_id)
+        self.runtime.tracks.pop(stream.request_id, None)
+        if stream.track.slot:
+            self._free_slots.append(stream.track.slot)
+        for entry in stream.plan.entries:
+            self.registry.release(entry)
+        self.generated_tokens += len(stream.token_ids)
+
+    async def compare(self, request: CompareRequest) -> CompareResult:
+        variants = request.variants or self._default_variants(request.monitor)
+        if len(variants) > self.limits.max_variants:
+            raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}")
+        names = [v.name for v in variants]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise InvalidArgumentError("variants", "variant names must be non-empty and distinct")
+        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
+        streams: list[GenerationStream] = []
+        try:
+            # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
+            for i, v in enumerate(variants):
+                req = GenerationRequest(request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True)
+                if self._policy.enforced:
+                    req = GenerationRequest(request.prompt, request.sampling, v.steering, request.monitor)
+                streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
+            results = [await _drain(s) for s in streams]
+        finally:
+            for s in streams:
+                s.cancel()
+        first = results[0].token_ids
+        return CompareResult(tuple(
+            VariantResult(v.name, r, _divergence(first, r.token_ids)) for v, r in zip(variants, results, strict=True)
+        ))
+
+    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
+        if self._policy.terms:
+            return (Variant("unsteered", ()), Variant("policy", self._policy.terms))
+        names = monitor.directions or tuple(self.registry.names())
+        if not names:
+            raise InvalidArgumentError("variants", "no variants given and no direction registered to ablate")
+        return (Variant("unsteered", ()), Variant(f"ablate-{names[0]}", (SteeringTerm(names[0], SteeringMode.ABLATE, 1.0),)))
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        """A prefill-only request on the same path: the scores Generate reports for these positions."""
+        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
+        if request.response_text is not None and request.response_token_ids:
+            raise InvalidArgumentError("response", "give response_text or response_token_ids, not both")
+        if request.response_token_ids:
+            response = list(request.response_token_ids)
+            bad = [t for t in response if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidArgumentError("response_token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}")
+        else:
+            response = self.tokenizer.encode(request.response_text or "", add_special_tokens=False)
+        gen = GenerationRequest(request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor,
+                                request.ignore_policy)
+        stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids))
+        try:
+            await _drain(stream)
+        finally:
+            stream.cancel()
+        n_scored = max(0, len(response) - 1)  # the last response token is never fed back during generation
+        scores = direction_scores(stream.plan, stream.track, n_scored, request.monitor.token_scores)
+        return ScoreResult(len(prompt_ids), tuple(response), scores)
+
+    async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
+        """Mean hidden state per layer over positions >= from_position of one prefill, read in the hooks before
+        steering (activation accumulators for computing directions on the served model). Returns (L, hidden)."""
+        self._check_accepting()
+        if not 0 < from_position < len(prompt_ids) + 1:
+            raise InvalidArgumentError("from_position", f"must be in 1..{len(prompt_ids)}")
+        used = {s.track.capture_slot for s in self._streams.values()}
+        free = [c for c in range(1, self.runtime.acc.shape[1]) if c not in used]
+        if not free:
+            raise ResourceExhaustedError("all activation accumulators are busy; retry later")
+        plan = RequestPlan(None, None, [], [])
+        stream = self._admit(plan, prompt_ids, len(prompt_ids), SamplingParams(max_new_tokens=1), _NO_MONITOR,
+                             capture=(free[0], from_position))
+        try:
+            await _drain(stream)
+        finally:
+            stream.cancel()
+        return self.runtime.acc[:, free[0]].to("cpu", copy=True) / max(1, stream.track.capture_count)
+
+    # ------------------------------------------------------------------ registry and policy
+    def list_directions(self) -> list[Direction]:
+        return self.registry.list()
+
+    def get_direction(self, name: str) -> Direction:
+        return self.registry.get(name).direction
+
+    def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
+        direction = self._check_provenance(direction, strict or self.config.strict_provenance)
+        return self.registry.put(direction)
+
+    def _check_provenance(self, direction: Direction, strict: bool) -> Direction:
+        prov = direction.provenance
+        mismatch = [k for k, mine in (("config_hash", self.config_hash), ("tokenizer_hash", self.tokenizer_hash))
+                    if getattr(prov, k) and getattr(prov, k) != mine]
+        if not mismatch:
+            return direction
+        msg = f"direction {direction.name!r} was made for another model ({prov.model_id or 'unknown'}; {', '.join(mismatch)} differ)"
+        if strict:
+            raise InvalidArgumentError("direction.provenance", msg + "; refused under --strict")
+        log.warning("%s: loaded uncalibrated", msg)
+        return direction.uncalibrated()
+
+    def delete_direction(self, name: str) -> None:
+        self.registry.delete(name)
+
+    def load_direction_file(self, name: str, path: str) -> Direction:
+        from .direction_files import load_direction
+
+        return self.put_direction(load_direction(path, name=name, num_layers=self.num_layers))
+
+    def register_builtin_directions(self) -> None:
+        try:
+            from .organism.assets import DEFAULT_DIRECTION_NAME, default_direction_path
+        except ImportError:
+            return
+        path = default_direction_path()
+        if path.is_file():
+            self.load_direction_file(DEFAULT_DIRECTION_NAME, str(path))
+
+    def get_policy(self) -> SteeringPolicy:
+        return self._policy
+
+    def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
+        if policy.terms:  # validate against the registry now, not at the next request
+            make_plan(self.registry, policy.terms, MonitorOptions(directions=()), self.num_layers,
+                      self.limits.max_directions, self.limits.allow_red_team, "policy.")
+        self._policy = policy
+        return policy
+
+    # ------------------------------------------------------------------ info
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id=self.loaded.model_id,
+            architecture=str(getattr(self.model.config, "model_type", "")),
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            dtype=str(self.model.dtype).removeprefix("torch."),
+            device=str(self.model.device),
+            max_context=self.max_context,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidArgumentError("token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}")
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def stats(self) -> EngineStats:
+        active, waiting = self.manager.scheduler_counts()
+        return EngineStats(running=active + waiting, queued=len(self._streams),
+                           forward_passes=self.runtime.forward_passes, generated_tokens=self.generated_tokens)
+
+
+_CANARY_PROMPT = [1, 5, 9, 13, 17, 21, 25, 29]
+_NO_MONITOR = MonitorOptions(enabled=False)
+
+
+async def _drain(stream: GenerationStream) -> Any:
+    async for _ in stream:
+        pass
+    return await stream.result()
+
+
+def _divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))

@@ -1,0 +1,108 @@
+"""The interface the service talks to, so service tests can run against a fake engine (vLLM's EngineClient)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+
+from .directions import Direction
+from .types import (
+    CompareRequest,
+    CompareResult,
+    EngineLimits,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    ScoreRequest,
+    ScoreResult,
+    SteeringPolicy,
+    TokenEvent,
+)
+
+__all__ = ["EngineClient", "RequestStream"]
+
+
+class RequestStream(abc.ABC):
+    """One admitted generation: iterate for TokenEvents, then await `result()`. `cancel()` frees it at once."""
+
+    request_id: str
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
+
+    @abc.abstractmethod
+    async def result(self) -> GenerationResult:
+        """The final result (after the stream ends); raises the request's error if it failed."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
+
+
+class EngineClient(abc.ABC):
+    """Every method raises only `steering_server.errors` classes for problems a caller can cause."""
+
+    limits: EngineLimits
+
+    @property
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """True once the start-up canary passed and while the background loop is alive."""
+
+    @abc.abstractmethod
+    def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
+        """Called once, from any thread, when the engine dies."""
+
+    @abc.abstractmethod
+    def model_info(self) -> ModelInfo: ...
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def detokenize(self, token_ids: list[int]) -> str: ...
+
+    @abc.abstractmethod
+    def generate_stream(self, request: GenerationRequest) -> RequestStream:
+        """Validate and admit (raising InvalidArgument/NotFound/ResourceExhausted/Unavailable synchronously)."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        stream = self.generate_stream(request)
+        try:
+            async for _ in stream:
+                pass
+            return await stream.result()
+        finally:
+            stream.cancel()  # no-op once finished; frees the request if the caller was cancelled
+
+    @abc.abstractmethod
+    async def compare(self, request: CompareRequest) -> CompareResult: ...
+
+    @abc.abstractmethod
+    async def score(self, request: ScoreRequest) -> ScoreResult: ...
+
+    @abc.abstractmethod
+    def list_directions(self) -> list[Direction]: ...
+
+    @abc.abstractmethod
+    def get_direction(self, name: str) -> Direction: ...
+
+    @abc.abstractmethod
+    def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
+        """Validate and register (replacing one of the same name); returns what was stored. A direction whose
+        provenance names another model is stored uncalibrated, or refused when `strict`."""
+
+    @abc.abstractmethod
+    def delete_direction(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def get_policy(self) -> SteeringPolicy: ...
+
+    @abc.abstractmethod
+    def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy: ...
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,103 @@
+"""The direction registry: names -> rows of the preallocated device direction table.
+
+A row is immutable while a request references it: replacing a direction writes a fresh row and the old one is
+freed when its last request ends, so in-flight requests never see a half-written or swapped vector.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .directions import Direction
+from .errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from .runtime import SteeringRuntime
+
+__all__ = ["DirectionRegistry", "RegisteredDirection"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegisteredDirection:
+    direction: Direction
+    row: int
+    norms: dict[int, float]  # |v| per layer, for ADD
+    refs: int = 0
+    retired: bool = False  # replaced or deleted: free the row when refs reaches 0
+
+
+class DirectionRegistry:
+    def __init__(self, runtime: SteeringRuntime, num_layers: int, hidden_size: int) -> None:
+        self._runtime = runtime
+        self._num_layers = num_layers
+        self._hidden = hidden_size
+        self._by_name: dict[str, RegisteredDirection] = {}
+        self._rows: dict[int, RegisteredDirection] = {}  # every row in use, live or retired
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def list(self) -> list[Direction]:
+        return [self._by_name[n].direction for n in self.names()]
+
+    def get(self, name: str, field: str = "name") -> RegisteredDirection:
+        entry = self._by_name.get(name)
+        if entry is None:
+            raise NotFoundError("direction", name)
+        return entry
+
+    def put(self, direction: Direction) -> Direction:
+        direction = direction.validate(self._num_layers, self._hidden)
+        free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
+        if not free:
+            raise ResourceExhaustedError(
+                f"direction table full ({self._runtime.max_directions} rows, some held by running requests)"
+            )
+        row = free[0]
+        units = {layer: v / v.norm() for layer, v in direction.vectors.items()}
+        self._runtime.write_direction(row, units)
+        entry = RegisteredDirection(direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()})
+        old = self._by_name.get(direction.name)
+        self._by_name[direction.name] = entry
+        self._rows[row] = entry
+        if old is not None:
+            self._retire(old)
+        log.info("direction %s registered in row %d (layers %s)", direction.name, row, list(direction.layers))
+        return direction
+
+    def delete(self, name: str) -> None:
+        entry = self._by_name.pop(name, None)
+        if entry is None:
+            raise NotFoundError("direction", name)
+        self._retire(entry)
+
+    def acquire(self, entry: RegisteredDirection) -> None:
+        entry.refs += 1
+
+    def release(self, entry: RegisteredDirection) -> None:
+        entry.refs -= 1
+        if entry.retired and entry.refs <= 0:
+            self._free(entry)
+
+    def _retire(self, entry: RegisteredDirection) -> None:
+        entry.retired = True
+        if entry.refs <= 0:
+            self._free(entry)
+
+    def _free(self, entry: RegisteredDirection) -> None:
+        if self._rows.get(entry.row) is entry:
+            del self._rows[entry.row]
+            self._runtime.clear_direction(entry.row)
+
+    def check_layer(self, entry: RegisteredDirection, layer: int, field: str) -> None:
+        if layer not in entry.direction.vectors:
+            raise InvalidArgumentError(
+                field, f"direction {entry.direction.name!r} has no vector for layer {layer} (has {list(entry.direction.layers)})"
+            )
+
+    def unit(self, entry: RegisteredDirection, layer: int) -> torch.Tensor:
+        v = entry.direction.vectors[layer]
+        return v / v.norm()

@@ -1,0 +1,156 @@
+"""One admitted request as an asyncio stream: token events, then a final result (or an error).
+
+The batching manager calls `on_output` on the event loop (via call_soon_threadsafe) with cumulative outputs; the
+readings for those tokens were recorded by the loop thread before the output was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from .detok import IncrementalDetokenizer
+from .engine_api import RequestStream
+from .planning import MonitorTarget, RequestPlan
+from .runtime import RequestTrack
+from .types import DirectionScores, GenerationResult, StopReason, TokenEvent
+
+__all__ = ["GenerationStream", "direction_scores"]
+
+
+class _End(enum.Enum):
+    END = 0
+
+
+def direction_scores(
+    plan: RequestPlan, track: RequestTrack, n_scored: int, with_tokens: bool
+) -> tuple[DirectionScores, ...]:
+    """Scores at the last prompt token and the first `n_scored` fed-back generated positions."""
+    out = []
+    p0 = track.prompt_len
+    for m in plan.monitors:
+        readings = track.readings.get((m.entry.row, m.layer), {})
+        prompt_raw = readings.get(p0 - 1, math.nan)
+        raw_tokens = [readings.get(p0 + i, math.nan) for i in range(n_scored)]
+        tokens = [m.z(v, m.calibration) for v in raw_tokens]
+        response = m.z(sum(raw_tokens) / len(raw_tokens), m.response_calibration) if raw_tokens else None
+        out.append(
+            DirectionScores(
+                direction=m.name,
+                layer=m.layer,
+                prompt_score=m.z(prompt_raw, m.prompt_calibration),
+                response_score=response,
+                token_scores=tuple(tokens) if with_tokens else (),
+                calibrated=m.calibration is not None,
+                post_intervention=m.post_intervention,
+                max_score=max(tokens) if tokens else None,
+            )
+        )
+    return tuple(out)
+
+
+class GenerationStream(RequestStream):
+    def __init__(
+        self,
+        request_id: str,
+        track: RequestTrack,
+        plan: RequestPlan,
+        tokenizer: Any,
+        stop: tuple[str, ...],
+        eos_ids: set[int],
+        token_scores: bool,
+        stop_threshold: float | None,
+        on_close: Callable[[GenerationStream, bool], None],
+    ) -> None:
+        self.request_id = request_id
+        self.track = track
+        self.plan = plan
+        self._detok = IncrementalDetokenizer(tokenizer, stop)
+        self._eos = eos_ids
+        self._token_scores = token_scores
+        self._threshold = stop_threshold
+        self._on_close = on_close  # (stream, needs_cancel) -> frees engine resources, cancels in the manager
+        self._queue: asyncio.Queue[TokenEvent | _End | BaseException] = asyncio.Queue()
+        self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+        self.token_ids: list[int] = []
+        self.done = False
+
+    # ---- consumer side ----
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:  # type: ignore[override]
+        while True:
+            item = await self._queue.get()
+            if item is _End.END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, TokenEvent)
+            yield item
+
+    async def result(self) -> GenerationResult:
+        return await asyncio.shield(self._result)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self._finish(StopReason.CANCELLED, needs_cancel=True)
+
+    # ---- producer side (event loop thread) ----
+    def on_output(self, generated: list[int], finished: bool, error: str | None) -> None:
+        if self.done:
+            return
+        if error is not None:
+            self.fail(RuntimeError(error))
+            return
+        for token in generated[len(self.token_ids) :]:
+            i = len(self.token_ids)
+            scores = self._token_readings(i)
+            if self._threshold is not None and any(v >= self._threshold for v in scores.values()):
+                self._finish(StopReason.MONITOR_ALERT, needs_cancel=True)
+                return
+            self.token_ids.append(token)
+            delta = self._detok.add(token)
+            self._queue.put_nowait(TokenEvent(i, token, delta, scores))
+            if self._detok.stopped:
+                self._finish(StopReason.STOP_SEQUENCE, needs_cancel=True)
+                return
+        if finished:
+            reason = StopReason.EOS_TOKEN if self.token_ids and self.token_ids[-1] in self._eos else StopReason.MAX_TOKENS
+            self._finish(reason, needs_cancel=False)
+
+    def _token_readings(self, i: int) -> dict[str, float]:
+        """The readings at the input position that produced token i: the last prompt token for i = 0."""
+        pos = self.track.prompt_len - 1 + i
+        out = {}
+        for m in self.plan.monitors:
+            raw = self.track.readings.get((m.entry.row, m.layer), {}).get(pos)
+            if raw is not None:
+                out[m.name] = m.z(raw, m.prompt_calibration if i == 0 else m.calibration)
+        return out
+
+    def _finish(self, reason: StopReason, needs_cancel: bool) -> None:
+        self.done = True
+        tail = self._detok.finish()
+        n_scored = max(0, len(self.token_ids) - 1)
+        result = GenerationResult(
+            text=self._detok.text,
+            token_ids=tuple(self.token_ids),
+            stop_reason=reason,
+            prompt_tokens=self.track.prompt_len,
+            monitor=direction_scores(self.plan, self.track, n_scored, self._token_scores),
+            request_id=self.request_id,
+            text_tail=tail,
+        )
+        self._on_close(self, needs_cancel)
+        self._result.set_result(result)
+        self._queue.put_nowait(_End.END)
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._on_close(self, True)
+        self._result.set_exception(error)
+        self._result.exception()  # mark retrieved: a caller that only iterates still sees the error
+        self._queue.put_nowait(error)
