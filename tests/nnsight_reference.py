@@ -1,0 +1,84 @@
+"""The independent oracle: the same interventions written directly from DESIGN.md's formulas and applied with
+nnsight-traced `generate` on a separate copy of the weights. Used only by tests.
+
+It shares no code with the engine's hot path (steer.py, runtime.py): each mode is spelled out here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from nnsight import TransformersModel
+
+from steering_server.layers import resolve_layers
+
+__all__ = ["RefMonitor", "RefTerm", "reference_generate"]
+
+
+@dataclass(frozen=True)
+class RefTerm:
+    layer: int
+    vector: torch.Tensor  # the stored, unnormalised vector v for this layer
+    mode: str  # ABLATE | ADD | CLAMP
+    strength: float  # a, or c in raw units for CLAMP
+
+
+@dataclass(frozen=True)
+class RefMonitor:
+    layer: int
+    vector: torch.Tensor
+
+
+def _steer(h: torch.Tensor, terms: list[RefTerm]) -> torch.Tensor:
+    """h (tokens, hidden) fp32; all projections read from the same pre-steering h, updates summed."""
+    delta = torch.zeros_like(h)
+    for t in terms:
+        d = t.vector.float() / t.vector.float().norm()
+        p = (h * d).sum(-1, keepdim=True)  # (tokens, 1)
+        if t.mode == "ABLATE":
+            delta -= t.strength * p * d
+        elif t.mode == "ADD":
+            delta += t.strength * t.vector.float()
+        elif t.mode == "CLAMP":
+            delta -= (p - t.strength) * d
+        else:
+            raise ValueError(t.mode)
+    return h + delta
+
+
+def reference_generate(
+    model: Any, tokenizer: Any, prompt_ids: list[int], terms: list[RefTerm], monitors: list[RefMonitor], max_new_tokens: int
+) -> tuple[list[int], list[dict[int, float]]]:
+    """Greedy generation with the interventions at every step. Returns the new tokens and, per monitor, the
+    projection (read before that layer's steering) at every position: {absolute position: value}."""
+    path, _ = resolve_layers(model)
+    nn_model = TransformersModel(model, tokenizer=tokenizer, task="text-generation")
+    envoy = nn_model
+    for part in path.split("."):
+        envoy = getattr(envoy, part)
+    layers = sorted({t.layer for t in terms} | {m.layer for m in monitors})
+    with nn_model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                           min_new_tokens=max_new_tokens) as tracer:
+        reads = list().save()
+        for _step in tracer.iter[:max_new_tokens]:
+            for layer in layers:  # in execution order: nnsight interleaves with the forward
+                out = envoy[layer].output
+                h = out[0]  # (tokens this step, hidden)
+                hf = h.float()
+                reads.append([(layer, i, (hf @ (m.vector.float() / m.vector.float().norm())).detach().clone())
+                              for i, m in enumerate(monitors) if m.layer == layer])
+                mine = [t for t in terms if t.layer == layer]
+                if mine:
+                    envoy[layer].output = _steer(hf, mine).to(h.dtype)[None]
+        ids = tracer.result.save()
+    readings: list[dict[int, float]] = [{} for _ in monitors]
+    pos = {layer: 0 for layer in layers}
+    for group in reads:
+        for layer, i, values in group:
+            for j, v in enumerate(values.tolist()):
+                readings[i][pos[layer] + j] = v
+        if group:
+            pos[group[0][0]] += len(group[0][2])
+    return ids[0, len(prompt_ids):].tolist(), readings
