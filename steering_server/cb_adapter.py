@@ -18,6 +18,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.continuous_api import (
+    BackgroundThreadStatus,
     ContinuousBatchingManager,
     ContinuousBatchProcessor,
 )
@@ -117,6 +118,10 @@ class BatchingManager(ContinuousBatchingManager):
             raise
         finally:
             self._on_loop_exit(error)
+
+    def is_dying(self) -> bool:
+        """True once the loop hit a fatal error: it requests a hard stop before failing every request."""
+        return self.background_thread_status.local_status == BackgroundThreadStatus.HARD_STOP
 
     # ---- accounting the engine relies on ----
     def scheduler_counts(self) -> tuple[int, int]:

@@ -285,7 +285,10 @@ class Engine(EngineClient):
 
         def handler(output: GenerationOutput) -> None:
             if is_failed(output):
-                stream.on_output([], True, output.error or "request failed")
+                if self.manager.is_dying() and not self._stopping:
+                    stream.fail(EngineDeadError(f"the engine stopped: {output.error}"))
+                else:
+                    stream.on_output([], True, output.error or "request failed")
             else:
                 stream.on_output(output.generated_tokens, output.is_finished(), None)
 
