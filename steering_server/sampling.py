@@ -45,7 +45,9 @@ def uniform_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
     ids = torch.arange(vocab, device=keys.device, dtype=torch.int64)
     h = _mix32(keys[:, None] ^ ((ids[None, :] * 0x9E3779B1) & _M32))  # (rows, vocab)
     h = _mix32(h ^ 0x5BD1E995)
-    return (h.double() + 0.5).div_(4294967296.0).float()
+    # The largest 128 hashes round to 1.0 in fp32, whose Gumbel noise -log(-log(1)) is +inf (that token would win
+    # whatever its probability): keep the uniforms below 1.
+    return (h.double() + 0.5).div_(4294967296.0).float().clamp_(max=1.0 - 2.0**-24)
 
 
 def sample_rows(
@@ -55,15 +57,17 @@ def sample_rows(
 
     Order as in Hugging Face generate: temperature, then top-k, then top-p (nucleus, keeping at least one token).
     """
-    rows, vocab = logits.shape
+    vocab = logits.shape[1]
     greedy = logits.argmax(dim=-1)
     z = logits / temperature.clamp_min(1e-6)[:, None]
     sorted_z, order = z.sort(dim=-1, descending=True)  # (rows, vocab)
     rank = torch.arange(vocab, device=logits.device)[None, :]
     k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
-    probs = sorted_z.softmax(dim=-1)
+    in_top_k = rank < k[:, None]
+    # top-p on the distribution renormalised after top-k, as Hugging Face and vLLM do.
+    probs = sorted_z.masked_fill(~in_top_k, float("-inf")).softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the better-ranked tokens
-    keep = (rank < k[:, None]) & ((mass_before < top_p[:, None]) | (rank == 0))
+    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0))
     gumbel = -torch.log(-torch.log(uniform_noise(keys, vocab)))  # keyed by token id, then put in rank order
     score = torch.where(keep, sorted_z + gumbel.gather(1, order), torch.full_like(sorted_z, float("-inf")))
     sampled = order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
