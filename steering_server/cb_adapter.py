@@ -55,7 +55,7 @@ class _SteeringProcessor(ContinuousBatchProcessor):
         ready = super().prepare_next_batch()
         if ready:
             batch = []
-            for fs in self.inputs_and_outputs.requests_in_batch:
+            for fs in self.inputs_and_outputs.requests_in_batch:  # type: ignore[union-attr]  # async IO is off
                 # position_offset was already advanced past this batch's tokens
                 past = fs.state.position_offset - fs.query_length
                 batch.append((fs.state.request_id, past, fs.query_length, fs.has_new_token))
@@ -93,7 +93,7 @@ class BatchingManager(ContinuousBatchingManager):
             max_queue_size=max_queue_size,
             auto_switch_to_flash=False,
         )
-        super().__init__(model, gen_config, cb_config)
+        super().__init__(model, gen_config, cb_config)  # type: ignore[arg-type]
         if self.logit_processor.do_processing:
             raise RuntimeError("the batching manager must not run logits processors; sampling is per request")
         self.runtime = runtime
@@ -133,7 +133,9 @@ class BatchingManager(ContinuousBatchingManager):
         sched = processor.scheduler
         return len(sched.active_requests), len(sched.waiting_requests) + queued
 
-    def submit(self, request_id: str, input_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> bool:
+    def submit(
+        self, request_id: str, input_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]
+    ) -> bool:
         """Register the handler first (results go only to handlers registered before the request is added), then
         add the request. False when the manager is not accepting (Engine rule 7)."""
         self.register_result_handler(request_id, handler)

@@ -68,7 +68,7 @@ def load_direction(
     data = p.read_bytes()
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
-        return direction_from_bytes(data, name or p.stem, num_layers, monitor_layer, default_name=p.stem)
+        return direction_from_bytes(data, name, num_layers, monitor_layer, default_name=p.stem)
     if suffix in (".pt", ".pth"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -81,11 +81,10 @@ def load_direction(
         return direction_from_table(obj, name or p.stem, num_layers, monitor_layer, method="file:pt")
     if suffix == ".npy":
         try:
-            arr = np.load(p, allow_pickle=False)
+            arr = np.asarray(np.load(p, allow_pickle=False), dtype=np.float32)  # a string array fails here too
         except Exception as exc:
             raise InvalidArgumentError("path", f"cannot read {p.name} as .npy: {exc}") from exc
-        return direction_from_table(torch.from_numpy(np.asarray(arr, dtype=np.float32)), name or p.stem, num_layers,
-                                    monitor_layer, method="file:npy")
+        return direction_from_table(torch.from_numpy(arr), name or p.stem, num_layers, monitor_layer, method="file:npy")
     raise InvalidArgumentError("path", f"unsupported direction file type {suffix!r} (.safetensors, .pt, .npy)")
 
 
@@ -105,7 +104,10 @@ def direction_from_bytes(
     name = name or meta.get("name") or default_name
     if "direction" in tensors and "layers" in meta:
         table = tensors["direction"].float()
-        layers = [int(x) for x in json.loads(meta["layers"])]
+        try:
+            layers = [int(x) for x in json.loads(meta["layers"])]
+        except (ValueError, TypeError) as exc:  # not JSON, or not a list of integers
+            raise InvalidArgumentError("safetensors", f"bad `layers` metadata {meta['layers'][:80]!r}: {exc}") from exc
         if table.ndim != 2 or table.shape[0] != len(layers):
             raise InvalidArgumentError("safetensors", f"`direction` has shape {tuple(table.shape)} for layers {layers}")
         vectors = {layer: table[i].clone() for i, layer in enumerate(layers)}
@@ -120,9 +122,9 @@ def direction_from_bytes(
         raise InvalidArgumentError("safetensors", f"unrecognised tensors {sorted(tensors)[:5]}")
     try:
         stored_monitor = int(meta["monitor_layer"]) if "monitor_layer" in meta else None
-        calibration = {k: Calibration(**v) for k, v in json.loads(meta.get("calibration") or "{}").items()}
+        calibration = _calibration(json.loads(meta.get("calibration") or "{}"))
         n_examples = int(meta.get("n_examples") or 0)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise InvalidArgumentError("safetensors", f"bad metadata: {exc}") from exc
     chosen = monitor_layer if monitor_layer is not None else stored_monitor
     if chosen is None:
@@ -160,14 +162,33 @@ def direction_from_table(
             raise InvalidArgumentError(
                 "path", f"table has {t.shape[0]} rows; the model has {num_layers} layers (expected that or +1)"
             )
-        # Rows of zeros (layers the file does not cover) are dropped rather than refused.
-        vectors = {layer: v for layer, v in vectors.items() if float(v.abs().sum()) > 0}
+        # Rows of exact zeros (layers the file does not cover) are dropped rather than refused; a NaN row is kept so
+        # that validate() refuses the file instead of silently half-loading it.
+        vectors = {layer: v for layer, v in vectors.items() if not bool((v == 0).all())}
         if not vectors:
             raise InvalidArgumentError("path", "every row of the table is zero")
     else:
         raise InvalidArgumentError("path", f"tensor of shape {tuple(t.shape)} is not a direction")
     chosen = monitor_layer if monitor_layer is not None else _middle(sorted(vectors))
     return Direction(name=name, vectors=vectors, monitor_layer=chosen, method=method)
+
+
+def _calibration(raw: dict) -> dict[str, Calibration]:
+    """pooling -> Calibration with numeric fields (metadata is untrusted JSON; a string mu must not get through)."""
+    out = {}
+    for pooling, v in raw.items():  # AttributeError when raw is not an object
+        threshold, fpr = v.get("threshold"), v.get("target_fpr")
+        unknown = set(v) - {"mu", "sigma", "threshold", "target_fpr", "n"}
+        if unknown:
+            raise ValueError(f"unknown calibration fields {sorted(unknown)}")
+        out[str(pooling)] = Calibration(
+            mu=float(v["mu"]),
+            sigma=float(v["sigma"]),
+            threshold=None if threshold is None else float(threshold),
+            target_fpr=None if fpr is None else float(fpr),
+            n=int(v.get("n") or 0),
+        )
+    return out
 
 
 def _middle(layers: list[int]) -> int:

@@ -30,7 +30,7 @@ def validate_direction_name(name: str, field_name: str = "name") -> str:
     """Names travel in URLs, file names and metric labels: letters, digits, `_.-`, at most 64 characters."""
     if not name:
         raise InvalidArgumentError(field_name, "direction name is empty")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # not match(): `$` also matches before a trailing newline
         raise InvalidArgumentError(
             field_name, f"direction name {name[:80]!r} is not allowed (use 1-64 of A-Z a-z 0-9 _ . -, not first . - _)"
         )
@@ -110,7 +110,8 @@ class Direction:
             clean[layer] = v
         if self.monitor_layer not in clean:
             raise InvalidArgumentError(
-                f"{field_name}.monitor_layer", f"monitor layer {self.monitor_layer} has no vector (layers {sorted(clean)})"
+                f"{field_name}.monitor_layer",
+                f"monitor layer {self.monitor_layer} has no vector (layers {sorted(clean)})",
             )
         for pooling, cal in self.calibration.items():
             if pooling not in POOLINGS:

@@ -79,7 +79,9 @@ class Engine(EngineClient):
         self.num_layers = loaded.num_layers
         self.hidden_size = loaded.hidden_size
         self.vocab_size = int(text_config.vocab_size)
-        self.max_context = int(getattr(text_config, "max_position_embeddings", 0) or getattr(text_config, "n_positions", 4096))
+        self.max_context = int(
+            getattr(text_config, "max_position_embeddings", 0) or getattr(text_config, "n_positions", 4096)
+        )
         self.config_hash = config_hash(self.model.config)
         self.tokenizer_hash = tokenizer_hash(self.tokenizer)
         eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
@@ -158,18 +160,24 @@ class Engine(EngineClient):
         """Engine rule 6: an unsteered request must match a plain forward and a steered one must change."""
         prompt = Prompt(token_ids=tuple(_CANARY_PROMPT))
         sampling = SamplingParams(max_new_tokens=len(reference))
-        plain = await self._generate_internal(GenerationRequest(prompt, sampling, ignore_policy=True, monitor=_NO_MONITOR))
+        plain = await self._generate_internal(
+            GenerationRequest(prompt, sampling, ignore_policy=True, monitor=_NO_MONITOR)
+        )
         if list(plain.token_ids) != reference:
             raise RuntimeError(f"canary: unsteered tokens {list(plain.token_ids)} != plain forward {reference}")
         gen = torch.Generator().manual_seed(1234)
         with torch.no_grad():
-            scale = 64.0 * float(self.model.get_input_embeddings().weight.float().norm(dim=-1).mean())
+            embeddings = self.model.get_input_embeddings().weight  # type: ignore[operator]
+            assert isinstance(embeddings, torch.Tensor)
+            scale = 64.0 * float(embeddings.float().norm(dim=-1).mean())
         for _attempt in range(3):
             v = torch.randn(self.hidden_size, generator=gen)
             probe = Direction("canary-probe", {layer: v for layer in range(self.num_layers)}, monitor_layer=0)
             self.registry.put(probe)
             try:
-                term = SteeringTerm("canary-probe", SteeringMode.ADD, -scale / float(v.norm()))  # subtracting: no red-team
+                term = SteeringTerm(
+                    "canary-probe", SteeringMode.ADD, -scale / float(v.norm())
+                )  # subtracting: no red-team
                 steered = await self._generate_internal(GenerationRequest(prompt, sampling, (term,), _NO_MONITOR, True))
             finally:
                 self.registry.delete("canary-probe")
@@ -231,16 +239,28 @@ class Engine(EngineClient):
         finally:
             stream.cancel()
 
-    def _generate_internal_stream(self, request: GenerationRequest, prompt_ids: list[int] | None = None,
-                                  prompt_len: int | None = None, field_prefix: str = "") -> GenerationStream:
+    def _generate_internal_stream(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int] | None = None,
+        prompt_len: int | None = None,
+        field_prefix: str = "",
+    ) -> GenerationStream:
         self._check_accepting()
         sampling = validate_sampling(request.sampling, self.limits, field_prefix)
         if prompt_ids is None:
             prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, f"{field_prefix}prompt")
         self._check_length(prompt_ids, sampling.max_new_tokens, field_prefix)
         terms = effective_terms(request.steering, self._policy, request.ignore_policy)
-        plan = make_plan(self.registry, terms, request.monitor, self.num_layers, self.limits.max_directions,
-                         self.limits.allow_red_team, field_prefix)
+        plan = make_plan(
+            self.registry,
+            terms,
+            request.monitor,
+            self.num_layers,
+            self.limits.max_directions,
+            self.limits.allow_red_team,
+            field_prefix,
+        )
         return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int, field_prefix: str) -> None:
@@ -251,14 +271,24 @@ class Engine(EngineClient):
         if len(prompt_ids) + max_new_tokens > self.max_context:
             raise InvalidArgumentError(
                 f"{field_prefix}sampling.max_new_tokens",
-                f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the context of {self.max_context}",
+                f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the context "
+                f"of {self.max_context}",
             )
 
-    def _admit(self, plan: RequestPlan, prompt_ids: list[int], prompt_len: int, sampling: SamplingParams,
-               monitor: MonitorOptions, capture: tuple[int, int] = (0, 0)) -> GenerationStream:
+    def _admit(
+        self,
+        plan: RequestPlan,
+        prompt_ids: list[int],
+        prompt_len: int,
+        sampling: SamplingParams,
+        monitor: MonitorOptions,
+        capture: tuple[int, int] = (0, 0),
+    ) -> GenerationStream:
         """Admission control (Engine rule 7): never let add_request block on a full queue."""
         if len(self._streams) >= self.limits.max_queued:
-            raise ResourceExhaustedError(f"{len(self._streams)} requests in flight (limit {self.limits.max_queued}); retry later")
+            raise ResourceExhaustedError(
+                f"{len(self._streams)} requests in flight (limit {self.limits.max_queued}); retry later"
+            )
         request_id = f"r{next(self._ids)}"
         slot = self._free_slots.pop() if plan.steered else 0
         track = RequestTrack(
@@ -275,11 +305,23 @@ class Engine(EngineClient):
         )
         if plan.steered or capture[0]:
             zeros = torch.zeros(self.num_layers, self.limits.max_directions)
-            track.upload = (plan.alpha if plan.alpha is not None else zeros, plan.beta if plan.beta is not None else zeros)
+            track.upload = (
+                plan.alpha if plan.alpha is not None else zeros,
+                plan.beta if plan.beta is not None else zeros,
+            )
         for entry in plan.entries:
             self.registry.acquire(entry)
-        stream = GenerationStream(request_id, track, plan, self.tokenizer, sampling.stop, self.eos_ids,
-                                  monitor.token_scores, monitor.stop_threshold, self._close_stream)
+        stream = GenerationStream(
+            request_id,
+            track,
+            plan,
+            self.tokenizer,
+            sampling.stop,
+            self.eos_ids,
+            monitor.token_scores,
+            monitor.stop_threshold,
+            self._close_stream,
+        )
         self._streams[request_id] = stream
         self.runtime.tracks[request_id] = track
 
@@ -315,7 +357,9 @@ class Engine(EngineClient):
     async def compare(self, request: CompareRequest) -> CompareResult:
         variants = request.variants or self._default_variants(request.monitor)
         if len(variants) > self.limits.max_variants:
-            raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}")
+            raise InvalidArgumentError(
+                "variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}"
+            )
         names = [v.name for v in variants]
         if any(not n for n in names) or len(set(names)) != len(names):
             raise InvalidArgumentError("variants", "variant names must be non-empty and distinct")
@@ -324,7 +368,9 @@ class Engine(EngineClient):
         try:
             # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
             for i, v in enumerate(variants):
-                req = GenerationRequest(request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True)
+                req = GenerationRequest(
+                    request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
+                )
                 if self._policy.enforced:
                     req = GenerationRequest(request.prompt, request.sampling, v.steering, request.monitor)
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
@@ -333,9 +379,12 @@ class Engine(EngineClient):
             for s in streams:
                 s.cancel()
         first = results[0].token_ids
-        return CompareResult(tuple(
-            VariantResult(v.name, r, _divergence(first, r.token_ids)) for v, r in zip(variants, results, strict=True)
-        ))
+        return CompareResult(
+            tuple(
+                VariantResult(v.name, r, _divergence(first, r.token_ids))
+                for v, r in zip(variants, results, strict=True)
+            )
+        )
 
     def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
         if self._policy.terms:
@@ -343,7 +392,10 @@ class Engine(EngineClient):
         names = monitor.directions or tuple(self.registry.names())
         if not names:
             raise InvalidArgumentError("variants", "no variants given and no direction registered to ablate")
-        return (Variant("unsteered", ()), Variant(f"ablate-{names[0]}", (SteeringTerm(names[0], SteeringMode.ABLATE, 1.0),)))
+        return (
+            Variant("unsteered", ()),
+            Variant(f"ablate-{names[0]}", (SteeringTerm(names[0], SteeringMode.ABLATE, 1.0),)),
+        )
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         """A prefill-only request on the same path: the scores Generate reports for these positions."""
@@ -354,11 +406,14 @@ class Engine(EngineClient):
             response = list(request.response_token_ids)
             bad = [t for t in response if not 0 <= t < self.vocab_size]
             if bad:
-                raise InvalidArgumentError("response_token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}")
+                raise InvalidArgumentError(
+                    "response_token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}"
+                )
         else:
             response = self.tokenizer.encode(request.response_text or "", add_special_tokens=False)
-        gen = GenerationRequest(request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor,
-                                request.ignore_policy)
+        gen = GenerationRequest(
+            request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor, request.ignore_policy
+        )
         stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids))
         try:
             await _drain(stream)
@@ -379,8 +434,14 @@ class Engine(EngineClient):
         if not free:
             raise ResourceExhaustedError("all activation accumulators are busy; retry later")
         plan = RequestPlan(None, None, [], [])
-        stream = self._admit(plan, prompt_ids, len(prompt_ids), SamplingParams(max_new_tokens=1), _NO_MONITOR,
-                             capture=(free[0], from_position))
+        stream = self._admit(
+            plan,
+            prompt_ids,
+            len(prompt_ids),
+            SamplingParams(max_new_tokens=1),
+            _NO_MONITOR,
+            capture=(free[0], from_position),
+        )
         try:
             await _drain(stream)
         finally:
@@ -400,11 +461,17 @@ class Engine(EngineClient):
 
     def _check_provenance(self, direction: Direction, strict: bool) -> Direction:
         prov = direction.provenance
-        mismatch = [k for k, mine in (("config_hash", self.config_hash), ("tokenizer_hash", self.tokenizer_hash))
-                    if getattr(prov, k) and getattr(prov, k) != mine]
+        mismatch = [
+            k
+            for k, mine in (("config_hash", self.config_hash), ("tokenizer_hash", self.tokenizer_hash))
+            if getattr(prov, k) and getattr(prov, k) != mine
+        ]
         if not mismatch:
             return direction
-        msg = f"direction {direction.name!r} was made for another model ({prov.model_id or 'unknown'}; {', '.join(mismatch)} differ)"
+        msg = (
+            f"direction {direction.name!r} was made for another model ({prov.model_id or 'unknown'}; "
+            f"{', '.join(mismatch)} differ)"
+        )
         if strict:
             raise InvalidArgumentError("direction.provenance", msg + "; refused under --strict")
         log.warning("%s: loaded uncalibrated", msg)
@@ -432,8 +499,15 @@ class Engine(EngineClient):
 
     def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
         if policy.terms:  # validate against the registry now, not at the next request
-            make_plan(self.registry, policy.terms, MonitorOptions(directions=()), self.num_layers,
-                      self.limits.max_directions, self.limits.allow_red_team, "policy.")
+            make_plan(
+                self.registry,
+                policy.terms,
+                MonitorOptions(directions=()),
+                self.num_layers,
+                self.limits.max_directions,
+                self.limits.allow_red_team,
+                "policy.",
+            )
         self._policy = policy
         return policy
 
@@ -461,8 +535,12 @@ class Engine(EngineClient):
 
     def stats(self) -> EngineStats:
         active, waiting = self.manager.scheduler_counts()
-        return EngineStats(running=active + waiting, queued=len(self._streams),
-                           forward_passes=self.runtime.forward_passes, generated_tokens=self.generated_tokens)
+        return EngineStats(
+            running=active + waiting,
+            queued=len(self._streams),
+            forward_passes=self.runtime.forward_passes,
+            generated_tokens=self.generated_tokens,
+        )
 
 
 _CANARY_PROMPT = [1, 5, 9, 13, 17, 21, 25, 29]

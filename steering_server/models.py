@@ -17,8 +17,14 @@ __all__ = ["BUILTIN_MODEL_ID", "LoadedModel", "default_device", "default_dtype",
 
 log = logging.getLogger(__name__)
 BUILTIN_MODEL_ID = "steering-server/builtin"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -56,7 +62,9 @@ def _parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def load_model(model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> LoadedModel:
     """`model`: a local directory or a hub id (downloaded by transformers when the machine can reach the hub);
     None loads the built-in default (the shipped model organism, or a tiny seeded model if it is absent)."""
     device = device or default_device()
@@ -67,7 +75,8 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
             from .tiny_models import byte_tokenizer, tiny_model
 
             log.info("built-in model: tiny seeded Llama (no organism assets found)")
-            return wrap_model(tiny_model("llama").to(device, torch_dtype), byte_tokenizer(), BUILTIN_MODEL_ID)
+            model_obj = tiny_model("llama").to(device, torch_dtype)  # type: ignore[arg-type]
+            return wrap_model(model_obj, byte_tokenizer(), BUILTIN_MODEL_ID)
         model = str(model_dir)
     local = Path(model).expanduser()
     source = str(local) if local.is_dir() else model
@@ -76,7 +85,8 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model_id = getattr(hf_model.config, "_name_or_path", "") or source
-    return wrap_model(hf_model.to(device).eval(), tokenizer, _model_id(source, model_id))
+    hf_model = hf_model.to(device)  # type: ignore[arg-type]
+    return wrap_model(hf_model.eval(), tokenizer, _model_id(source, model_id))
 
 
 def wrap_model(model: PreTrainedModel, tokenizer: Any, model_id: str) -> LoadedModel:

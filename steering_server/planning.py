@@ -63,8 +63,10 @@ def effective_terms(
 
 def _inducing(term: SteeringTerm) -> bool:
     s = term.strength
-    return (term.mode == SteeringMode.ADD and s > 0) or (term.mode == SteeringMode.CLAMP and s > 0) or (
-        term.mode == SteeringMode.ABLATE and s < 0
+    return (
+        (term.mode == SteeringMode.ADD and s > 0)
+        or (term.mode == SteeringMode.CLAMP and s > 0)
+        or (term.mode == SteeringMode.ABLATE and s < 0)
     )
 
 
@@ -102,7 +104,11 @@ def make_plan(
                 raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} is outside 0..{num_layers - 1}")
             registry.check_layer(entry, layer, f"{f}.layers[{j}]")
             cal = d.calibration.get("token")
-            target = cal.mu + term.strength * cal.sigma if (cal is not None and term.mode == SteeringMode.CLAMP) else term.strength
+            target = (
+                cal.mu + term.strength * cal.sigma
+                if (cal is not None and term.mode == SteeringMode.CLAMP)
+                else term.strength
+            )
             a, b = mode_coefficients(term.mode.name, term.strength, entry.norms[layer], target)
             alpha[layer, entry.row] += a
             beta[layer, entry.row] += b
@@ -112,7 +118,7 @@ def make_plan(
     names = (monitor.directions or tuple(registry.names())) if monitor.enabled else ()
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"{field_prefix}monitor.directions", "directions repeat")
-    for j, name in enumerate(names):
+    for name in names:
         entry = registry.get(name)
         d = entry.direction
         monitors.append(

@@ -17,7 +17,9 @@ _ROLES = ("system", "user", "assistant")
 
 def render_prompt(tokenizer: Any, prompt: Prompt, vocab_size: int, field: str = "prompt") -> list[int]:
     """Exactly one of text, messages (through the model's chat template) or token_ids."""
-    given = [name for name, v in (("text", prompt.text), ("messages", prompt.messages), ("token_ids", prompt.token_ids)) if v]
+    given = [
+        name for name, v in (("text", prompt.text), ("messages", prompt.messages), ("token_ids", prompt.token_ids)) if v
+    ]
     if len(given) != 1:
         what = "is empty" if not given else f"sets {' and '.join(given)}"
         raise InvalidArgumentError(field, f"{what}: give exactly one of text, messages or token_ids")
@@ -30,11 +32,15 @@ def render_prompt(tokenizer: Any, prompt: Prompt, vocab_size: int, field: str = 
     if prompt.messages:
         for i, m in enumerate(prompt.messages):
             if m.role not in _ROLES:
-                raise InvalidArgumentError(f"{field}.messages[{i}].role", f"role {m.role[:40]!r} is not one of {_ROLES}")
+                raise InvalidArgumentError(
+                    f"{field}.messages[{i}].role", f"role {m.role[:40]!r} is not one of {_ROLES}"
+                )
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidArgumentError(f"{field}.messages", "the model has no chat template; send text instead")
         rendered = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in prompt.messages], add_generation_prompt=True, tokenize=False
+            [{"role": m.role, "content": m.content} for m in prompt.messages],
+            add_generation_prompt=True,
+            tokenize=False,
         )
         ids = tokenizer.encode(rendered, add_special_tokens=False)
     else:
@@ -47,7 +53,9 @@ def render_prompt(tokenizer: Any, prompt: Prompt, vocab_size: int, field: str = 
 def validate_sampling(s: SamplingParams, limits: EngineLimits, field_prefix: str = "") -> SamplingParams:
     f = f"{field_prefix}sampling"
     if not 1 <= s.max_new_tokens <= limits.max_new_tokens:
-        raise InvalidArgumentError(f"{f}.max_new_tokens", f"must be in 1..{limits.max_new_tokens}, got {s.max_new_tokens}")
+        raise InvalidArgumentError(
+            f"{f}.max_new_tokens", f"must be in 1..{limits.max_new_tokens}, got {s.max_new_tokens}"
+        )
     if not (math.isfinite(s.temperature) and 0 <= s.temperature <= 100):
         raise InvalidArgumentError(f"{f}.temperature", "must be finite and in 0..100 (0 is greedy)")
     if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):

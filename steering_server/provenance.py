@@ -9,8 +9,20 @@ from typing import Any
 __all__ = ["config_hash", "tokenizer_hash"]
 
 # Keys that change with how a model was saved or loaded, not with what it computes.
-_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
-             "_attn_implementation_autoset", "attn_implementation", "_commit_hash", "use_cache"}
+# `architectures` is None on a model built from a config and set by save_pretrained, so the same weights would hash
+# differently before and after a save.
+_VOLATILE = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "_commit_hash",
+    "use_cache",
+    "architectures",
+}
 
 
 def config_hash(config: Any) -> str:

@@ -95,7 +95,9 @@ class DirectionRegistry:
     def check_layer(self, entry: RegisteredDirection, layer: int, field: str) -> None:
         if layer not in entry.direction.vectors:
             raise InvalidArgumentError(
-                field, f"direction {entry.direction.name!r} has no vector for layer {layer} (has {list(entry.direction.layers)})"
+                field,
+                f"direction {entry.direction.name!r} has no vector for layer {layer} "
+                f"(has {list(entry.direction.layers)})",
             )
 
     def unit(self, entry: RegisteredDirection, layer: int) -> torch.Tensor:

@@ -73,22 +73,20 @@ class SteeringRuntime:
         max_captures: int = 8,
     ) -> None:
         n_layers = len(layers)
-        f32 = {"device": device, "dtype": torch.float32}
-        i64 = {"device": device, "dtype": torch.int64}
         self.device = device
         self.num_layers = n_layers
         self.max_directions = max_directions
-        self.unit = torch.zeros(n_layers, max_directions, hidden_size, **f32)
-        self.alpha = torch.zeros(n_layers, max_slots + 1, max_directions, **f32)
-        self.beta = torch.zeros(n_layers, max_slots + 1, max_directions, **f32)
-        self.acc = torch.zeros(n_layers, max_captures + 1, hidden_size, **f32)
-        self.token_slot = torch.zeros(max_batch_tokens, **i64)
-        self.token_cap = torch.zeros(max_batch_tokens, **i64)
-        self.proj = torch.zeros(n_layers, max_batch_tokens, max_directions, **f32)
-        self.row_temperature = torch.zeros(max_rows, **f32)
-        self.row_top_p = torch.ones(max_rows, **f32)
-        self.row_top_k = torch.zeros(max_rows, **i64)
-        self.row_key = torch.zeros(max_rows, **i64)
+        self.unit = torch.zeros(n_layers, max_directions, hidden_size, device=device, dtype=torch.float32)
+        self.alpha = torch.zeros(n_layers, max_slots + 1, max_directions, device=device, dtype=torch.float32)
+        self.beta = torch.zeros(n_layers, max_slots + 1, max_directions, device=device, dtype=torch.float32)
+        self.acc = torch.zeros(n_layers, max_captures + 1, hidden_size, device=device, dtype=torch.float32)
+        self.token_slot = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
+        self.token_cap = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
+        self.proj = torch.zeros(n_layers, max_batch_tokens, max_directions, device=device, dtype=torch.float32)
+        self.row_temperature = torch.zeros(max_rows, device=device, dtype=torch.float32)
+        self.row_top_p = torch.ones(max_rows, device=device, dtype=torch.float32)
+        self.row_top_k = torch.zeros(max_rows, device=device, dtype=torch.int64)
+        self.row_key = torch.zeros(max_rows, device=device, dtype=torch.int64)
         self.max_batch_tokens = max_batch_tokens
         self.tracks: dict[str, RequestTrack] = {}  # written by the engine, read by the loop thread
         self.entries: list[BatchEntry] = []
@@ -105,7 +103,13 @@ class SteeringRuntime:
 
     # ---- hooks (loop thread, inside the forward) ----
     def _make_hook(self, layer: int) -> Callable[..., Any]:
-        unit, alpha, beta, acc, proj_out = self.unit[layer], self.alpha[layer], self.beta[layer], self.acc[layer], self.proj[layer]
+        unit, alpha, beta, acc, proj_out = (
+            self.unit[layer],
+            self.alpha[layer],
+            self.beta[layer],
+            self.acc[layer],
+            self.proj[layer],
+        )
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not self.active:

@@ -37,7 +37,9 @@ def measure_and_steer(
     return steered, proj
 
 
-def mode_coefficients(mode: str, strength: float, vector_norm: float, clamp_target_raw: float = 0.0) -> tuple[float, float]:
+def mode_coefficients(
+    mode: str, strength: float, vector_norm: float, clamp_target_raw: float = 0.0
+) -> tuple[float, float]:
     """(alpha, beta) for one term at one layer; see the module docstring."""
     if mode == "ABLATE":
         return strength, 0.0

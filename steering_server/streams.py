@@ -14,7 +14,7 @@ from typing import Any
 
 from .detok import IncrementalDetokenizer
 from .engine_api import RequestStream
-from .planning import MonitorTarget, RequestPlan
+from .planning import RequestPlan
 from .runtime import RequestTrack
 from .types import DirectionScores, GenerationResult, StopReason, TokenEvent
 
@@ -116,7 +116,9 @@ class GenerationStream(RequestStream):
                 self._finish(StopReason.STOP_SEQUENCE, needs_cancel=True)
                 return
         if finished:
-            reason = StopReason.EOS_TOKEN if self.token_ids and self.token_ids[-1] in self._eos else StopReason.MAX_TOKENS
+            reason = (
+                StopReason.EOS_TOKEN if self.token_ids and self.token_ids[-1] in self._eos else StopReason.MAX_TOKENS
+            )
             self._finish(reason, needs_cancel=False)
 
     def _token_readings(self, i: int) -> dict[str, float]:

@@ -40,9 +40,7 @@ def tiny_config(arch: str = "llama", vocab_size: int = 262, hidden: int = 64, la
     """A small config of `arch` (llama, qwen2, mistral, gemma, gpt2) sized for 2 CPU cores."""
     common: dict[str, Any] = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     if arch == "gpt2":
-        return AutoConfig.for_model(
-            "gpt2", n_embd=hidden, n_layer=layers, n_head=4, n_positions=2048, **common
-        )
+        return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=4, n_positions=2048, **common)
     extra: dict[str, Any] = {}
     if arch == "gemma":
         extra = {"head_dim": hidden // 4}

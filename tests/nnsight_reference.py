@@ -49,7 +49,12 @@ def _steer(h: torch.Tensor, terms: list[RefTerm]) -> torch.Tensor:
 
 
 def reference_generate(
-    model: Any, tokenizer: Any, prompt_ids: list[int], terms: list[RefTerm], monitors: list[RefMonitor], max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    terms: list[RefTerm],
+    monitors: list[RefMonitor],
+    max_new_tokens: int,
 ) -> tuple[list[int], list[dict[int, float]]]:
     """Greedy generation with the interventions at every step. Returns the new tokens and, per monitor, the
     projection (read before that layer's steering) at every position: {absolute position: value}."""
@@ -59,16 +64,22 @@ def reference_generate(
     for part in path.split("."):
         envoy = getattr(envoy, part)
     layers = sorted({t.layer for t in terms} | {m.layer for m in monitors})
-    with nn_model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                           min_new_tokens=max_new_tokens) as tracer:
+    with nn_model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens
+    ) as tracer:
         reads = list().save()
         for _step in tracer.iter[:max_new_tokens]:
             for layer in layers:  # in execution order: nnsight interleaves with the forward
                 out = envoy[layer].output
                 h = out[0]  # (tokens this step, hidden)
                 hf = h.float()
-                reads.append([(layer, i, (hf @ (m.vector.float() / m.vector.float().norm())).detach().clone())
-                              for i, m in enumerate(monitors) if m.layer == layer])
+                reads.append(
+                    [
+                        (layer, i, (hf @ (m.vector.float() / m.vector.float().norm())).detach().clone())
+                        for i, m in enumerate(monitors)
+                        if m.layer == layer
+                    ]
+                )
                 mine = [t for t in terms if t.layer == layer]
                 if mine:
                     envoy[layer].output = _steer(hf, mine).to(h.dtype)[None]
@@ -81,4 +92,4 @@ def reference_generate(
                 readings[i][pos[layer] + j] = v
         if group:
             pos[group[0][0]] += len(group[0][2])
-    return ids[0, len(prompt_ids):].tolist(), readings
+    return ids[0, len(prompt_ids) :].tolist(), readings

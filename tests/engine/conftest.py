@@ -21,7 +21,9 @@ def loaded_model(arch: str = "llama", seed: int = 0) -> LoadedModel:
     return wrap_model(tiny_model(arch, seed=seed), byte_tokenizer(), f"tiny-{arch}")
 
 
-def random_direction(name: str, loaded: LoadedModel, monitor_layer: int = 1, seed: int = 7, scale: float = 1.0) -> Direction:
+def random_direction(
+    name: str, loaded: LoadedModel, monitor_layer: int = 1, seed: int = 7, scale: float = 1.0
+) -> Direction:
     """Vectors at every layer; `scale` times the typical hidden-state norm, so ADD 1 is a strong push."""
     g = torch.Generator().manual_seed(seed)
     h = loaded.hidden_size

@@ -12,7 +12,9 @@ from .conftest import loaded_model, random_direction, running_engine
 
 def _req(prompt: list[int], steer: tuple[SteeringTerm, ...] = (), n: int = 12, **sampling: object) -> GenerationRequest:
     return GenerationRequest(
-        Prompt(token_ids=tuple(prompt)), SamplingParams(max_new_tokens=n, **sampling), steer,  # type: ignore[arg-type]
+        Prompt(token_ids=tuple(prompt)),
+        SamplingParams(max_new_tokens=n, **sampling),
+        steer,  # type: ignore[arg-type]
         MonitorOptions(token_scores=True),
     )
 

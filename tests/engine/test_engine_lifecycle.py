@@ -214,8 +214,11 @@ async def test_policy_applies_by_default_and_enforced_policy_cannot_be_skipped()
 
 async def test_directions_from_another_model_load_uncalibrated_or_are_refused() -> None:
     loaded = loaded_model()
-    foreign = replace(random_direction("f", loaded), provenance=Provenance("other/model", "0" * 16, ""),
-                      calibration={"token": Calibration(0.0, 1.0)})
+    foreign = replace(
+        random_direction("f", loaded),
+        provenance=Provenance("other/model", "0" * 16, ""),
+        calibration={"token": Calibration(0.0, 1.0)},
+    )
     async with running_engine(loaded) as engine:
         stored = engine.put_direction(foreign)
         assert not stored.calibrated
@@ -223,6 +226,9 @@ async def test_directions_from_another_model_load_uncalibrated_or_are_refused() 
             engine.put_direction(foreign, strict=True)
         mine = replace(foreign, provenance=Provenance("x", engine.config_hash, engine.tokenizer_hash))
         assert engine.put_direction(mine).calibrated
-        out = await engine.generate(GenerationRequest(Prompt(token_ids=PROMPT), SamplingParams(max_new_tokens=3),
-                                                      monitor=MonitorOptions(directions=("f",))))
+        out = await engine.generate(
+            GenerationRequest(
+                Prompt(token_ids=PROMPT), SamplingParams(max_new_tokens=3), monitor=MonitorOptions(directions=("f",))
+            )
+        )
         assert out.monitor[0].calibrated

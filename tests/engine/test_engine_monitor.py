@@ -36,7 +36,9 @@ async def test_score_returns_the_scores_generate_reported() -> None:
         engine.put_direction(random_direction("d", loaded))
         steer = (SteeringTerm("d", SteeringMode.ADD, -0.3),)
         gen = await engine.generate(_gen(steer))
-        scored = await engine.score(ScoreRequest(Prompt(token_ids=PROMPT), response_token_ids=gen.token_ids, steering=steer))
+        scored = await engine.score(
+            ScoreRequest(Prompt(token_ids=PROMPT), response_token_ids=gen.token_ids, steering=steer)
+        )
         g, s = gen.monitor[0], scored.monitor[0]
         # Same positions, computed in a different batch shape (one prefill vs token-by-token decode): fp32
         # agreement to 1e-4 relative.
@@ -56,7 +58,11 @@ async def test_score_returns_the_scores_generate_reported() -> None:
 async def test_calibrated_scores_are_z_and_stream_scores_match() -> None:
     loaded = loaded_model()
     d = random_direction("d", loaded)
-    cal = {"token": Calibration(1.0, 2.0), "response_mean": Calibration(0.5, 4.0), "last_prompt": Calibration(-1.0, 0.5)}
+    cal = {
+        "token": Calibration(1.0, 2.0),
+        "response_mean": Calibration(0.5, 4.0),
+        "last_prompt": Calibration(-1.0, 0.5),
+    }
     async with running_engine(loaded) as engine:
         engine.put_direction(d)
         raw = await engine.generate(_gen())

@@ -22,17 +22,26 @@ async def _check(arch: str, terms: tuple[SteeringTerm, ...]) -> None:
     async with running_engine(loaded) as engine:
         engine.put_direction(d)
         engine.put_direction(e)
-        got = await engine.generate(GenerationRequest(
-            Prompt(token_ids=tuple(PROMPT)), SamplingParams(max_new_tokens=N), terms,
-            MonitorOptions(directions=("d", "e"), token_scores=True)))
-        unsteered = await engine.generate(GenerationRequest(Prompt(token_ids=tuple(PROMPT)), SamplingParams(max_new_tokens=N)))
+        got = await engine.generate(
+            GenerationRequest(
+                Prompt(token_ids=tuple(PROMPT)),
+                SamplingParams(max_new_tokens=N),
+                terms,
+                MonitorOptions(directions=("d", "e"), token_scores=True),
+            )
+        )
+        unsteered = await engine.generate(
+            GenerationRequest(Prompt(token_ids=tuple(PROMPT)), SamplingParams(max_new_tokens=N))
+        )
     assert got.token_ids != unsteered.token_ids, "pick a steering that changes tokens"
     dirs = {"d": d, "e": e}
     ref_terms = []
     for t in terms:
         direction = dirs[t.direction]
         layers = t.layers or tuple(
-            (direction.monitor_layer,) if t.mode == SteeringMode.CLAMP else [x for x in direction.layers if x >= direction.monitor_layer]
+            (direction.monitor_layer,)
+            if t.mode == SteeringMode.CLAMP
+            else [x for x in direction.layers if x >= direction.monitor_layer]
         )
         ref_terms += [RefTerm(layer, direction.vectors[layer], t.mode.name, t.strength) for layer in layers]
     monitors = [RefMonitor(1, d.vectors[1]), RefMonitor(2, e.vectors[2])]
