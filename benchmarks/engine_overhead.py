@@ -1,0 +1,165 @@
+"""Engine benchmark: what steering and monitoring cost, and what continuous batching buys.
+
+Prints tokens/s medians over interleaved runs (each configuration once per round, rounds repeated) and the
+ratios DESIGN.md's performance goals are stated in:
+  - steered + monitored on every layer vs the same engine unsteered (goal: at most 2% slower),
+  - the same engine with its hooks switched off (what the always-on hooks cost),
+  - the engine vs `model.generate` on a padded batch (goal: >= 3x at 1 request, >= 2x at 64 on a GPU).
+Random-weight model built from a config (no download). Usage:
+    python benchmarks/engine_overhead.py [--hidden 256 --layers 6 --concurrency 1 16 --rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from steering_server.config import EngineConfig
+from steering_server.directions import Direction
+from steering_server.engine import Engine, start_engine
+from steering_server.models import wrap_model
+from steering_server.tiny_models import byte_tokenizer
+from steering_server.types import (
+    EngineLimits,
+    GenerationRequest,
+    MonitorOptions,
+    Prompt,
+    SamplingParams,
+    SteeringMode,
+    SteeringTerm,
+)
+
+
+def build_model(arch: str, hidden: int, layers: int, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=262,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 128),
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+
+
+def prompts(n: int, length: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(6, 262, (length,), generator=g).tolist() for _ in range(n)]
+
+
+async def run_engine(engine: Engine, batch: list[list[int]], new_tokens: int, steered: bool) -> float:
+    steer = (
+        (SteeringTerm("bench", SteeringMode.ABLATE, 1.0, layers=tuple(range(engine.num_layers))),) if steered else ()
+    )
+    monitor = MonitorOptions(token_scores=True) if steered else MonitorOptions(enabled=False)
+    reqs = [
+        GenerationRequest(
+            Prompt(token_ids=tuple(p)), SamplingParams(max_new_tokens=new_tokens), steer, monitor, ignore_policy=True
+        )
+        for p in batch
+    ]
+    t = time.perf_counter()
+    outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t)
+
+
+def run_generate(model: torch.nn.Module, batch: list[list[int]], new_tokens: int) -> float:
+    ids = torch.tensor(batch, device=model.device)  # equal lengths: a padded batch without padding work
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (out.shape[1] - ids.shape[1]) * ids.shape[0] / (time.perf_counter() - t)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="llama")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    transformers.logging.set_verbosity_error()
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = build_model(args.arch, args.hidden, args.layers, args.device, dtype)
+    ref_model = build_model(args.arch, args.hidden, args.layers, args.device, dtype)  # never hooked or batched
+    max_c = max(args.concurrency)
+    config = EngineConfig(
+        limits=EngineLimits(max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens, max_queued=max_c + 8),
+        max_batch_tokens=max(256, max_c * 2),
+        max_requests_per_batch=max_c,
+        page_size=32,
+    )
+    engine = await start_engine(config, loaded=wrap_model(model, byte_tokenizer(), "bench"))
+    g = torch.Generator().manual_seed(3)
+    engine.put_direction(
+        Direction(
+            "bench",
+            {layer: torch.randn(args.hidden, generator=g) for layer in range(args.layers)},
+            monitor_layer=args.layers // 2,
+        )
+    )
+    print(
+        f"device={args.device} dtype={dtype} {args.arch} hidden={args.hidden} layers={args.layers} "
+        f"prompt={args.prompt_tokens} new={args.new_tokens} rounds={args.rounds} torch={torch.__version__}"
+    )
+
+    async def hooks_off(batch: list[list[int]]) -> float:
+        engine.runtime.active = False
+        try:
+            return await run_engine(engine, batch, args.new_tokens, steered=False)
+        finally:
+            engine.runtime.active = True
+
+    for c in args.concurrency:
+        batch = prompts(c, args.prompt_tokens)
+        configs: dict[str, Callable[[], Awaitable[float]]] = {
+            "hooks off": lambda b=batch: hooks_off(b),
+            "unsteered": lambda b=batch: run_engine(engine, b, args.new_tokens, steered=False),
+            "steered+monitored": lambda b=batch: run_engine(engine, b, args.new_tokens, steered=True),
+        }
+        for f in configs.values():  # warm-up round
+            await f()
+        run_generate(ref_model, batch, args.new_tokens)
+        samples: dict[str, list[float]] = {k: [] for k in [*configs, "model.generate"]}
+        for _ in range(args.rounds):
+            for name, f in configs.items():
+                samples[name].append(await f())
+            samples["model.generate"].append(await asyncio.to_thread(run_generate, ref_model, batch, args.new_tokens))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        print(f"\nconcurrency {c}: tokens/s median [min-max] over {args.rounds} interleaved rounds")
+        for k, v in samples.items():
+            print(f"  {k:18s} {med[k]:9.1f}  [{min(v):.1f}-{max(v):.1f}]")
+        print(f"  steered+monitored / unsteered = {med['steered+monitored'] / med['unsteered']:.3f}")
+        print(f"  unsteered / hooks off         = {med['unsteered'] / med['hooks off']:.3f}")
+        print(f"  engine unsteered / generate   = {med['unsteered'] / med['model.generate']:.3f}")
+    await engine.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
