@@ -9,12 +9,15 @@ import signal
 import sys
 import types
 
+import grpc
+import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from steering_client import AsyncSteeringClient
 
 from steering_server.cli import build_parser, config_from_args, main
 from steering_server.config import EngineConfig
-from steering_server.service import serve
+from steering_server.service import SERVICE_NAME, serve
 
 from .service.fake_engine import FakeEngine
 
@@ -120,3 +123,44 @@ async def test_sigint_while_the_engine_starts_stops_cleanly() -> None:
     await started.wait()
     os.kill(os.getpid(), signal.SIGINT)
     await task  # returns: the start was cancelled and the server stopped
+
+
+async def test_the_serve_command_serves_the_built_in_model_and_stops_on_sigterm() -> None:
+    """`steering-server serve` as people run it: a process on the built-in model, health, a call, SIGTERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "steering_server.cli",
+        "serve",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def read_until(marker: str) -> str:
+        assert proc.stderr is not None
+        while line := (await proc.stderr.readline()).decode():
+            lines.append(line)
+            if marker in line:
+                return line
+        raise AssertionError(f"the server exited before logging {marker!r}:\n{''.join(lines)}")
+
+    try:
+        port = int((await read_until("listening on port")).rsplit(" ", 1)[1])
+        await read_until("serving ")  # the engine is attached: its canary passed
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = (await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            reply = await AsyncSteeringClient(channel=channel).generate("Hello", max_new_tokens=4)
+            assert len(reply.token_ids) >= 1
+        proc.send_signal(signal.SIGTERM)
+        await read_until("stopping")
+        assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -47,7 +47,6 @@ __all__ = [
 
 MAX_ABS_STRENGTH = 1000.0  # far beyond any useful steering; larger values only produce NaNs
 MAX_TEMPERATURE = 100.0
-MAX_SEED = 2**63 - 1  # seeds travel as signed 64-bit integers inside the engine
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
 MAX_TERMS = 64
@@ -242,8 +241,6 @@ def _sampling(msg: pb.SamplingParams, bounds: Bounds) -> SamplingParams:
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise InvalidArgumentError("sampling.top_p", "must be in (0, 1]")
     seed = msg.seed if msg.HasField("seed") else secrets.randbits(63)  # echoed in the response
-    if seed > MAX_SEED:
-        raise InvalidArgumentError("sampling.seed", "must be at most 2^63 - 1")
     if len(msg.stop) > MAX_STOP_SEQUENCES:
         raise InvalidArgumentError("sampling.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
     for i, s in enumerate(msg.stop):

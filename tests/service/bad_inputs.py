@@ -1,0 +1,185 @@
+"""The bad requests every server must refuse with a status and a message naming the field.
+
+Parametrised by the model's shape and the server's limits, so the same table runs against the fake engine
+(test_validation.py) and the real one (test_real_engine.py). The server has a direction named "misalignment"
+with vectors at every layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import grpc
+from steering_client import pb
+
+from steering_server.types import EngineLimits
+
+__all__ = ["BadInput", "bad_inputs"]
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+class BadInput(NamedTuple):
+    name: str
+    rpc: str
+    request: Any
+    code: grpc.StatusCode
+    field: str  # the message must start with this
+
+
+def _gen(**fields: Any) -> pb.GenerateRequest:
+    fields.setdefault("prompt", "Hello")
+    return pb.GenerateRequest(**fields)
+
+
+def _term(**fields: Any) -> pb.SteeringTerm:
+    fields.setdefault("direction", "misalignment")
+    fields.setdefault("mode", pb.ABLATE)
+    return pb.SteeringTerm(**fields)
+
+
+def _sampling(**fields: Any) -> pb.GenerateRequest:
+    return _gen(sampling=pb.SamplingParams(**fields))
+
+
+def _put(**fields: Any) -> pb.PutDirectionRequest:
+    fields.setdefault("name", "probe")
+    return pb.PutDirectionRequest(**fields)
+
+
+def bad_inputs(hidden: int, num_layers: int, vocab: int, limits: EngineLimits) -> list[BadInput]:
+    def vec(layer: int | None = 1, values: list[float] | None = None) -> pb.LayerVector:
+        lv = pb.LayerVector(values=[0.5] * hidden if values is None else values)
+        if layer is not None:
+            lv.layer = layer
+        return lv
+
+    nan_vector = [math.nan] + [1.0] * (hidden - 1)
+    variants = [pb.Variant(name=f"v{i}") for i in range(limits.max_variants + 1)]
+    too_long = limits.max_prompt_tokens + 1
+    # fmt: off
+    return [
+        BadInput("empty prompt", "Generate", pb.GenerateRequest(), INVALID, "prompt"),
+        BadInput("two inputs", "Generate", _gen(prompt_token_ids=[1, 2]), INVALID, "prompt_token_ids"),
+        BadInput("bad chat role", "Generate", pb.GenerateRequest(messages=[pb.ChatMessage(role="robot")]), INVALID,
+                 "messages[0].role"),
+        BadInput("token id outside the vocabulary", "Generate", pb.GenerateRequest(prompt_token_ids=[1, vocab]),
+                 INVALID, "prompt_token_ids[1]"),
+        BadInput("oversized token prompt", "Generate", pb.GenerateRequest(prompt_token_ids=[65] * too_long),
+                 EXHAUSTED, "prompt_token_ids"),
+        BadInput("oversized text prompt", "Generate", _gen(prompt="x" * too_long), INVALID, "prompt"),
+        BadInput("huge text prompt", "Generate", _gen(prompt="x" * 1000 * too_long), EXHAUSTED, "prompt"),
+        BadInput("max_new_tokens 0", "Generate", _sampling(max_new_tokens=0), INVALID, "sampling.max_new_tokens"),
+        BadInput("max_new_tokens over the limit", "Generate", _sampling(max_new_tokens=limits.max_new_tokens + 1),
+                 INVALID, "sampling.max_new_tokens"),
+        BadInput("negative temperature", "Generate", _sampling(temperature=-0.5), INVALID, "sampling.temperature"),
+        BadInput("NaN temperature", "Generate", _sampling(temperature=math.nan), INVALID, "sampling.temperature"),
+        BadInput("infinite temperature", "Generate", _sampling(temperature=math.inf), INVALID, "sampling.temperature"),
+        BadInput("top_p 0", "Generate", _sampling(top_p=0.0), INVALID, "sampling.top_p"),
+        BadInput("top_p above 1", "Generate", _sampling(top_p=1.5), INVALID, "sampling.top_p"),
+        BadInput("NaN top_p", "Generate", _sampling(top_p=math.nan), INVALID, "sampling.top_p"),
+        BadInput("empty stop", "Generate", _sampling(stop=[""]), INVALID, "sampling.stop[0]"),
+        BadInput("too many stops", "Generate", _sampling(stop=["x"] * 17), INVALID, "sampling.stop"),
+        BadInput("unknown direction", "Generate", _gen(steering=[_term(direction="nope")]), NOT_FOUND,
+                 "direction 'nope'"),
+        BadInput("empty direction name", "Generate", _gen(steering=[_term(direction="")]), INVALID,
+                 "steering[0].direction"),
+        BadInput("unsafe direction name", "Generate", _gen(steering=[_term(direction="../x")]), INVALID,
+                 "steering[0].direction"),
+        BadInput("unspecified mode", "Generate", _gen(steering=[_term(mode=pb.STEERING_MODE_UNSPECIFIED)]), INVALID,
+                 "steering[0].mode"),
+        BadInput("unknown mode", "Generate", _gen(steering=[_term(mode=9)]), INVALID, "steering[0].mode"),
+        BadInput("NaN strength", "Generate", _gen(steering=[_term(strength=math.nan)]), INVALID,
+                 "steering[0].strength"),
+        BadInput("infinite strength", "Generate", _gen(steering=[_term(strength=-math.inf)]), INVALID,
+                 "steering[0].strength"),
+        BadInput("huge strength", "Generate", _gen(steering=[_term(strength=1e9)]), INVALID, "steering[0].strength"),
+        BadInput("layer out of range", "Generate", _gen(steering=[_term(layers=[num_layers])]), INVALID,
+                 "steering[0].layers[0]"),
+        BadInput("negative layer", "Generate", _gen(steering=[_term(layers=[-1])]), INVALID, "steering[0].layers[0]"),
+        BadInput("repeated layer", "Generate", _gen(steering=[_term(layers=[1, 1])]), INVALID,
+                 "steering[0].layers[1]"),
+        BadInput("inducing without red-teaming", "Generate", _gen(steering=[_term(mode=pb.ADD, strength=2)]), DENIED,
+                 ""),
+        BadInput("unknown monitored direction", "Generate", _gen(monitor=pb.MonitorOptions(directions=["nope"])),
+                 NOT_FOUND, "direction 'nope'"),
+        BadInput("unsafe monitored name", "Generate", _gen(monitor=pb.MonitorOptions(directions=["a b"])), INVALID,
+                 "monitor.directions[0]"),
+        BadInput("NaN alarm threshold", "Generate", _gen(monitor=pb.MonitorOptions(stop_threshold=math.nan)),
+                 INVALID, "monitor.stop_threshold"),
+        BadInput("monitor disabled with directions", "Generate",
+                 _gen(monitor=pb.MonitorOptions(disabled=True, directions=["x"])), INVALID, "monitor.directions"),
+        BadInput("stream: NaN strength", "GenerateStream", _gen(steering=[_term(strength=math.nan)]), INVALID,
+                 "steering[0].strength"),
+        BadInput("stream: empty prompt", "GenerateStream", pb.GenerateRequest(), INVALID, "prompt"),
+        BadInput("stream: unknown direction", "GenerateStream", _gen(steering=[_term(direction="nope")]), NOT_FOUND,
+                 "direction 'nope'"),
+        BadInput("too many variants", "Compare", pb.CompareRequest(prompt="Hi", variants=variants), INVALID,
+                 "variants"),
+        BadInput("duplicate variant", "Compare",
+                 pb.CompareRequest(prompt="Hi", variants=[pb.Variant(name="a"), pb.Variant(name="a")]), INVALID,
+                 "variants[1].name"),
+        BadInput("empty variant name", "Compare", pb.CompareRequest(prompt="Hi", variants=[pb.Variant()]), INVALID,
+                 "variants[0].name"),
+        BadInput("variant with a bad strength", "Compare",
+                 pb.CompareRequest(prompt="Hi", variants=[pb.Variant(name="a", steering=[_term(strength=math.inf)])]),
+                 INVALID, "variants[0].steering[0].strength"),
+        BadInput("variant with an unknown direction", "Compare",
+                 pb.CompareRequest(prompt="Hi", variants=[pb.Variant(name="a", steering=[_term(direction="nope")])]),
+                 NOT_FOUND, "direction 'nope'"),
+        BadInput("compare: empty prompt", "Compare", pb.CompareRequest(), INVALID, "prompt"),
+        BadInput("score: two responses", "Score", pb.ScoreRequest(prompt="Hi", response="x", response_token_ids=[1]),
+                 INVALID, "response"),
+        BadInput("score: token outside the vocabulary", "Score",
+                 pb.ScoreRequest(prompt="Hi", response_token_ids=[vocab]), INVALID, "response_token_ids[0]"),
+        BadInput("score: unknown direction", "Score", pb.ScoreRequest(prompt="Hi", steering=[_term(direction="x")]),
+                 NOT_FOUND, "direction 'x'"),
+        BadInput("score: empty prompt", "Score", pb.ScoreRequest(response="x"), INVALID, "prompt"),
+        BadInput("put: no vector", "PutDirection", _put(), INVALID, "vectors"),
+        BadInput("put: both sources", "PutDirection", _put(vectors=[vec()], safetensors=b"x"), INVALID, "vectors"),
+        BadInput("put: empty name", "PutDirection", _put(name="", vectors=[vec()]), INVALID, "name"),
+        BadInput("put: unsafe name", "PutDirection", _put(name="../../etc/passwd", vectors=[vec()]), INVALID, "name"),
+        BadInput("put: long name", "PutDirection", _put(name="x" * 65, vectors=[vec()]), INVALID, "name"),
+        BadInput("put: wrong size", "PutDirection", _put(vectors=[vec(values=[1.0] * (hidden + 1))]), INVALID,
+                 "vectors[0].values"),
+        BadInput("put: all zero", "PutDirection", _put(vectors=[vec(values=[0.0] * hidden)]), INVALID,
+                 "vectors[0].values"),
+        BadInput("put: NaN", "PutDirection", _put(vectors=[vec(values=nan_vector)]), INVALID, "vectors[0].values"),
+        BadInput("put: infinite", "PutDirection", _put(vectors=[vec(values=[math.inf] * hidden)]), INVALID,
+                 "vectors[0].values"),
+        BadInput("put: no layer", "PutDirection", _put(vectors=[vec(layer=None)]), INVALID, "vectors[0].layer"),
+        BadInput("put: layer out of range", "PutDirection", _put(vectors=[vec(layer=num_layers)]), INVALID,
+                 "vectors[0].layer"),
+        BadInput("put: negative layer", "PutDirection", _put(vectors=[vec(layer=-1)]), INVALID, "vectors[0].layer"),
+        BadInput("put: repeated layer", "PutDirection", _put(vectors=[vec(1), vec(1)]), INVALID, "vectors[1].layer"),
+        BadInput("put: no monitor layer", "PutDirection", _put(vectors=[vec(0), vec(1)]), INVALID, "monitor_layer"),
+        BadInput("put: monitor layer without a vector", "PutDirection", _put(vectors=[vec(1)], monitor_layer=0),
+                 INVALID, "monitor_layer"),
+        BadInput("put: bad calibration", "PutDirection",
+                 _put(vectors=[vec(1)], calibration={"token": pb.Calibration(mu=0, sigma=0)}), INVALID,
+                 "calibration['token']"),
+        BadInput("put: unknown pooling", "PutDirection",
+                 _put(vectors=[vec(1)], calibration={"p": pb.Calibration(mu=0, sigma=1)}), INVALID, "calibration['p']"),
+        BadInput("put: garbage safetensors", "PutDirection",
+                 _put(safetensors=b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"), INVALID, "safetensors"),
+        BadInput("put: truncated safetensors", "PutDirection", _put(safetensors=b"\xff" * 12), INVALID,
+                 "safetensors"),
+        BadInput("get: unknown", "GetDirection", pb.GetDirectionRequest(name="nope"), NOT_FOUND, "direction 'nope'"),
+        BadInput("get: unsafe name", "GetDirection", pb.GetDirectionRequest(name="a/b"), INVALID, "name"),
+        BadInput("delete: unknown", "DeleteDirection", pb.DeleteDirectionRequest(name="nope"), NOT_FOUND,
+                 "direction 'nope'"),
+        BadInput("delete: empty name", "DeleteDirection", pb.DeleteDirectionRequest(), INVALID, "name"),
+        BadInput("policy: NaN strength", "SetSteering",
+                 pb.SetSteeringRequest(policy=pb.SteeringPolicy(terms=[_term(strength=math.nan)])), INVALID,
+                 "policy.terms[0].strength"),
+        BadInput("policy: unknown direction", "SetSteering",
+                 pb.SetSteeringRequest(policy=pb.SteeringPolicy(terms=[_term(direction="x")])), NOT_FOUND,
+                 "direction 'x'"),
+        BadInput("tokenize: huge text", "Tokenize", pb.TokenizeRequest(text="x" * 1000 * too_long), EXHAUSTED,
+                 "text"),
+    ]
+    # fmt: on
