@@ -108,3 +108,31 @@ async def test_long_shared_prefix_and_multi_turn_match_solo() -> None:
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], rel: float = 1e-4) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= rel * max(1.0, abs(y)) for x, y in zip(a, b, strict=True))
+
+
+async def test_requests_reset_under_cache_pressure_are_scored_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Ten 16-token KV pages for four 90-token requests: the manager soft-resets some (frees their cache and
+    re-prefills prompt + generated tokens). Tokens and per-position scores must still equal the solo runs."""
+    from transformers.generation.continuous_batching import requests as cb_requests
+
+    resets = {"n": 0}
+    original = cb_requests.RequestState.create_equivalent_initial_request
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        resets["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(cb_requests.RequestState, "create_equivalent_initial_request", counted)
+    loaded = loaded_model()
+    async with running_engine(loaded, max_batch_tokens=64, page_size=16, num_blocks=10) as engine:
+        engine.put_direction(random_direction("d", loaded))
+        prompts = [[7 + i + j for j in range(40)] for i in range(4)]
+        reqs = [_req(p, ABLATE if i % 2 else (), n=50) for i, p in enumerate(prompts)]
+        solo = [await engine.generate(r) for r in reqs]
+        assert resets["n"] == 0
+        batched = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    assert resets["n"] > 0, "the test must exercise a reset"
+    for s, b in zip(solo, batched, strict=True):
+        assert b.token_ids == s.token_ids
+        assert len(b.monitor[0].token_scores) == len(s.token_ids) - 1
+        assert _close(b.monitor[0].token_scores, s.monitor[0].token_scores)
