@@ -32,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Commands set `run` (or `func`, argparse's usual name): a callable taking the parsed args, returning an exit code.
-    run = getattr(args, "run", None) or args.func
+    run = getattr(args, "run", None) or getattr(args, "func", None)
+    if run is None:  # a command group without its subcommand
+        parser.error(f"{args.command}: a subcommand is required (see steering-server {args.command} --help)")
     return int(run(args) or 0)
 
 

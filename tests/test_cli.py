@@ -87,6 +87,18 @@ def test_organism_commands_are_registered_when_present(monkeypatch: pytest.Monke
     assert calls[0].steps == 3
 
 
+def test_a_command_group_without_its_subcommand_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def register(commands: argparse._SubParsersAction) -> None:
+        commands.add_parser("organism").add_subparsers(dest="organism_command")
+
+    module = types.ModuleType("steering_server.organism.cli")
+    module.register = register  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "steering_server.organism.cli", module)
+    with pytest.raises(SystemExit) as info:
+        main(["organism"])
+    assert info.value.code == 2
+
+
 def test_a_missing_organism_module_does_not_break_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "steering_server.organism.cli", None)  # import raises ModuleNotFoundError
     assert build_parser().parse_args(["serve"]).command == "serve"
