@@ -36,16 +36,27 @@ from steering_server.types import (
     SteeringTerm,
 )
 
+# Real shapes with random weights (no download): (arch, vocab, hidden, intermediate, layers, heads, kv heads).
+SHAPES = {
+    "qwen2.5-0.5b": ("qwen2", 151936, 896, 4864, 24, 14, 2),
+    "qwen2.5-7b": ("qwen2", 152064, 3584, 18944, 28, 28, 4),
+}
 
-def build_model(arch: str, hidden: int, layers: int, device: str, dtype: torch.dtype) -> torch.nn.Module:
+
+def build_model(
+    arch: str, hidden: int, layers: int, device: str, dtype: torch.dtype, shape: str | None = None
+) -> torch.nn.Module:
+    vocab, inter, heads, kv = 262, hidden * 4, max(1, hidden // 64), max(1, hidden // 128)
+    if shape is not None:
+        arch, vocab, hidden, inter, layers, heads, kv = SHAPES[shape]
     config = AutoConfig.for_model(
         arch,
-        vocab_size=262,
+        vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=hidden * 4,
+        intermediate_size=inter,
         num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 128),
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
         max_position_embeddings=4096,
         bos_token_id=1,
         eos_token_id=None,
@@ -96,6 +107,7 @@ def run_generate(model: torch.nn.Module, batch: list[list[int]], new_tokens: int
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="llama")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None, help="a real model shape (overrides sizes)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -106,8 +118,10 @@ async def main() -> None:
     args = ap.parse_args()
     transformers.logging.set_verbosity_error()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = build_model(args.arch, args.hidden, args.layers, args.device, dtype)
-    ref_model = build_model(args.arch, args.hidden, args.layers, args.device, dtype)  # never hooked or batched
+    model = build_model(args.arch, args.hidden, args.layers, args.device, dtype, args.shape)
+    ref_model = build_model(args.arch, args.hidden, args.layers, args.device, dtype, args.shape)  # never hooked
+    args.hidden = int(model.config.hidden_size)
+    args.layers = int(model.config.num_hidden_layers)
     max_c = max(args.concurrency)
     config = EngineConfig(
         limits=EngineLimits(max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens, max_queued=max_c + 8),

@@ -35,12 +35,13 @@ def _steer(h: torch.Tensor, terms: list[RefTerm]) -> torch.Tensor:
     """h (tokens, hidden) fp32; all projections read from the same pre-steering h, updates summed."""
     delta = torch.zeros_like(h)
     for t in terms:
-        d = t.vector.float() / t.vector.float().norm()
+        v = t.vector.float().to(h.device)
+        d = v / v.norm()
         p = (h * d).sum(-1, keepdim=True)  # (tokens, 1)
         if t.mode == "ABLATE":
             delta -= t.strength * p * d
         elif t.mode == "ADD":
-            delta += t.strength * t.vector.float()
+            delta += t.strength * v
         elif t.mode == "CLAMP":
             delta -= (p - t.strength) * d
         else:
@@ -65,7 +66,10 @@ def reference_generate(
         envoy = getattr(envoy, part)
     layers = sorted({t.layer for t in terms} | {m.layer for m in monitors})
     with nn_model.generate(
-        torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens
+        torch.tensor([prompt_ids], device=model.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        min_new_tokens=max_new_tokens,
     ) as tracer:
         reads = list().save()
         for _step in tracer.iter[:max_new_tokens]:
@@ -75,7 +79,7 @@ def reference_generate(
                 hf = h.float()
                 reads.append(
                     [
-                        (layer, i, (hf @ (m.vector.float() / m.vector.float().norm())).detach().clone())
+                        (layer, i, (hf @ (m.vector.float() / m.vector.float().norm()).to(hf.device)).detach().clone())
                         for i, m in enumerate(monitors)
                         if m.layer == layer
                     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -16,9 +17,12 @@ from steering_server.models import LoadedModel, wrap_model
 from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import EngineLimits
 
+# benchmarks/gpu_check.sh runs these tests on a GPU (fp32, so the fp32 references still apply).
+DEVICE = os.environ.get("STEERING_TEST_DEVICE", "cpu")
+
 
 def loaded_model(arch: str = "llama", seed: int = 0) -> LoadedModel:
-    return wrap_model(tiny_model(arch, seed=seed), byte_tokenizer(), f"tiny-{arch}")
+    return wrap_model(tiny_model(arch, seed=seed).to(DEVICE), byte_tokenizer(), f"tiny-{arch}")  # type: ignore[arg-type]
 
 
 def random_direction(
@@ -37,7 +41,7 @@ def random_direction(
 
 def _hidden_norm(loaded: LoadedModel) -> float:
     with torch.no_grad():
-        out = loaded.model(torch.tensor([[1, 5, 9, 13, 17, 21]]), output_hidden_states=True)
+        out = loaded.model(torch.tensor([[1, 5, 9, 13, 17, 21]], device=DEVICE), output_hidden_states=True)
     return float(out.hidden_states[2][0].norm(dim=-1).mean())
 
 

@@ -20,7 +20,7 @@ from steering_server.types import (
     StopReason,
 )
 
-from .conftest import loaded_model, random_direction, running_engine
+from .conftest import DEVICE, loaded_model, random_direction, running_engine
 
 PROMPT = (1, 40, 77, 81, 95, 120, 33, 200, 17, 64, 101, 90, 91)
 ALL = MonitorOptions(token_scores=True)
@@ -110,12 +110,12 @@ async def test_capture_means_equal_plain_hidden_states() -> None:
     loaded = loaded_model()
     prompt = list(PROMPT) * 3
     with torch.no_grad():
-        hidden = loaded.model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
+        hidden = loaded.model(torch.tensor([prompt], device=DEVICE), output_hidden_states=True).hidden_states
     async with running_engine(loaded, max_batch_tokens=16) as engine:  # chunked over three forwards
         means = await engine.capture_means(prompt, from_position=1)
     assert means.shape == (loaded.num_layers, loaded.hidden_size)
     for layer in range(loaded.num_layers - 1):  # hidden_states[-1] has the final norm applied
-        expected = hidden[layer + 1][0, 1:].mean(0)
+        expected = hidden[layer + 1][0, 1:].mean(0).cpu()
         assert torch.allclose(means[layer], expected, rtol=1e-4, atol=1e-5)
 
 

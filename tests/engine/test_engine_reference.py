@@ -9,7 +9,7 @@ from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 from tests.nnsight_reference import RefMonitor, RefTerm, reference_generate
 
-from .conftest import loaded_model, random_direction, running_engine
+from .conftest import DEVICE, loaded_model, random_direction, running_engine
 
 PROMPT = [1, 40, 77, 81, 95, 120, 33, 200, 17, 64, 101]
 N = 10
@@ -45,7 +45,9 @@ async def _check(arch: str, terms: tuple[SteeringTerm, ...]) -> None:
         )
         ref_terms += [RefTerm(layer, direction.vectors[layer], t.mode.name, t.strength) for layer in layers]
     monitors = [RefMonitor(1, d.vectors[1]), RefMonitor(2, e.vectors[2])]
-    ref_tokens, ref_reads = reference_generate(tiny_model(arch), byte_tokenizer(), PROMPT, ref_terms, monitors, N)
+    ref_tokens, ref_reads = reference_generate(
+        tiny_model(arch).to(DEVICE), byte_tokenizer(), PROMPT, ref_terms, monitors, N
+    )
     assert list(got.token_ids) == ref_tokens
     p0 = len(PROMPT)
     for scores, reads in zip(got.monitor, ref_reads, strict=True):
