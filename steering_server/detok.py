@@ -40,12 +40,12 @@ class IncrementalDetokenizer:
         return self._release(final=False)
 
     def _release(self, final: bool) -> str:
-        for s in self._stop:
-            at = self.text.find(s, max(0, self._emitted - len(s) + 1))
-            if at >= 0:
-                self.text = self.text[:at]
-                self.stopped = True
-                final = True
+        # The earliest match wins, whatever order the stop strings were given in.
+        hits = [at for s in self._stop if (at := self.text.find(s, max(0, self._emitted - len(s) + 1))) >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+            final = True
         upto = len(self.text) if final else max(self._emitted, len(self.text) - self._hold)
         delta = self.text[self._emitted : upto]
         self._emitted = upto

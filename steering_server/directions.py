@@ -116,6 +116,8 @@ class Direction:
         for pooling, cal in self.calibration.items():
             if pooling not in POOLINGS:
                 raise InvalidArgumentError(f"{field_name}.calibration", f"unknown pooling {pooling!r}")
+            if cal.threshold is not None and not math.isfinite(cal.threshold):
+                raise InvalidArgumentError(f"{field_name}.calibration", f"{pooling}: threshold must be finite")
             if not (math.isfinite(cal.mu) and math.isfinite(cal.sigma) and cal.sigma > 0):
                 raise InvalidArgumentError(f"{field_name}.calibration", f"{pooling}: need finite mu and sigma > 0")
         return replace(self, vectors=clean)

@@ -67,7 +67,8 @@ def sample_rows(
     # top-p on the distribution renormalised after top-k, as Hugging Face and vLLM do.
     probs = sorted_z.masked_fill(~in_top_k, float("-inf")).softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the better-ranked tokens
-    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0))
+    # top_p 1 keeps everything (fp32 cumulative mass can reach 1.0 before the tail ends).
+    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1.0))
     gumbel = -torch.log(-torch.log(uniform_noise(keys, vocab)))  # keyed by token id, then put in rank order
     score = torch.where(keep, sorted_z + gumbel.gather(1, order), torch.full_like(sorted_z, float("-inf")))
     sampled = order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]

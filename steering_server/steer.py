@@ -31,9 +31,11 @@ def measure_and_steer(
     Returns the steered states (tokens, hidden) in hidden's dtype and the fp32 projections (tokens, K) read before
     steering. Unsteered tokens come back bit-identical: their update is an exact zero.
     """
-    proj = hidden.float() @ unit_dirs.T  # (tokens, K)
+    h32 = hidden.float()  # (tokens, hidden); no copy when already fp32
+    proj = h32 @ unit_dirs.T  # (tokens, K)
     coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
-    steered = hidden + (coef @ unit_dirs).to(hidden.dtype)  # (tokens, hidden)
+    # Added in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
+    steered = (h32 + coef @ unit_dirs).to(hidden.dtype)  # (tokens, hidden)
     return steered, proj
 
 

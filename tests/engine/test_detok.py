@@ -100,6 +100,12 @@ def test_several_stop_strings_trim_at_the_first_match(tok) -> None:
     assert d.stopped
 
 
+def test_overlapping_stop_strings_trim_at_the_earliest_match_whatever_their_order(tok) -> None:
+    for stops in (("llo ✓", "éll"), ("éll", "llo ✓")):
+        d, deltas, tail = _stream(tok, _ids(tok, TEXT), stops)
+        assert d.text == "h" and "".join(deltas) + tail == "h"
+
+
 def test_held_back_text_is_at_most_the_longest_stop_minus_one(tok) -> None:
     stop = "xyz!"
     d = IncrementalDetokenizer(tok, (stop,))
