@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from .config import EngineConfig
 from .directions import validate_direction_name
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, SteeringError
 from .types import EngineLimits
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -114,7 +114,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         asyncio.run(serve(config, args.host, args.port, start_engine, args.metrics_port, args.grace))
-    except InvalidArgumentError as exc:  # e.g. a bad --direction file: a usage error, not a crash
+    except (SteeringError, OSError) as exc:  # a bad --direction file or --model, a busy port: not a crash
         log.error("cannot start: %s", exc)
         return 2
     return 0

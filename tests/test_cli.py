@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 import types
 
@@ -176,3 +177,26 @@ async def test_the_serve_command_serves_the_built_in_model_and_stops_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_a_busy_port_is_reported_not_crashed(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+
+
+def test_a_missing_direction_file_is_reported_not_crashed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def start_engine(config: EngineConfig) -> FakeEngine:
+        from steering_server.direction_files import load_direction
+
+        load_direction(config.directions[0][1])  # what the real engine does first
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr("steering_server.engine.start_engine", start_engine)
+    assert main(["serve", "--port", "0", "--direction", "d=/nonexistent/d.safetensors"]) == 2
+    assert "cannot start: path: direction file '/nonexistent/d.safetensors' does not exist" in caplog.text

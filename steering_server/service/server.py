@@ -50,13 +50,17 @@ class SteeringServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not split the traffic
             ]
         )
         pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")  # the bound port when `port` is 0
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")  # the bound port when `port` is 0
+        except RuntimeError as exc:  # grpc reports a failed bind this way
+            raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
 
     async def start(self) -> None:
         await self._set_health(_NOT_SERVING)  # HealthServicer starts out SERVING
