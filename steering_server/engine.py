@@ -11,14 +11,13 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
 from .config import EngineConfig
 from .directions import Direction
-from .engine_api import EngineClient
+from .engine_api import EngineClient, collect
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -37,6 +36,7 @@ from .types import (
     CompareResult,
     EngineStats,
     GenerationRequest,
+    GenerationResult,
     ModelInfo,
     MonitorOptions,
     Prompt,
@@ -230,14 +230,9 @@ class Engine(EngineClient):
             raise UnavailableError("the engine is starting")
         return self._generate_internal_stream(request)
 
-    async def _generate_internal(self, request: GenerationRequest) -> Any:
-        stream = self._generate_internal_stream(request)
-        try:
-            async for _ in stream:
-                pass
-            return await stream.result()
-        finally:
-            stream.cancel()
+    async def _generate_internal(self, request: GenerationRequest) -> GenerationResult:
+        """Generate without the health check (the canary runs before the engine reports healthy)."""
+        return await collect(self._generate_internal_stream(request))
 
     def _generate_internal_stream(
         self,
@@ -368,13 +363,16 @@ class Engine(EngineClient):
         try:
             # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
             for i, v in enumerate(variants):
+                # Variants are exactly as given, unless the policy is enforced (then it applies to each).
                 req = GenerationRequest(
-                    request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
+                    request.prompt,
+                    request.sampling,
+                    v.steering,
+                    request.monitor,
+                    ignore_policy=not self._policy.enforced,
                 )
-                if self._policy.enforced:
-                    req = GenerationRequest(request.prompt, request.sampling, v.steering, request.monitor)
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
-            results = [await _drain(s) for s in streams]
+            results = [await collect(s) for s in streams]
         finally:
             for s in streams:
                 s.cancel()
@@ -416,7 +414,7 @@ class Engine(EngineClient):
         )
         stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids))
         try:
-            await _drain(stream)
+            await collect(stream)
         finally:
             stream.cancel()
         n_scored = max(0, len(response) - 1)  # the last response token is never fed back during generation
@@ -443,7 +441,7 @@ class Engine(EngineClient):
             capture=(free[0], from_position),
         )
         try:
-            await _drain(stream)
+            await collect(stream)
         finally:
             stream.cancel()
         return self.runtime.acc[:, free[0]].to("cpu", copy=True) / max(1, stream.track.capture_count)
@@ -545,12 +543,6 @@ class Engine(EngineClient):
 
 _CANARY_PROMPT = [1, 5, 9, 13, 17, 21, 25, 29]
 _NO_MONITOR = MonitorOptions(enabled=False)
-
-
-async def _drain(stream: GenerationStream) -> Any:
-    async for _ in stream:
-        pass
-    return await stream.result()
 
 
 def _divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:

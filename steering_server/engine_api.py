@@ -20,7 +20,7 @@ from .types import (
     TokenEvent,
 )
 
-__all__ = ["EngineClient", "RequestStream"]
+__all__ = ["EngineClient", "RequestStream", "collect"]
 
 
 class RequestStream(abc.ABC):
@@ -37,6 +37,16 @@ class RequestStream(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self) -> None: ...
+
+
+async def collect(stream: RequestStream) -> GenerationResult:
+    """Run a stream to its end and return its result."""
+    try:
+        async for _ in stream:
+            pass
+        return await stream.result()
+    finally:
+        stream.cancel()  # no-op once finished; frees the request if the caller was cancelled
 
 
 class EngineClient(abc.ABC):
@@ -67,13 +77,7 @@ class EngineClient(abc.ABC):
         """Validate and admit (raising InvalidArgument/NotFound/ResourceExhausted/Unavailable synchronously)."""
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        stream = self.generate_stream(request)
-        try:
-            async for _ in stream:
-                pass
-            return await stream.result()
-        finally:
-            stream.cancel()  # no-op once finished; frees the request if the caller was cancelled
+        return await collect(self.generate_stream(request))
 
     @abc.abstractmethod
     async def compare(self, request: CompareRequest) -> CompareResult: ...
