@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from .config import EngineConfig
 from .directions import validate_direction_name
@@ -103,6 +104,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="refuse direction files made for another model instead of dropping their calibration",
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
+    serve.add_argument(
+        "--admin-token-file", default=None, metavar="PATH",
+        help="require `authorization: Bearer <token in PATH>` for PutDirection, DeleteDirection and SetSteering",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -113,11 +118,21 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     try:
-        asyncio.run(serve(config, args.host, args.port, start_engine, args.metrics_port, args.grace))
+        token = _read_token(args.admin_token_file) if args.admin_token_file else None
+        asyncio.run(
+            serve(config, args.host, args.port, start_engine, args.metrics_port, args.grace, admin_token=token)
+        )
     except (SteeringError, OSError) as exc:  # a bad --direction file or --model, a busy port: not a crash
         log.error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _read_token(path: str) -> str:
+    token = Path(path).read_text().strip()  # a file, not a flag: command lines are visible to every user
+    if not token:
+        raise InvalidArgumentError("--admin-token-file", f"{path} is empty")
+    return token
 
 
 def _register_organism(commands: argparse._SubParsersAction) -> None:

@@ -200,3 +200,10 @@ def test_a_missing_direction_file_is_reported_not_crashed(
     monkeypatch.setattr("steering_server.engine.start_engine", start_engine)
     assert main(["serve", "--port", "0", "--direction", "d=/nonexistent/d.safetensors"]) == 2
     assert "cannot start: path: direction file '/nonexistent/d.safetensors' does not exist" in caplog.text
+
+
+def test_an_empty_admin_token_file_is_a_usage_error(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    assert main(["serve", "--port", "0", "--admin-token-file", str(empty)]) == 2
+    assert "--admin-token-file" in caplog.text

@@ -23,6 +23,7 @@ from steering_client._channel import MAX_MESSAGE_BYTES
 from ..config import EngineConfig
 from ..engine_api import EngineClient
 from ..types import EngineStats
+from .auth import AdminAuthInterceptor
 from .metrics import Metrics
 from .servicer import SteeringServicer
 
@@ -40,13 +41,20 @@ StartEngine = Callable[[EngineConfig], Awaitable[EngineClient]]
 class SteeringServer:
     """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, metrics_registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_registry: CollectorRegistry | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
         metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
         self.servicer = SteeringServicer(metrics=metrics)
         self.health = HealthServicer()
         self._server = grpc.aio.server(
+            interceptors=[AdminAuthInterceptor(admin_token)] if admin_token else [],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -112,12 +120,13 @@ async def serve(
     metrics_port: int | None = None,
     grace: float = 10.0,
     on_serving: Callable[[int], None] | None = None,
+    admin_token: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached."""
+    bound port once the engine is attached. With `admin_token`, the administrative RPCs require it."""
     registry = CollectorRegistry() if metrics_port is not None else None
-    server = SteeringServer(host, port, registry)
+    server = SteeringServer(host, port, registry, admin_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,8 +32,9 @@ def assert_no_unexpected_errors(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, [r.getMessage() for r in bad]
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, attempts: int = 500) -> None:
-    """Yield to the event loop until `predicate()` holds; fail (not time out silently) if it never does."""
+async def wait_until(predicate: Callable[[], bool], what: str, attempts: int = 6000) -> None:
+    """Yield to the event loop until `predicate()` holds; fail if it never does (after a minute: a loaded CI
+    machine is slow, and this only bounds a hang)."""
     for _ in range(attempts):
         if predicate():
             return

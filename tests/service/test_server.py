@@ -104,7 +104,7 @@ async def test_graceful_stop_lets_running_calls_finish(engine: FakeEngine, serve
         await wait_until(lambda: len(engine.active) == 1, "request admitted")
         stopping = asyncio.ensure_future(server.stop(grace=30))
         async with AsyncSteeringClient(f"127.0.0.1:{server.port}") as other:
-            for _ in range(500):  # until the server refuses new calls: it is stopping
+            for _ in range(6000):  # until the server refuses new calls: it is stopping
                 try:
                     await other.model_info()
                 except grpc.aio.AioRpcError as exc:
