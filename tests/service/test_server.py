@@ -87,9 +87,11 @@ async def test_engine_death_turns_health_off_and_fails_calls_unavailable(
         await anext(stream)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "engine stopped" in (info.value.details() or "")
-    await wait_until(lambda: engine.healthy is False, "engine marked dead")
-    await asyncio.sleep(0)  # the death callback hops through call_soon_threadsafe
-    await asyncio.sleep(0)
+    assert not engine.healthy
+    for _ in range(6000):  # the death callback hops through call_soon_threadsafe, then a task
+        if await _health(channel) == NOT_SERVING:
+            break
+        await asyncio.sleep(0.01)
     assert await _health(channel) == NOT_SERVING
     assert await _health(channel, SERVICE_NAME) == NOT_SERVING
     await expect_status(client.generate("Hi"), grpc.StatusCode.UNAVAILABLE)
@@ -107,8 +109,8 @@ async def test_graceful_stop_lets_running_calls_finish(engine: FakeEngine, serve
             for _ in range(6000):  # until the server refuses new calls: it is stopping
                 try:
                     await other.model_info()
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                except grpc.aio.AioRpcError as exc:  # refused, or cancelled if it raced the shutdown
+                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                     break
                 await asyncio.sleep(0.01)
             else:
