@@ -97,6 +97,14 @@ async def test_stream_deltas_concatenate_to_the_unary_text(client: AsyncSteering
         assert final.final.stop_reason == unary.stop_reason
 
 
+async def test_streamed_scores_belong_to_the_input_position_of_each_token(client: AsyncSteeringClient) -> None:
+    *tokens, final = [m async for m in client.generate_stream("Hello there", max_new_tokens=10, token_scores=True)]
+    (scores,) = final.final.monitor
+    assert len(scores.token_scores) == len(tokens) - 1
+    assert tokens[0].token.scores["misalignment"] == scores.prompt_score
+    assert [m.token.scores["misalignment"] for m in tokens[1:]] == list(scores.token_scores)
+
+
 async def test_compare_unsteered_variant_equals_plain_generate(client: AsyncSteeringClient) -> None:
     for seed, temperature in ((1, 0.0), (2, 1.0)):
         options: dict[str, Any] = {"max_new_tokens": 16, "temperature": temperature, "seed": seed}
