@@ -109,20 +109,22 @@ def main() -> int:
     )
     assert proc.stderr is not None
     port = None
+    log: list[str] = []
     try:
         for line in proc.stderr:
+            log.append(line)
             if "listening on port" in line:
                 port = int(line.rsplit(" ", 1)[1])
             if "serving " in line:
                 break
-        if port is None:
-            raise SystemExit("the server did not start")
+        else:
+            raise SystemExit("the server did not start:\n" + "".join(log))
         # Keep reading the server's log so a full pipe never blocks it.
         threading.Thread(target=lambda: [None for _ in proc.stderr or ()], daemon=True).start()
         namespace: dict[str, object] = {}
         for title, code in SNIPPETS:
             code = textwrap.dedent(code).strip()
-            run = code.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+            run = code.replace("127.0.0.1:50051", f"127.0.0.1:{port}")  # the port the OS picked
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 exec(compile(run, title, "exec"), namespace)
