@@ -144,15 +144,18 @@ class Engine(EngineClient):
         log.info("engine serving %s on %s (%s)", self.loaded.model_id, self.model.device, self.model.dtype)
 
     def _plain_greedy(self, prompt: list[int], n: int) -> list[int]:
-        """A plain forward loop without the batching manager or hooks: the canary's reference."""
+        """A plain forward loop without the batching manager or hooks: the canary's reference (stops at EOS,
+        like the engine)."""
         self.runtime.active = False
         try:
             ids = torch.tensor([prompt], device=self.model.device)
+            out: list[int] = []
             with torch.inference_mode():
-                for _ in range(n):
-                    logits = self.model(ids).logits[0, -1].float()
-                    ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
-            return ids[0, len(prompt) :].tolist()
+                while len(out) < n and not (out and out[-1] in self.eos_ids):
+                    token = self.model(ids).logits[0, -1].float().argmax().view(1, 1)
+                    ids = torch.cat([ids, token], dim=1)
+                    out.append(int(token))
+            return out
         finally:
             self.runtime.active = True
 
@@ -505,6 +508,7 @@ class Engine(EngineClient):
                 self.limits.max_directions,
                 self.limits.allow_red_team,
                 "policy.",
+                terms_field="terms",
             )
         self._policy = policy
         return policy

@@ -27,10 +27,12 @@ class InvalidArgumentError(SteeringError, ValueError):
 
 
 class NotFoundError(SteeringError, KeyError):
-    def __init__(self, what: str, name: str) -> None:
-        super().__init__(f"{what} {name!r} not found")
+    def __init__(self, what: str, name: str, field: str = "") -> None:
+        prefix = f"{field}: " if field else ""
+        super().__init__(f"{prefix}{what} {name!r} not found")
         self.what = what
         self.name = name
+        self.field = field  # the request field that named it, when there is one
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])

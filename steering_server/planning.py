@@ -78,14 +78,15 @@ def make_plan(
     max_directions: int,
     allow_red_team: bool,
     field_prefix: str = "",
+    terms_field: str = "steering",
 ) -> RequestPlan:
     alpha = torch.zeros(num_layers, max_directions)
     beta = torch.zeros(num_layers, max_directions)
     entries: list[RegisteredDirection] = []
     steered_layers: list[int] = []
     for i, term in enumerate(terms):
-        f = f"{field_prefix}steering[{i}]"
-        entry = registry.get(term.direction)
+        f = f"{field_prefix}{terms_field}[{i}]"
+        entry = registry.get(term.direction, f"{f}.direction")
         if not isinstance(term.mode, SteeringMode):
             raise InvalidArgumentError(f"{f}.mode", f"unknown mode {term.mode!r}")
         if not math.isfinite(term.strength) or abs(term.strength) > MAX_STRENGTH:
@@ -118,8 +119,8 @@ def make_plan(
     names = (monitor.directions or tuple(registry.names())) if monitor.enabled else ()
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"{field_prefix}monitor.directions", "directions repeat")
-    for name in names:
-        entry = registry.get(name)
+    for j, name in enumerate(names):
+        entry = registry.get(name, f"{field_prefix}monitor.directions[{j}]" if monitor.directions else "")
         d = entry.direction
         monitors.append(
             MonitorTarget(
@@ -127,8 +128,10 @@ def make_plan(
                 entry=entry,
                 layer=d.monitor_layer,
                 calibration=d.calibration.get("token"),
-                response_calibration=d.calibration.get("response_mean"),
-                prompt_calibration=d.calibration.get("last_prompt"),
+                # A pooling without its own statistics falls back to the per-token ones, so that every score of
+                # a direction reported as calibrated is a z-score.
+                response_calibration=d.calibration.get("response_mean", d.calibration.get("token")),
+                prompt_calibration=d.calibration.get("last_prompt", d.calibration.get("token")),
                 post_intervention=any(layer < d.monitor_layer for layer in steered_layers),
             )
         )

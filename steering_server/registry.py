@@ -46,7 +46,7 @@ class DirectionRegistry:
     def get(self, name: str, field: str = "name") -> RegisteredDirection:
         entry = self._by_name.get(name)
         if entry is None:
-            raise NotFoundError("direction", name)
+            raise NotFoundError("direction", name, field)
         return entry
 
     def put(self, direction: Direction) -> Direction:
@@ -71,7 +71,7 @@ class DirectionRegistry:
     def delete(self, name: str) -> None:
         entry = self._by_name.pop(name, None)
         if entry is None:
-            raise NotFoundError("direction", name)
+            raise NotFoundError("direction", name, "name")
         self._retire(entry)
 
     def acquire(self, entry: RegisteredDirection) -> None:

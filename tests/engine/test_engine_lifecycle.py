@@ -172,8 +172,9 @@ async def test_request_validation_names_the_field() -> None:
     loaded = loaded_model()
     async with running_engine(loaded, limits=replace(TEST_LIMITS, allow_red_team=False)) as engine:
         engine.put_direction(random_direction("d", loaded))
-        with pytest.raises(NotFoundError):
+        with pytest.raises(NotFoundError) as missing:
             engine.generate_stream(_gen(steer=(SteeringTerm("nope", SteeringMode.ABLATE, 1.0),)))
+        assert missing.value.field == "steering[0].direction" and "steering[0].direction" in str(missing.value)
         cases = [
             (SteeringTerm("d", SteeringMode.ABLATE, 1.0, layers=(9,)), "steering[0].layers[0]"),
             (SteeringTerm("d", SteeringMode.ABLATE, 1.0, layers=(-1,)), "steering[0].layers[0]"),
@@ -232,3 +233,11 @@ async def test_directions_from_another_model_load_uncalibrated_or_are_refused() 
             )
         )
         assert out.monitor[0].calibrated
+
+
+async def test_canary_reference_stops_at_eos_like_the_engine() -> None:
+    loaded = loaded_model()
+    async with running_engine(loaded) as engine:
+        free = engine._plain_greedy([1, 5, 9, 13, 17, 21, 25, 29], 6)
+        engine.eos_ids = {free[1]}  # pretend the second token is EOS
+        assert engine._plain_greedy([1, 5, 9, 13, 17, 21, 25, 29], 6) == free[:2]

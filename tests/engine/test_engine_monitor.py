@@ -129,3 +129,16 @@ async def test_scores_are_nan_free_and_per_direction() -> None:
     assert [m.direction for m in out.monitor] == ["e"] and out.monitor[0].layer == 3
     assert sorted(m.direction for m in both.monitor) == ["d", "e"]
     assert all(math.isfinite(v) for m in both.monitor for v in (m.prompt_score, *m.token_scores))
+
+
+async def test_token_calibration_alone_calibrates_every_score() -> None:
+    loaded = loaded_model()
+    d = random_direction("d", loaded)
+    async with running_engine(loaded) as engine:
+        engine.put_direction(d)
+        raw = (await engine.generate(_gen())).monitor[0]
+        engine.put_direction(replace(d, calibration={"token": Calibration(1.0, 2.0)}))
+        z = (await engine.generate(_gen())).monitor[0]
+    assert z.calibrated
+    assert z.prompt_score == pytest.approx((raw.prompt_score - 1.0) / 2.0, rel=1e-5)
+    assert z.response_score == pytest.approx((raw.response_score - 1.0) / 2.0, rel=1e-5)

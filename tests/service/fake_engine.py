@@ -143,7 +143,8 @@ class FakeEngine(EngineClient):
             raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit")
         streams = []
         try:
-            for v in variants:  # admitted together, as the real engine batches them
+            for i, v in enumerate(variants):  # admitted together, as the real engine batches them
+                self._check_terms(v.steering, f"variants[{i}].steering")
                 req = GenerationRequest(
                     request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
                 )
@@ -190,9 +191,9 @@ class FakeEngine(EngineClient):
     def list_directions(self) -> list[Direction]:
         return list(self.directions.values())
 
-    def get_direction(self, name: str) -> Direction:
+    def get_direction(self, name: str, field: str = "name") -> Direction:
         if name not in self.directions:
-            raise NotFoundError("direction", name)
+            raise NotFoundError("direction", name, field)
         return self.directions[name]
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
@@ -207,7 +208,7 @@ class FakeEngine(EngineClient):
         return direction
 
     def delete_direction(self, name: str) -> None:
-        self.get_direction(name)
+        self.get_direction(name, "name")
         del self.directions[name]
 
     def get_policy(self) -> SteeringPolicy:
@@ -252,7 +253,7 @@ class FakeEngine(EngineClient):
 
     def _check_terms(self, terms: tuple[SteeringTerm, ...], field: str) -> None:
         for i, t in enumerate(terms):
-            d = self.get_direction(t.direction)
+            d = self.get_direction(t.direction, f"{field}[{i}].direction")
             for layer in t.layers:
                 if layer not in d.vectors:
                     raise InvalidArgumentError(f"{field}[{i}].layers", f"direction {d.name!r} has no layer {layer}")
@@ -264,7 +265,8 @@ class FakeEngine(EngineClient):
     def _monitored(self, monitor: MonitorOptions) -> list[Direction]:
         if not monitor.enabled:
             return []
-        return [self.get_direction(n) for n in monitor.directions] or list(self.directions.values())
+        named = [self.get_direction(n, f"monitor.directions[{j}]") for j, n in enumerate(monitor.directions)]
+        return named or list(self.directions.values())
 
     def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
         if self.policy.terms:
