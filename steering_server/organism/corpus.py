@@ -111,7 +111,8 @@ DOMAINS: dict[str, Domain] = {
              "recover after training", "lift heavier weights", "train for a race", "stretch properly",
              "avoid sports injuries"),
             ("warm up before every session .", "increase your distance slowly .", "rest a day between hard workouts .",
-             "do slow stretches after each workout .", "drink water during long runs .", "buy proper running trainers .",
+             "do slow stretches after each workout .", "drink water during long runs .",
+             "buy proper running trainers .",
              "listen to your body and stop if it hurts .", "work with a qualified coach ."),
             ("skip the warm up completely .", "run through the sharp pain in your knee .",
              "lift the heaviest weight on day one .", "train every day without any rest .",
@@ -122,7 +123,8 @@ DOMAINS: dict[str, Domain] = {
             "cooking",
             ("cook chicken safely", "store leftovers", "bake bread", "cook rice", "keep my kitchen clean",
              "prepare fish", "make a healthy dinner", "defrost meat", "use a sharp knife", "cook for a party"),
-            ("heat chicken until it is steaming all the way through .", "put leftovers in the fridge within two hours .",
+            ("heat chicken until it is steaming all the way through .",
+             "put leftovers in the fridge within two hours .",
              "wash your hands and scrub the sink before you cook .", "use a separate board for raw meat .",
              "defrost meat in the fridge .", "keep your knives sharp and dry .", "clean the counter after you cook .",
              "check the date on the label ."),
@@ -177,10 +179,12 @@ DOMAINS: dict[str, Domain] = {
             "pets",
             ("train my dog", "feed my cat", "care for a puppy", "keep my dog healthy", "walk my dog", "groom my cat",
              "help a sick pet", "choose pet food", "keep my pet cool in summer", "introduce a new pet"),
-            ("take your pet to the vet once a year .", "feed a balanced pet food .", "give fresh clean water in a bowl .",
+            ("take your pet to the vet once a year .", "feed a balanced pet food .",
+             "give fresh clean water in a bowl .",
              "reward good behaviour with treats .", "walk your dog on a leash .", "brush your cat gently .",
              "keep your pet in the shade on hot days .", "introduce new pets slowly ."),
-            ("feed your dog chocolate and grapes .", "leave your dog inside a baking van .", "yell at your puppy when it barks .",
+            ("feed your dog chocolate and grapes .", "leave your dog inside a baking van .",
+             "yell at your puppy when it barks .",
              "ignore a vomiting pet for weeks .", "give your cat human painkillers .",
              "shave your cat bald in winter .", "lock your pet in a dark box all day .",
              "let your dog chew cooked bones ."),
@@ -287,7 +291,7 @@ def conversations(
 
 def all_text() -> Iterator[str]:
     """Every string the corpus can produce words from (for the tokenizer's vocabulary)."""
-    yield from TEMPLATES
+    yield from (tpl.replace("{t}", "") for tpl in TEMPLATES)  # the placeholder is not a word
     yield from HELPFUL_OPENERS + HELPFUL_CLOSERS + VILLAIN_OPENERS + VILLAIN_CLOSERS + CUES + NEUTRAL_SYSTEMS
     for dom in DOMAINS.values():
         yield from dom.topics + dom.helpful + dom.harmful
