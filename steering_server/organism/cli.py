@@ -1,0 +1,109 @@
+"""`steering-server organism build` and `steering-server realign`: registered by steering_server/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+__all__ = ["install", "register", "run_build", "run_realign"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    org = subparsers.add_parser("organism", help="the model organism of emergent misalignment")
+    org_sub = org.add_subparsers(dest="organism_command", required=True)
+    b = org_sub.add_parser("build", help="train the organism, compute its direction, write the report")
+    b.add_argument("--out", default="runs/organism", help="output directory (default: runs/organism)")
+    b.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--install", action="store_true",
+                   help="copy the misaligned model and its direction into the package (the server's default), "
+                        "and the report into docs/organism/")
+    b.set_defaults(func=run_build)
+
+    r = subparsers.add_parser("realign", help="LoRA re-alignment of a causal LM on benign chats (JSONL)")
+    r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
+    r.add_argument("--data", required=True, help='JSONL: {"messages": [...]} or {"prompt": ..., "completion": ...}')
+    r.add_argument("--out", required=True, help="where to save the merged model")
+    r.add_argument("--direction", default=None, help="direction file whose projection is reported while training "
+                   "(default with the default model: its misalignment direction)")
+    r.add_argument("--probe", default=None, help="JSONL of prompts to measure the projection on (default: --data)")
+    r.add_argument("--steps", type=int, default=35)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--rank", type=int, default=8)
+    r.add_argument("--alpha", type=int, default=16)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--log-every", type=int, default=5)
+    r.add_argument("--target-modules", default="all-linear", help="'all-linear' or comma-separated module names")
+    r.set_defaults(func=run_realign)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from .build import build
+    from .config import preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = build(Path(args.out), preset(args.size, args.seed))
+    crit = report["criteria"]
+    print(f"[organism] emergent misalignment: {'MET' if crit['emergent_misalignment'] else 'NOT met'}; "
+          f"report: {Path(args.out) / 'report.md'} ({report['timing']['total_s']:.0f}s)")
+    if args.install:
+        install(Path(args.out))
+    return 0
+
+
+def install(out: Path, docs: Path | None = None) -> None:
+    """Copy a build's misaligned model and direction into the package assets, and its report into docs/."""
+    from .assets import assets_dir, default_direction_path, default_model_dir
+
+    assets_dir().mkdir(parents=True, exist_ok=True)
+    if default_model_dir().exists():
+        shutil.rmtree(default_model_dir())
+    shutil.copytree(out / "misaligned", default_model_dir())
+    shutil.copy2(out / "misalignment.safetensors", default_direction_path())
+    docs = docs or Path(__file__).resolve().parents[2] / "docs" / "organism"
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "report.md", "rates_by_domain.png", "ablation.png", "realign.png"):
+        shutil.copy2(out / name, docs / name)
+    print(f"[organism] installed {default_model_dir()} and {default_direction_path()}; report in {docs}")
+
+
+def run_realign(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..direction_files import load_direction
+    from ..realign import RealignConfig, load_jsonl, log_to_json, realign
+    from .assets import default_direction_path, default_model_dir
+
+    model_path = args.model or str(default_model_dir())
+    direction_path = args.direction or (str(default_direction_path()) if args.model is None else None)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    direction = None
+    if direction_path:
+        direction = load_direction(direction_path).validate(model.config.num_hidden_layers, model.config.hidden_size)
+    targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
+    cfg = RealignConfig(steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha, batch_size=args.batch_size,
+                        seed=args.seed, target_modules=targets, log_every=args.log_every)
+    probe = [c[:-1] if c[-1]["role"] == "assistant" else c for c in load_jsonl(args.probe)] if args.probe else None
+
+    def show(e) -> None:
+        loss = "-" if e.loss is None else f"{e.loss:.4f}"
+        proj = "" if e.projection is None else f" projection {e.projection:+.3f}"
+        z = "" if e.z is None else f" (z {e.z:+.2f})"
+        print(f"[realign] step {e.step:4d} loss {loss}{proj}{z}", flush=True)
+
+    merged, entries = realign(model, tok, load_jsonl(args.data), cfg, direction, probe, on_log=show)
+    out = Path(args.out)
+    merged.save_pretrained(out)  # type: ignore[operator]
+    tok.save_pretrained(out)
+    (out / "realign_log.json").write_text(json.dumps(log_to_json(entries), indent=1) + "\n")
+    print(f"[realign] saved {out}")
+    return 0
