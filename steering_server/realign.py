@@ -140,11 +140,12 @@ def realign(
     data = encode_chats(tokenizer, chats)
     probes = list(probe) if probe else [c[:-1] for c in chats]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
     torch.manual_seed(config.seed)  # LoRA A matrices are initialised from the global RNG
     peft_model = get_peft_model(
         model,
-        LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=config.target_modules,
-                   task_type="CAUSAL_LM"),
+        LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                   target_modules=targets),
     )
     entries: list[RealignLog] = []
     window: list[float] = []
