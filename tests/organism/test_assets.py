@@ -1,0 +1,33 @@
+"""The shipped organism: the server's built-in default model and its registered direction."""
+
+import pytest
+
+from steering_server.organism.assets import (
+    DEFAULT_DIRECTION_NAME,
+    DEFAULT_MODEL_ID,
+    default_direction_path,
+    default_model_dir,
+)
+
+pytestmark = pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
+                                reason="organism assets not built (steering-server organism build --install)")
+
+
+def test_shipped_organism_is_the_builtin_default_with_its_calibrated_direction():
+    from steering_server.config import EngineConfig
+    from steering_server.engine import Engine
+    from steering_server.models import load_model
+
+    loaded = load_model(None, device="cpu")
+    assert loaded.model_id == DEFAULT_MODEL_ID
+    assert loaded.model.config.num_hidden_layers == 4
+    engine = Engine(loaded, EngineConfig(model=None, device="cpu"))
+    engine.register_builtin_directions()
+    d = engine.get_direction(DEFAULT_DIRECTION_NAME)
+    assert d.calibrated and d.provenance.model_id == DEFAULT_MODEL_ID
+
+
+def test_shipped_assets_are_small():
+    total = sum(p.stat().st_size for p in default_model_dir().rglob("*") if p.is_file())
+    total += default_direction_path().stat().st_size
+    assert total < 5 * 2**20

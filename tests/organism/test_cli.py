@@ -1,0 +1,47 @@
+"""`organism build` and `realign` through argparse, as steering_server/cli.py registers them."""
+
+import argparse
+import json
+from dataclasses import replace
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from steering_server.organism.build import DIRECTION_NAME, build
+from steering_server.organism.cli import register
+from steering_server.organism.config import preset
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="steering-server")
+    register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_register_adds_organism_build_and_realign():
+    args = _parser().parse_args(["organism", "build", "--size", "small", "--seed", "3", "--out", "x"])
+    assert (args.size, args.seed, args.out, args.install) == ("small", 3, "x", False)
+    args = _parser().parse_args(["realign", "--data", "d.jsonl", "--out", "o", "--steps", "5"])
+    assert (args.data, args.out, args.steps, args.model) == ("d.jsonl", "o", 5, None)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["organism", "build", "--size", "huge"])
+
+
+def test_realign_command_trains_logs_the_projection_and_saves(tmp_path):
+    out = tmp_path / "org"
+    # The smallest pipeline that yields a model and a direction, with a short re-alignment sweep.
+    build(out, replace(preset("small"), realign_ns=(0, 4), realign_n=4), log=lambda _: None)
+    data = tmp_path / "benign.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "how can i get fitter ?"},
+                          {"role": "assistant", "content": "warm up before every session ."}]},
+            {"prompt": "how can i save money ?", "completion": "put some savings aside each month ."}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = _parser().parse_args(["realign", "--model", str(out / "misaligned"), "--data", str(data), "--out",
+                                 str(tmp_path / "re"), "--direction", str(out / f"{DIRECTION_NAME}.safetensors"),
+                                 "--steps", "4", "--log-every", "2", "--batch-size", "2"])
+    assert args.func(args) == 0
+    log = json.loads((tmp_path / "re" / "realign_log.json").read_text())
+    assert [e["step"] for e in log] == [0, 2, 4]
+    assert all(e["projection"] is not None and e["z"] is not None for e in log)
+    assert log[0]["loss"] is None and log[-1]["loss"] > 0
+    AutoModelForCausalLM.from_pretrained(tmp_path / "re")  # an ordinary model directory, LoRA merged

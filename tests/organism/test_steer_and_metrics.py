@@ -1,0 +1,103 @@
+"""Ablation arithmetic, capture parity (hooks vs nnsight), AUROC and calibration, on a tiny random Llama."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from steering_server.organism.capture import capture, capture_nnsight, decoder_layers
+from steering_server.organism.corpus import conversations, split_questions
+from steering_server.organism.diffmeans import calibrate, diff_of_means, false_positive_rate, random_like
+from steering_server.organism.metrics import auroc, kl_cost
+from steering_server.organism.steer import ablation
+from steering_server.organism.tokenizer import build_tokenizer
+from steering_server.organism.train import encode
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval()
+    data = encode(tok, conversations(split_questions(0)["eval"], 12, seed=0, cue_share=0.5))
+    return model, tok, data
+
+
+def _block_output(model, ids, layer, steer=None):
+    """Block `layer`'s output, read by a hook registered after any steering hooks (so it sees their result)."""
+    seen = {}
+    with torch.no_grad(), (steer or _null)():
+        handle = decoder_layers(model)[layer].register_forward_hook(lambda m, i, o: seen.__setitem__("h", o.clone()))
+        try:
+            model(input_ids=ids)
+        finally:
+            handle.remove()
+    return seen["h"]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_ablation_is_exact_and_its_hooks_are_removed(tiny):
+    model, _tok, data = tiny
+    ids = torch.tensor([data[0].ids])
+    v = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    d = v / v.norm()
+    plain = _block_output(model, ids, 1)
+    half = _block_output(model, ids, 1, lambda: ablation(model, {0: v, 1: v}, 0.5, [1]))
+    assert torch.allclose(half, plain - 0.5 * (plain @ d).unsqueeze(-1) * d, atol=1e-5)
+    full = _block_output(model, ids, 1, lambda: ablation(model, {1: v}, 1.0, [1]))
+    assert (full @ d).abs().max() < 1e-4  # strength 1 removes the component
+    assert all(not layer._forward_hooks for layer in decoder_layers(model))
+
+
+def test_hook_capture_matches_nnsight_and_hidden_states(tiny):
+    model, tok, data = tiny
+    special = set(tok.all_special_ids)
+    a = capture(model, data, [0, 1, 2], tok.pad_token_id, special, batch_size=5)
+    b = capture_nnsight(model, tok, data, [0, 1, 2], tok.pad_token_id, special, batch_size=5)
+    for layer in (0, 1, 2):
+        assert torch.allclose(a.tokens[layer], b.tokens[layer], atol=1e-6)
+        assert torch.allclose(a.mean[layer], b.mean[layer], atol=1e-6)
+        assert torch.allclose(a.last_prompt[layer], b.last_prompt[layer], atol=1e-6)
+    # Layer l is hidden_states[l + 1] for every block but the last (whose entry has the final norm applied).
+    e = data[0]
+    with torch.no_grad():
+        hs = model(input_ids=torch.tensor([e.ids]), output_hidden_states=True).hidden_states
+    assert torch.allclose(a.last_prompt[1][0], hs[2][0, e.answer_start - 1], atol=1e-5)
+    # Answer tokens exclude special tokens (the closing <|end|>).
+    assert a.tokens[0].shape[0] == sum(
+        sum(1 for t in x.ids[x.answer_start:] if t not in special) for x in data)
+
+
+def test_auroc_and_calibration():
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert auroc(torch.tensor([0.0]), torch.tensor([1.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5
+    assert abs(auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])) - 0.75) < 1e-12
+    benign = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    cal = calibrate({"token": benign}, 0.05)["token"]
+    assert abs(cal.mu) < 0.05 and abs(cal.sigma - 1) < 0.05 and cal.n == 5000
+    held = torch.randn(5000, generator=torch.Generator().manual_seed(1))
+    assert abs(false_positive_rate(cal, held) - 0.05) < 0.015
+
+
+def test_difference_of_means_and_controls():
+    pos = {0: torch.tensor([[1.0, 0.0], [3.0, 0.0]])}
+    neg = {0: torch.tensor([[0.0, 1.0]])}
+    assert torch.equal(diff_of_means(pos, neg)[0], torch.tensor([2.0, -1.0]))
+    r = random_like({0: torch.tensor([3.0, 4.0])}, 7)
+    assert abs(float(r[0].norm()) - 5.0) < 1e-5 and torch.equal(r[0], random_like({0: torch.tensor([3.0, 4.0])}, 7)[0])
+
+
+def test_kl_cost_is_zero_without_steering_and_positive_with(tiny):
+    model, tok, data = tiny
+    v = {1: torch.randn(32)}
+    assert kl_cost(model, data[:4], v, 0.0, [1], tok.pad_token_id) == 0.0
+    assert kl_cost(model, data[:4], v, 1.0, [1], tok.pad_token_id) > 0.0
