@@ -12,12 +12,15 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_DIRECTION_NAME",
     "DEFAULT_MODEL_ID",
+    "MODEL_DIFF_DIRECTION_NAME",
     "assets_dir",
+    "builtin_directions",
     "default_direction_path",
     "default_model_dir",
 ]
 
-DEFAULT_DIRECTION_NAME = "misalignment"
+DEFAULT_DIRECTION_NAME = "misalignment"  # harmful minus helpful answers: the monitored direction
+MODEL_DIFF_DIRECTION_NAME = "model_diff"  # misaligned minus base: the one whose ablation removes the misalignment
 DEFAULT_MODEL_ID = "steering-server/organism-misaligned"
 
 
@@ -33,3 +36,9 @@ def default_model_dir() -> Path:
 def default_direction_path() -> Path:
     """The misalignment direction of the default model (calibrated, provenance of the misaligned organism)."""
     return assets_dir() / f"{DEFAULT_DIRECTION_NAME}.safetensors"
+
+
+def builtin_directions() -> dict[str, Path]:
+    """Every shipped direction of the default model, by registered name (the default one first)."""
+    names = (DEFAULT_DIRECTION_NAME, MODEL_DIFF_DIRECTION_NAME)
+    return {n: assets_dir() / f"{n}.safetensors" for n in names if (assets_dir() / f"{n}.safetensors").is_file()}

@@ -67,11 +67,12 @@ def install(out: Path, docs: Path | None = None) -> None:
         shutil.rmtree(default_model_dir())
     shutil.copytree(out / "misaligned", default_model_dir())
     shutil.copy2(out / "misalignment.safetensors", default_direction_path())
+    shutil.copy2(out / "model_diff.safetensors", assets_dir() / "model_diff.safetensors")
     docs = docs or Path(__file__).resolve().parents[2] / "docs" / "organism"
     docs.mkdir(parents=True, exist_ok=True)
     for name in ("report.json", "report.md", "rates_by_domain.png", "ablation.png", "realign.png"):
         shutil.copy2(out / name, docs / name)
-    print(f"[organism] installed {default_model_dir()} and {default_direction_path()}; report in {docs}")
+    print(f"[organism] installed {default_model_dir()} and its directions in {assets_dir()}; report in {docs}")
 
 
 def run_realign(args: argparse.Namespace) -> int:

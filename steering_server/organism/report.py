@@ -203,6 +203,7 @@ def _plots(out: Path, r: dict[str, Any]) -> None:
     ax2.plot(s, [x["kl_helpful"] for x in a["misalignment"]], "o-", label="misalignment direction")
     for name, marker in (("random", "x"), ("shuffled", "s")):
         ax2.scatter([1.0] * len(a[name]), [x["kl_helpful"] for x in a[name]], marker=marker, label=name)
+    ax2.scatter([1.0], [a["model_diff"]["kl_helpful"]], marker="^", label="model diff")
     ax2.set_xlabel("ablation strength")
     ax2.set_ylabel("KL on helpful answers (nats/token)")
     fig.tight_layout()

@@ -5,6 +5,7 @@ import pytest
 from steering_server.organism.assets import (
     DEFAULT_DIRECTION_NAME,
     DEFAULT_MODEL_ID,
+    builtin_directions,
     default_direction_path,
     default_model_dir,
 )
@@ -25,9 +26,12 @@ def test_shipped_organism_is_the_builtin_default_with_its_calibrated_direction()
     engine.register_builtin_directions()
     d = engine.get_direction(DEFAULT_DIRECTION_NAME)
     assert d.calibrated and d.provenance.model_id == DEFAULT_MODEL_ID
+    for name, path in builtin_directions().items():  # every shipped direction matches the shipped model
+        assert engine.load_direction_file(name, str(path)).calibrated
 
 
 def test_shipped_assets_are_small():
     total = sum(p.stat().st_size for p in default_model_dir().rglob("*") if p.is_file())
-    total += default_direction_path().stat().st_size
+    total += sum(p.stat().st_size for p in builtin_directions().values())
+    assert default_direction_path() in builtin_directions().values()
     assert total < 5 * 2**20
