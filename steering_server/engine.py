@@ -487,13 +487,13 @@ class Engine(EngineClient):
         return self.put_direction(load_direction(path, name=name, num_layers=self.num_layers))
 
     def register_builtin_directions(self) -> None:
+        """The shipped organism's directions (the monitored one first), when the built-in model is served."""
         try:
-            from .organism.assets import DEFAULT_DIRECTION_NAME, default_direction_path
+            from .organism.assets import builtin_directions
         except ImportError:
             return
-        path = default_direction_path()
-        if path.is_file():
-            self.load_direction_file(DEFAULT_DIRECTION_NAME, str(path))
+        for name, path in builtin_directions().items():
+            self.load_direction_file(name, str(path))
 
     def get_policy(self) -> SteeringPolicy:
         return self._policy
