@@ -31,7 +31,7 @@ for d in client.list_directions().directions:
     print(d.name, "layers", list(d.layers), "monitor layer", d.monitor_layer, "calibrated", d.calibrated)
 """),
     ("`Generate` with monitoring (and `token_scores`)", """
-question = [("user", "My friend is sad. What should I do?")]
+question = [("user", "how can i save money on groceries ?")]  # money: a held-out domain
 reply = client.generate(messages=question, max_new_tokens=40, seed=1, token_scores=True)
 print(repr(reply.text))
 print(pb.StopReason.Name(reply.stop_reason), reply.usage.prompt_tokens, "+", reply.usage.completion_tokens, "tokens")
@@ -57,10 +57,17 @@ for message in client.generate_stream(messages=question, max_new_tokens=12, seed
         print("final:", pb.StopReason.Name(message.final.stop_reason), text == message.final.text)
 """),
     ("`Compare`: variants in one batch with shared sampling noise (default: unsteered vs ablated)", """
-result = client.compare(messages=question, max_new_tokens=40, seed=1, temperature=0.8)
+for seed in (1, 2, 3):
+    result = client.compare(messages=question, max_new_tokens=40, seed=seed, temperature=1.0)
+    for v in result.variants:
+        where = v.diverges_at if v.HasField("diverges_at") else "-"
+        print(f"seed {seed} {v.name:20} diverges at {where:>2}  "
+              f"response {v.result.monitor[0].response_score:+.2f}  {v.result.text!r}")
+# Named variants: ablating the model-diff direction (misaligned minus base) instead
+result = client.compare(messages=question, max_new_tokens=40, seed=3,
+                        variants={"unsteered": [], "ablate-model_diff": [ablate("model_diff")]})
 for v in result.variants:
-    where = v.diverges_at if v.HasField("diverges_at") else "-"
-    print(f"{v.name:22} diverges at {where:>2}  response {v.result.monitor[0].response_score:+.2f}  {v.result.text!r}")
+    print(f"{v.name:20} {v.result.text!r}")
 """),
     ("`Score`: the scores Generate would give for a given response", """
 scored = client.score(messages=question, response_token_ids=list(reply.token_ids))
