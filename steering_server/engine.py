@@ -57,10 +57,11 @@ log = logging.getLogger(__name__)
 
 async def start_engine(config: EngineConfig, loaded: LoadedModel | None = None) -> Engine:
     """Load the model (unless given), register the configured directions, start batching and run the canary."""
+    builtin = loaded is None and config.model is None
     if loaded is None:
         loaded = await asyncio.to_thread(load_model, config.model, config.device, config.dtype)
     engine = Engine(loaded, config)
-    if config.model is None:
+    if builtin:
         engine.register_builtin_directions()
     for name, path in config.directions:
         engine.load_direction_file(name, path)
