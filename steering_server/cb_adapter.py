@@ -120,8 +120,9 @@ class BatchingManager(ContinuousBatchingManager):
             self._on_loop_exit(error)
 
     def is_dying(self) -> bool:
-        """True once the loop hit a fatal error: it requests a hard stop before failing every request."""
-        return self.background_thread_status.local_status == BackgroundThreadStatus.HARD_STOP
+        """True once the loop hit a fatal error: it requests a hard stop before failing every request (and may
+        already be STOPPED when the failure reaches the event loop)."""
+        return self.background_thread_status.local_status >= BackgroundThreadStatus.HARD_STOP
 
     # ---- accounting the engine relies on ----
     def scheduler_counts(self) -> tuple[int, int]:

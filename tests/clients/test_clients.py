@@ -96,7 +96,7 @@ async def test_cli_generate_stream_compare_score(server: SteeringServer, capsys:
 
 async def test_cli_reports_errors_with_their_status(server: SteeringServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert await asyncio.to_thread(_cli, server.port, "generate", "Hi", "--steer", "nope") == 1
-    assert "error: NOT_FOUND: direction 'nope' not found" in capsys.readouterr().err
+    assert "error: NOT_FOUND: steering[0].direction: direction 'nope' not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "Hi", "--steer", "m:shift"])
 
