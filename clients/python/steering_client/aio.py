@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -84,26 +83,10 @@ class AsyncSteeringClient:
         return await self._call(self._stub.GetDirection, request)
 
     async def put_direction(
-        self,
-        name: str = "",
-        *,
-        vectors: dict[int, Sequence[float]] | None = None,
-        safetensors: bytes | None = None,
-        path: str | Path | None = None,
-        monitor_layer: int | None = None,
-        description: str = "",
-        strict: bool = False,
+        self, name: str = "", **options: Unpack[builders.PutDirectionOptions]
     ) -> pb.PutDirectionResponse:
-        request = builders.put_direction_request(
-            name,
-            vectors=vectors,
-            safetensors=safetensors,
-            path=path,
-            monitor_layer=monitor_layer,
-            description=description,
-            strict=strict,
-        )
-        return await self._call(self._stub.PutDirection, request)
+        """Exactly one of `vectors` ({layer: values}), `safetensors` (file bytes) or `path`."""
+        return await self._call(self._stub.PutDirection, builders.put_direction_request(name, **options))
 
     async def delete_direction(self, name: str) -> pb.DeleteDirectionResponse:
         return await self._call(self._stub.DeleteDirection, pb.DeleteDirectionRequest(name=name))

@@ -61,6 +61,15 @@ class CompareOptions(_InputOptions, _SamplingOptions, _MonitorOptions, total=Fal
     variants: Mapping[str, Sequence[pb.SteeringTerm]]
 
 
+class PutDirectionOptions(TypedDict, total=False):
+    vectors: Mapping[int, Sequence[float]]  # {layer: values}
+    safetensors: bytes  # a direction file's bytes
+    path: str | Path  # a .safetensors file to read
+    monitor_layer: int
+    description: str
+    strict: bool
+
+
 class ScoreOptions(_InputOptions, _MonitorOptions, total=False):
     response: str
     response_token_ids: Sequence[int]
