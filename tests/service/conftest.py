@@ -13,6 +13,7 @@ from steering_client import AsyncSteeringClient, pb_grpc
 from steering_server.service import SteeringServer
 
 from .fake_engine import FakeEngine
+from .helpers import serving
 
 
 @pytest.fixture
@@ -27,13 +28,8 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def server(engine: FakeEngine, registry: CollectorRegistry) -> AsyncIterator[SteeringServer]:
-    srv = SteeringServer("127.0.0.1", 0, metrics_registry=registry)
-    await srv.start()
-    await srv.attach(engine)
-    try:
+    async with serving(engine, metrics_registry=registry) as srv:
         yield srv
-    finally:
-        await srv.stop(None)
 
 
 @pytest.fixture

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 
-__all__ = ["assert_no_unexpected_errors", "expect_status", "wait_until"]
+from steering_server.engine_api import EngineClient
+from steering_server.service import SteeringServer
+
+__all__ = ["assert_no_unexpected_errors", "expect_status", "serving", "wait_until"]
+
+
+@asynccontextmanager
+async def serving(engine: EngineClient, **options: Any) -> AsyncIterator[SteeringServer]:
+    """A server on an ephemeral loopback port with `engine` attached, stopped on exit."""
+    srv = SteeringServer("127.0.0.1", 0, **options)
+    await srv.start()
+    await srv.attach(engine)
+    try:
+        yield srv
+    finally:
+        await srv.stop(None)
 
 
 async def expect_status(call: Awaitable[Any], code: grpc.StatusCode, field: str | None = None) -> str:

@@ -11,20 +11,15 @@ from steering_client import AsyncSteeringClient, ablate
 from steering_server.service import SteeringServer
 
 from .fake_engine import FakeEngine
-from .helpers import expect_status
+from .helpers import expect_status, serving
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture
 async def guarded(engine: FakeEngine) -> AsyncIterator[SteeringServer]:
-    srv = SteeringServer("127.0.0.1", 0, admin_token=TOKEN)
-    await srv.start()
-    await srv.attach(engine)
-    try:
+    async with serving(engine, admin_token=TOKEN) as srv:
         yield srv
-    finally:
-        await srv.stop(None)
 
 
 async def test_admin_rpcs_need_the_token(guarded: SteeringServer, engine: FakeEngine) -> None:

@@ -27,7 +27,7 @@ from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import EngineLimits
 
 from .bad_inputs import BadInput, bad_inputs
-from .helpers import assert_no_unexpected_errors, expect_status, wait_until
+from .helpers import assert_no_unexpected_errors, expect_status, serving, wait_until
 from .test_validation import call_rpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,13 +52,8 @@ async def engine() -> AsyncIterator[Engine]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(engine: Engine) -> AsyncIterator[SteeringServer]:
-    srv = SteeringServer("127.0.0.1", 0)
-    await srv.start()
-    await srv.attach(engine)
-    try:
+    async with serving(engine) as srv:
         yield srv
-    finally:
-        await srv.stop(None)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
