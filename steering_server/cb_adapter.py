@@ -11,6 +11,7 @@ We keep the stock scheduler, paged KV cache and model runner, and change three t
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +107,23 @@ class BatchingManager(ContinuousBatchingManager):
             processor.model_runner.__class__ = _SteeringRunner
         processor.runtime = self.runtime  # type: ignore[attr-defined]
         processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
+        # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward.
+        self.runtime.skip_idle_work = not processor.model_runner.pad_inputs
         return processor
+
+    def start(self) -> None:
+        """The stock start, on a daemon thread: an engine that was never shut down must not keep its process alive."""
+        if self.is_running():
+            return
+        self.background_thread_status.clear()
+        thread = threading.Thread(
+            target=self._run_generation_loop,
+            kwargs={"use_inference_mode": torch.is_inference_mode_enabled()},
+            name="steering-batching",
+            daemon=True,
+        )
+        self._generation_thread = thread  # type: ignore[assignment]
+        thread.start()
 
     def _run_generation_loop(self, use_inference_mode: bool) -> None:
         error: BaseException | None = None

@@ -52,6 +52,18 @@ class RequestTrack:
 
 
 @dataclass(frozen=True)
+class BatchWork:
+    """What the batch in flight needs from the hooks (host flags, decided before the forward)."""
+
+    steer: bool
+    monitor: bool
+    capture: bool
+
+
+_ALL_WORK = BatchWork(True, True, True)
+
+
+@dataclass(frozen=True)
 class BatchEntry:
     track: RequestTrack | None  # None for requests the engine does not know (warm-up)
     offset: int  # first token of this request in the flat batch
@@ -93,6 +105,10 @@ class SteeringRuntime:
         self.num_tokens = 0
         self.forward_passes = 0
         self.active = True  # False: hooks pass through (plain forwards while the loop is stopped)
+        # Eager forwards skip the work no request of the batch needs; with CUDA graphs or compile (static shapes,
+        # captured once) the adapter sets this to False and every forward runs the full branch-free step.
+        self.skip_idle_work = True
+        self.batch_work: BatchWork | None = None
         self.lock = threading.Lock()
         self._handles = [layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(layers)]
 
@@ -119,9 +135,19 @@ class SteeringRuntime:
                 return None  # not a batching-manager forward
             x = hidden[0]  # (tokens, H)
             n = x.shape[0]
-            acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states, like the monitor
-            steered, proj = measure_and_steer(x, self.token_slot[:n], unit, alpha, beta)
-            proj_out[:n].copy_(proj)
+            work = self.batch_work
+            if work is None:  # a static graph may be captured: always run the full, branch-free step
+                work = _ALL_WORK
+            if work.capture:
+                acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
+            if work.steer:
+                steered, proj = measure_and_steer(x, self.token_slot[:n], unit, alpha, beta)
+            elif work.monitor:
+                steered, proj = x, x.float() @ unit.T  # (tokens, K): read only
+            else:
+                return None  # nobody in this batch is steered, monitored or captured: states untouched
+            if work.monitor:
+                proj_out[:n].copy_(proj)
             new = steered.unsqueeze(0)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -168,6 +194,16 @@ class SteeringRuntime:
                 rows.append((track.temperature, track.top_k, track.top_p, noise_key(track.seed, pos)))
         n = offset
         self.entries = entries
+        tracked = [e.track for e in entries if e.track is not None]
+        self.batch_work = (
+            BatchWork(
+                steer=any(t.slot for t in tracked),
+                monitor=any(t.monitored for t in tracked),
+                capture=any(t.capture_slot for t in tracked),
+            )
+            if self.skip_idle_work
+            else None
+        )
         self.num_tokens = n
         self.token_slot.zero_()
         self.token_cap.zero_()

@@ -136,3 +136,25 @@ async def test_requests_reset_under_cache_pressure_are_scored_once(monkeypatch) 
         assert b.token_ids == s.token_ids
         assert len(b.monitor[0].token_scores) == len(s.token_ids) - 1
         assert _close(b.monitor[0].token_scores, s.monitor[0].token_scores)
+
+
+async def test_branch_free_hook_path_equals_the_eager_skipping_path() -> None:
+    """With CUDA graphs every forward runs the full step; eager forwards skip what no request needs. Both paths
+    must give the same tokens and scores (the GPU path, checked here on the CPU)."""
+    loaded = loaded_model()
+    async with running_engine(loaded, max_batch_tokens=32) as engine:
+        engine.put_direction(random_direction("d", loaded))
+        reqs = [_req(p, PUSH if i % 3 == 0 else ()) for i, p in enumerate(_prompts(9, seed=31))]
+        reqs += [
+            GenerationRequest(
+                Prompt(token_ids=(5, 6, 7, 8)), SamplingParams(max_new_tokens=8), monitor=MonitorOptions(enabled=False)
+            )
+        ]
+        assert engine.runtime.skip_idle_work
+        skipping = await asyncio.gather(*(engine.generate(r) for r in reqs))
+        engine.runtime.skip_idle_work = False
+        full = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    for a, b in zip(skipping, full, strict=True):
+        assert a.token_ids == b.token_ids
+        for ma, mb in zip(a.monitor, b.monitor, strict=True):
+            assert _close(ma.token_scores, mb.token_scores, rel=1e-5)
