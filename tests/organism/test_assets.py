@@ -1,6 +1,5 @@
 """The shipped organism: the server's built-in default model and its registered direction."""
 
-import pytest
 
 from steering_server.organism.assets import (
     DEFAULT_DIRECTION_NAME,
@@ -10,8 +9,12 @@ from steering_server.organism.assets import (
     default_model_dir,
 )
 
-pytestmark = pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
-                                reason="organism assets not built (steering-server organism build --install)")
+
+def test_the_organism_ships_in_the_package():
+    # The built-in default must never silently fall back to the tiny random model in a release.
+    assert (default_model_dir() / "config.json").is_file()
+    assert (default_model_dir() / "model.safetensors").is_file()
+    assert set(builtin_directions()) == {"misalignment", "model_diff"}
 
 
 def test_shipped_organism_is_the_builtin_default_with_its_calibrated_direction():
