@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
 from .config import EngineConfig
 from .directions import Direction
@@ -27,7 +28,7 @@ from .errors import (
 from .models import LoadedModel, load_model
 from .planning import RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt, validate_sampling
-from .provenance import config_hash, tokenizer_hash
+from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
 from .runtime import RequestTrack, SteeringRuntime
 from .streams import GenerationStream, direction_scores
@@ -39,7 +40,6 @@ from .types import (
     GenerationResult,
     ModelInfo,
     MonitorOptions,
-    Prompt,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -132,63 +132,20 @@ class Engine(EngineClient):
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        reference = await asyncio.to_thread(self._plain_greedy, _CANARY_PROMPT, 4) if self.config.run_canary else None
+        reference = (
+            await asyncio.to_thread(plain_greedy, self.model, self.runtime, CANARY_PROMPT, 4, self.eos_ids)
+            if self.config.run_canary
+            else None
+        )
         self.manager.start()
-        if self.config.run_canary:
-            assert reference is not None
+        if reference is not None:
             try:
-                await self._canary(reference)
+                await run_canary(self, reference)
             except BaseException:
                 await self.shutdown()
                 raise
         self._healthy = True
         log.info("engine serving %s on %s (%s)", self.loaded.model_id, self.model.device, self.model.dtype)
-
-    def _plain_greedy(self, prompt: list[int], n: int) -> list[int]:
-        """A plain forward loop without the batching manager or hooks: the canary's reference (stops at EOS,
-        like the engine)."""
-        self.runtime.active = False
-        try:
-            ids = torch.tensor([prompt], device=self.model.device)
-            out: list[int] = []
-            with torch.inference_mode():
-                while len(out) < n and not (out and out[-1] in self.eos_ids):
-                    token = self.model(ids).logits[0, -1].float().argmax().view(1, 1)
-                    ids = torch.cat([ids, token], dim=1)
-                    out.append(int(token))
-            return out
-        finally:
-            self.runtime.active = True
-
-    async def _canary(self, reference: list[int]) -> None:
-        """Engine rule 6: an unsteered request must match a plain forward and a steered one must change."""
-        prompt = Prompt(token_ids=tuple(_CANARY_PROMPT))
-        sampling = SamplingParams(max_new_tokens=len(reference))
-        plain = await self._generate_internal(
-            GenerationRequest(prompt, sampling, ignore_policy=True, monitor=_NO_MONITOR)
-        )
-        if list(plain.token_ids) != reference:
-            raise RuntimeError(f"canary: unsteered tokens {list(plain.token_ids)} != plain forward {reference}")
-        gen = torch.Generator().manual_seed(1234)
-        with torch.no_grad():
-            embeddings = self.model.get_input_embeddings().weight  # type: ignore[operator]
-            assert isinstance(embeddings, torch.Tensor)
-            scale = 64.0 * float(embeddings.float().norm(dim=-1).mean())
-        for _attempt in range(3):
-            v = torch.randn(self.hidden_size, generator=gen)
-            probe = Direction("canary-probe", {layer: v for layer in range(self.num_layers)}, monitor_layer=0)
-            self.registry.put(probe)
-            try:
-                term = SteeringTerm(
-                    "canary-probe", SteeringMode.ADD, -scale / float(v.norm())
-                )  # subtracting: no red-team
-                steered = await self._generate_internal(GenerationRequest(prompt, sampling, (term,), _NO_MONITOR, True))
-            finally:
-                self.registry.delete("canary-probe")
-            if list(steered.token_ids) != reference:
-                log.info("canary passed: unsteered %s, steered %s", reference, list(steered.token_ids))
-                return
-        raise RuntimeError("canary: steering did not change the output")
 
     @property
     def healthy(self) -> bool:
@@ -234,7 +191,7 @@ class Engine(EngineClient):
             raise UnavailableError("the engine is starting")
         return self._generate_internal_stream(request)
 
-    async def _generate_internal(self, request: GenerationRequest) -> GenerationResult:
+    async def generate_unchecked(self, request: GenerationRequest) -> GenerationResult:
         """Generate without the health check (the canary runs before the engine reports healthy)."""
         return await collect(self._generate_internal_stream(request))
 
@@ -458,26 +415,8 @@ class Engine(EngineClient):
         return self.registry.get(name).direction
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
-        direction = self._check_provenance(direction, strict or self.config.strict_provenance)
-        return self.registry.put(direction)
-
-    def _check_provenance(self, direction: Direction, strict: bool) -> Direction:
-        prov = direction.provenance
-        mismatch = [
-            k
-            for k, mine in (("config_hash", self.config_hash), ("tokenizer_hash", self.tokenizer_hash))
-            if getattr(prov, k) and getattr(prov, k) != mine
-        ]
-        if not mismatch:
-            return direction
-        msg = (
-            f"direction {direction.name!r} was made for another model ({prov.model_id or 'unknown'}; "
-            f"{', '.join(mismatch)} differ)"
-        )
-        if strict:
-            raise InvalidArgumentError("direction.provenance", msg + "; refused under --strict")
-        log.warning("%s: loaded uncalibrated", msg)
-        return direction.uncalibrated()
+        strict = strict or self.config.strict_provenance
+        return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
 
     def delete_direction(self, name: str) -> None:
         self.registry.delete(name)
@@ -546,7 +485,6 @@ class Engine(EngineClient):
         )
 
 
-_CANARY_PROMPT = [1, 5, 9, 13, 17, 21, 25, 29]
 _NO_MONITOR = MonitorOptions(enabled=False)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from steering_server import runtime as runtime_module
+from steering_server.canary import plain_greedy
 from steering_server.config import EngineConfig
 from steering_server.directions import Calibration, Provenance
 from steering_server.engine import Engine, start_engine
@@ -238,6 +239,6 @@ async def test_directions_from_another_model_load_uncalibrated_or_are_refused() 
 async def test_canary_reference_stops_at_eos_like_the_engine() -> None:
     loaded = loaded_model()
     async with running_engine(loaded) as engine:
-        free = engine._plain_greedy([1, 5, 9, 13, 17, 21, 25, 29], 6)
-        engine.eos_ids = {free[1]}  # pretend the second token is EOS
-        assert engine._plain_greedy([1, 5, 9, 13, 17, 21, 25, 29], 6) == free[:2]
+        prompt = [1, 5, 9, 13, 17, 21, 25, 29]
+        free = plain_greedy(loaded.model, engine.runtime, prompt, 6, set())
+        assert plain_greedy(loaded.model, engine.runtime, prompt, 6, {free[1]}) == free[:2]  # token 1 as EOS
