@@ -63,6 +63,7 @@ class DirectionRegistry:
         old = self._by_name.get(direction.name)
         self._by_name[direction.name] = entry
         self._rows[row] = entry
+        self._runtime.live_rows = max(self._rows) + 1
         if old is not None:
             self._retire(old)
         log.info("direction %s registered in row %d (layers %s)", direction.name, row, list(direction.layers))
@@ -91,6 +92,7 @@ class DirectionRegistry:
         if self._rows.get(entry.row) is entry:
             del self._rows[entry.row]
             self._runtime.clear_direction(entry.row)
+            self._runtime.live_rows = max(self._rows, default=-1) + 1
 
     def check_layer(self, entry: RegisteredDirection, layer: int, field: str) -> None:
         if layer not in entry.direction.vectors:

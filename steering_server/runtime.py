@@ -58,9 +58,10 @@ class BatchWork:
     steer: bool
     monitor: bool
     capture: bool
+    rows: int  # direction rows to compute: 0..rows-1 hold every live direction
 
 
-_ALL_WORK = BatchWork(True, True, True)
+_ALL_WORK = BatchWork(True, True, True, 0)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class SteeringRuntime:
         # captured once) the adapter sets this to False and every forward runs the full branch-free step.
         self.skip_idle_work = True
         self.batch_work: BatchWork | None = None
+        self.live_rows = max_directions  # 1 + the highest direction row in use (kept by the registry)
         self.lock = threading.Lock()
         self._handles = [layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(layers)]
 
@@ -138,16 +140,17 @@ class SteeringRuntime:
             work = self.batch_work
             if work is None:  # a static graph may be captured: always run the full, branch-free step
                 work = _ALL_WORK
+            k = work.rows or unit.shape[0]  # eager: only the rows that hold a direction
             if work.capture:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
-                steered, proj = measure_and_steer(x, self.token_slot[:n], unit, alpha, beta)
+                steered, proj = measure_and_steer(x, self.token_slot[:n], unit[:k], alpha[:, :k], beta[:, :k])
             elif work.monitor:
-                steered, proj = x, x.float() @ unit.T  # (tokens, K): read only
+                steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
             else:
                 return None  # nobody in this batch is steered, monitored or captured: states untouched
             if work.monitor:
-                proj_out[:n].copy_(proj)
+                proj_out[:n, :k].copy_(proj)
             new = steered.unsqueeze(0)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -200,6 +203,7 @@ class SteeringRuntime:
                 steer=any(t.slot for t in tracked),
                 monitor=any(t.monitored for t in tracked),
                 capture=any(t.capture_slot for t in tracked),
+                rows=max(1, self.live_rows),
             )
             if self.skip_idle_work
             else None

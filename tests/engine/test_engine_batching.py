@@ -46,9 +46,10 @@ async def test_staggered_mixed_batch_equals_solo_runs() -> None:
         assert engine.stats().forward_passes - passes_before < sum(len(p) for p in prompts) // 32 + 18 * 12
         for s, b in zip(solo, batched, strict=True):
             assert b.token_ids == s.token_ids
-            assert b.monitor[0].prompt_score == s.monitor[0].prompt_score or abs(
-                b.monitor[0].prompt_score - s.monitor[0].prompt_score
-            ) <= 1e-4 * abs(s.monitor[0].prompt_score)
+            # fp32 projections of states with norm ~10-20 computed in different batch shapes: 1e-4 relative to
+            # max(1, |score|), as in the other checks (a score near 0 cannot be matched relatively).
+            assert _close((b.monitor[0].prompt_score,), (s.monitor[0].prompt_score,))
+            assert _close(b.monitor[0].token_scores, s.monitor[0].token_scores)
         # Steering changed what the steered half generated, against the same prompt unsteered.
         unsteered = [await engine.generate(_req(p)) for p in prompts[1::2]]
         changed = sum(u.token_ids != s.token_ids for u, s in zip(unsteered, solo[1::2], strict=True))
