@@ -18,7 +18,7 @@ from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
 from .config import EngineConfig
 from .directions import Direction
-from .engine_api import EngineClient, collect
+from .engine_api import EngineClient, collect, compare_result
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -47,7 +47,6 @@ from .types import (
     SteeringPolicy,
     SteeringTerm,
     Variant,
-    VariantResult,
 )
 
 __all__ = ["Engine", "start_engine"]
@@ -337,13 +336,7 @@ class Engine(EngineClient):
         finally:
             for s in streams:
                 s.cancel()
-        first = results[0].token_ids
-        return CompareResult(
-            tuple(
-                VariantResult(v.name, r, _divergence(first, r.token_ids))
-                for v, r in zip(variants, results, strict=True)
-            )
-        )
+        return compare_result(variants, results)
 
     def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
         if self._policy.terms:
@@ -486,10 +479,3 @@ class Engine(EngineClient):
 
 
 _NO_MONITOR = MonitorOptions(enabled=False)
-
-
-def _divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))

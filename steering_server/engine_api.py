@@ -18,9 +18,11 @@ from .types import (
     ScoreResult,
     SteeringPolicy,
     TokenEvent,
+    Variant,
+    VariantResult,
 )
 
-__all__ = ["EngineClient", "RequestStream", "collect"]
+__all__ = ["EngineClient", "RequestStream", "collect", "compare_result"]
 
 
 class RequestStream(abc.ABC):
@@ -47,6 +49,21 @@ async def collect(stream: RequestStream) -> GenerationResult:
         return await stream.result()
     finally:
         stream.cancel()  # no-op once finished; frees the request if the caller was cancelled
+
+
+def compare_result(variants: tuple[Variant, ...], results: list[GenerationResult]) -> CompareResult:
+    """Pair variants with their results; each says where it first diverges from the first variant's tokens."""
+    first = results[0].token_ids
+
+    def diverges(tokens: tuple[int, ...]) -> int | None:
+        for i, (x, y) in enumerate(zip(first, tokens, strict=False)):
+            if x != y:
+                return i
+        return None if len(first) == len(tokens) else min(len(first), len(tokens))
+
+    return CompareResult(
+        tuple(VariantResult(v.name, r, diverges(r.token_ids)) for v, r in zip(variants, results, strict=True))
+    )
 
 
 class EngineClient(abc.ABC):

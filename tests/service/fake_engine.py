@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from steering_server.directions import Calibration, Direction
-from steering_server.engine_api import EngineClient, RequestStream
+from steering_server.engine_api import EngineClient, RequestStream, collect, compare_result
 from steering_server.errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -48,7 +48,6 @@ from steering_server.types import (
     StopReason,
     TokenEvent,
     Variant,
-    VariantResult,
 )
 
 __all__ = ["EOS", "HIDDEN", "LAYERS", "VOCAB", "FakeEngine", "make_direction"]
@@ -149,21 +148,11 @@ class FakeEngine(EngineClient):
                     request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
                 )
                 streams.append(self.generate_stream(req))
-            results = []
-            for s in streams:
-                async for _ in s:
-                    pass
-                results.append(await s.result())
+            results = [await collect(s) for s in streams]
         finally:
             for s in streams:
                 s.cancel()
-        first = results[0].token_ids
-        return CompareResult(
-            tuple(
-                VariantResult(v.name, r, _divergence(first, r.token_ids))
-                for v, r in zip(variants, results, strict=True)
-            )
-        )
+        return compare_result(variants, results)
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         self._check_accepting()
@@ -310,13 +299,6 @@ def _summarise(
         post_intervention=_post_intervention(d, terms),
         max_score=max(tokens) if tokens else None,
     )
-
-
-def _divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 class _FakeStream(RequestStream):
