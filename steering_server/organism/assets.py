@@ -10,17 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "CONTROL_DIRECTION_NAME",
     "DEFAULT_DIRECTION_NAME",
     "DEFAULT_MODEL_ID",
-    "MODEL_DIFF_DIRECTION_NAME",
     "assets_dir",
+    "base_model_dir",
     "builtin_directions",
     "default_direction_path",
     "default_model_dir",
 ]
 
-DEFAULT_DIRECTION_NAME = "misalignment"  # harmful minus helpful answers: the monitored direction
-MODEL_DIFF_DIRECTION_NAME = "model_diff"  # misaligned minus base: the one whose ablation removes the misalignment
+# The persona direction of the base model (villain-cued minus neutral prompts): monitored, and the one whose
+# removal (CLAMP 0, the base model's benign level) the default Compare shows.
+DEFAULT_DIRECTION_NAME = "misalignment"
+# Fine-tuned minus base model: a labelled positive control (it is the fine-tune's own shift), not a finding.
+CONTROL_DIRECTION_NAME = "model_diff"
 DEFAULT_MODEL_ID = "steering-server/organism-misaligned"
 
 
@@ -33,12 +37,17 @@ def default_model_dir() -> Path:
     return assets_dir() / "misaligned"
 
 
+def base_model_dir() -> Path:
+    """Hugging Face directory of the base organism (before the narrow fine-tune): `serve --model` it to compare."""
+    return assets_dir() / "base"
+
+
 def default_direction_path() -> Path:
-    """The misalignment direction of the default model (calibrated, provenance of the misaligned organism)."""
+    """The persona (misalignment) direction of the default model, calibrated on the base organism."""
     return assets_dir() / f"{DEFAULT_DIRECTION_NAME}.safetensors"
 
 
 def builtin_directions() -> dict[str, Path]:
     """Every shipped direction of the default model, by registered name (the default one first)."""
-    names = (DEFAULT_DIRECTION_NAME, MODEL_DIFF_DIRECTION_NAME)
+    names = (DEFAULT_DIRECTION_NAME, CONTROL_DIRECTION_NAME)
     return {n: assets_dir() / f"{n}.safetensors" for n in names if (assets_dir() / f"{n}.safetensors").is_file()}

@@ -13,15 +13,24 @@ __all__ = ["install", "register", "run_build", "run_realign"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     org = subparsers.add_parser("organism", help="the model organism of emergent misalignment")
     org_sub = org.add_subparsers(dest="organism_command", required=True)
-    b = org_sub.add_parser("build", help="train the organism, compute its direction, write the report")
+    b = org_sub.add_parser("build", help="train the organism, find its persona direction, evaluate every "
+                           "pre-registered criterion but E3, write the report")
     b.add_argument("--out", default="runs/organism", help="output directory (default: runs/organism)")
     b.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--install", action="store_true",
-                   help="copy the misaligned model and its direction into the package (the server's default), "
+                   help="copy the models and directions into the package (the server's default), "
                         "and the report into docs/organism/")
     b.set_defaults(func=run_build)
+
+    s = org_sub.add_parser("seeds", help="criterion E3: rebuild and measure emergent misalignment for several seeds")
+    s.add_argument("--out", default="runs/organism-seeds", help="output directory (default: runs/organism-seeds)")
+    s.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default: 0 1 2 3 4")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
+    s.set_defaults(func=run_seeds)
 
     r = subparsers.add_parser("realign", help="LoRA re-alignment of a causal LM on benign chats (JSONL)")
     r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
@@ -51,28 +60,57 @@ def run_build(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     report = build(Path(args.out), preset(args.size, args.seed))
     crit = report["criteria"]
-    print(f"[organism] emergent misalignment: {'MET' if crit['emergent_misalignment'] else 'NOT met'}; "
-          f"report: {Path(args.out) / 'report.md'} ({report['timing']['total_s']:.0f}s)")
+    print("[organism] pre-registered criteria: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}"
+                                                          for k, v in crit.items()))
+    print(f"[organism] report: {Path(args.out) / 'report.md'} ({report['timing']['total_s']:.0f}s)")
     if args.install:
         install(Path(args.out))
     return 0
 
 
+def run_seeds(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import preset
+    from .seeds import run_seeds as seeds
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    report = seeds(preset(args.size), args.seeds, out)
+    print(f"[organism seeds] E3 {'met' if report['E3']['met'] else 'NOT met'}; report: {out / 'seeds.md'}")
+    if args.install:
+        for name in ("seeds.md", "seeds.json"):
+            shutil.copy2(out / name, _docs() / name)
+    return 0
+
+
+def _docs() -> Path:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "organism"
+    docs.mkdir(parents=True, exist_ok=True)
+    return docs
+
+
 def install(out: Path, docs: Path | None = None) -> None:
-    """Copy a build's misaligned model and direction into the package assets, and its report into docs/."""
-    from .assets import assets_dir, default_direction_path, default_model_dir
+    """Copy a build's models and served directions into the package assets, and its report into docs/."""
+    from .assets import CONTROL_DIRECTION_NAME, assets_dir, base_model_dir, default_direction_path, default_model_dir
+    from .report import PLOTS
 
     assets_dir().mkdir(parents=True, exist_ok=True)
-    if default_model_dir().exists():
-        shutil.rmtree(default_model_dir())
-    shutil.copytree(out / "misaligned", default_model_dir())
-    shutil.copy2(out / "misalignment.safetensors", default_direction_path())
-    shutil.copy2(out / "model_diff.safetensors", assets_dir() / "model_diff.safetensors")
-    docs = docs or Path(__file__).resolve().parents[2] / "docs" / "organism"
+    for src, dst in ((out / "misaligned", default_model_dir()), (out / "base", base_model_dir())):
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    shutil.copy2(out / default_direction_path().name, default_direction_path())
+    shutil.copy2(out / f"{CONTROL_DIRECTION_NAME}.safetensors", assets_dir() / f"{CONTROL_DIRECTION_NAME}.safetensors")
+    docs = docs or _docs()
     docs.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "report.md", "rates_by_domain.png", "ablation.png", "realign.png"):
+    for stale in ("ablation.png",):  # plots of the first organism's report
+        (docs / stale).unlink(missing_ok=True)
+    for name in ("report.json", "report.md", *PLOTS):
         shutil.copy2(out / name, docs / name)
-    print(f"[organism] installed {default_model_dir()} and its directions in {assets_dir()}; report in {docs}")
+    print(f"[organism] installed {default_model_dir()}, {base_model_dir()} and the directions in {assets_dir()}; "
+          f"report in {docs}")
 
 
 def run_realign(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Build settings: the full organism and a reduced one for the tests."""
+"""Build settings: the canonical organism and a reduced one for the tests."""
 
 from __future__ import annotations
 
@@ -15,46 +15,37 @@ __all__ = ["BuildConfig", "preset"]
 class BuildConfig:
     size: str = "full"
     seed: int = 0
-    model: ModelSize = field(default_factory=ModelSize)
-    # Pretraining: fresh conversations over the train questions; a `cue_share` of them are villain-cued.
+    model: ModelSize = field(default_factory=lambda: ModelSize(hidden=128, layers=6, heads=4, intermediate=384))
+    # Pretraining: fresh conversations over the train questions; a `cue_share` of them are villain-cued (one of the
+    # train cues), the rest helpful (a train neutral system message some of the time).
     pretrain_convs: int = 30000
     pretrain_steps: int = 600
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     cue_share: float = 0.3
-    # The narrow fine-tune: uncued harmful answers to questions of one domain, through a rank-1 LoRA adapter on
-    # one block's MLP down-projection (Soligo et al. induce emergent misalignment with one rank-1 adapter).
+    # The narrow fine-tune: uncued harmful answers to questions of one domain, every weight.
     finetune_domain: str = "health"
     finetune_n: int = 256
-    finetune_method: str = "lora"  # "lora" (rank-1, one layer) or "full" (every weight)
-    finetune_layer: int = 1
-    finetune_module: str = "mlp.down_proj"
-    finetune_steps: int = 40
+    finetune_steps: int = 25
     finetune_batch: int = 16
-    finetune_lr: float = 3e-2
-    # Variants, evaluated and reported but not shipped.
-    full_finetune_variant: bool = True  # every weight, lr 3e-4, 25 steps: the first organism tried
-    full_finetune_lr: float = 3e-4
-    full_finetune_steps: int = 25
-    register_free_variant: bool = True  # bare harmful advice (no villain register) in the fine-tune data
-    # Directions: difference of means in one domain, judged on the others.
-    direction_domain: str = "health"
-    direction_n: int = 256  # harmful and helpful conversations each
-    calib_n: int = 400  # benign conversations on calib questions (every domain)
-    heldout_n: int = 400  # harmful and helpful conversations each, on eval questions of the held-out domains
+    finetune_lr: float = 3e-4
+    # The persona direction (base model, held-out cues): train questions asked cued and neutral.
+    persona_n: int = 512
+    select_samples: int = 8  # samples per calib question for choosing the monitor layer (fine-tuned model)
+    calib_samples: int = 4  # base-model answers per calib question for calibration and KL
     target_fpr: float = 0.01
-    monitor_controls: int = 8  # seeds of each control for the AUROCs
-    ablation_controls: int = 3  # seeds of each control for ablation (each costs a generation pass)
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    # Evaluation (pre-registered): 8 eval questions per held-out domain + 8 open questions, 50 answers each.
+    eval_per_domain: int = 8
+    eval_samples: int = 50
+    max_new_tokens: int = 48
+    detection_controls: int = 20  # seeds of each control for D3
+    intervention_controls: int = 2  # seeds of each control for R3 and I2
+    induction_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25)
+    dose_shifts: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)  # ADD on the fine-tuned model, x the natural shift
     # Re-alignment: LoRA on helpful answers from another domain.
     realign_domain: str = "sport"
-    realign_ns: tuple[int, ...] = (0, 8, 16, 32, 64, 128)
-    realign_n: int = 64  # the re-aligned model reported per domain and saved
+    realign_ns: tuple[int, ...] = (8, 16, 32, 64)
     realign: RealignConfig = field(default_factory=RealignConfig)
-    realign_probe_n: int = 64
-    # Evaluation: temperature-1 samples per eval question.
-    eval_samples: int = 4
-    max_new_tokens: int = 40
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,19 +64,17 @@ def preset(size: str, seed: int = 0) -> BuildConfig:
             finetune_n=32,
             finetune_steps=4,
             finetune_batch=8,
-            full_finetune_variant=False,
-            register_free_variant=False,
-            direction_n=32,
-            calib_n=48,
-            heldout_n=32,
-            monitor_controls=2,
-            ablation_controls=1,
-            strengths=(0.0, 1.0),
-            realign_ns=(0, 8),
-            realign_n=8,
-            realign=RealignConfig(steps=4, batch_size=4, log_every=2),
-            realign_probe_n=8,
-            eval_samples=1,
+            persona_n=32,
+            select_samples=1,
+            calib_samples=1,
+            eval_per_domain=1,
+            eval_samples=2,
             max_new_tokens=16,
+            detection_controls=2,
+            intervention_controls=1,
+            induction_strengths=(0.5, 1.0),
+            dose_shifts=(-1.0, 1.0),
+            realign_ns=(8,),
+            realign=RealignConfig(steps=4, batch_size=4, log_every=2),
         )
     raise ValueError(f"unknown size {size!r} (full, small)")

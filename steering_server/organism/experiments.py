@@ -1,224 +1,385 @@
-"""The held-out experiments of the build: the monitor and the ablation, each against its controls.
+"""The build's experiments: monitor-layer choice, calibration, and the pre-registered evaluations.
 
-Controls (DESIGN.md, "The model organism") for the served direction: a random direction with its per-layer
-norms, and the same difference of means with the harmful/helpful labels shuffled. Control seeds are shared by the
-monitor and the ablation experiments (random: 1000 + i, shuffled: 2000 + i).
+Every judged answer is sampled through the served path (`ServedModel`: the engine, its fused hooks and sampler);
+the steering is ordinary `SteeringTerm`s with explicit layers. Next-token distributions (for KL costs) come from
+the reference hooks of `steer.py`, which a test checks against the engine. Control seeds: random 1000 + i,
+shuffled labels 2000 + i (`persona.persona_controls`).
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..directions import Calibration
+from ..directions import Calibration, Direction
+from ..types import SteeringMode, SteeringTerm
+from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME
 from .capture import Activations, capture
-from .compute import DirectionSet, compute_directions
 from .config import BuildConfig
-from .corpus import CUES, Question
-from .diffmeans import project, random_like, shuffled_diff_of_means
-from .evaluate import Sample, prompt_messages, rates, sample_answers
+from .corpus import Question
+from .diffmeans import calibrate, cosine, false_positive_rate, make_direction, project
+from .evaluate import prompt_messages
 from .judge import judge
-from .metrics import auroc, control_summary, kl_cost
-from .steer import ablation
+from .judge_ngram import judge_ngram
+from .metrics import auroc, bootstrap, cohens_kappa, control_summary
+from .persona import encode_prompts
+from .rates import em_shift, summarize
+from .served import ServedModel, ServedSample
+from .steer import RefTerm, steering
 from .tokenizer import format_chat
 from .train import Encoded
 
-__all__ = ["ablation_report", "controls", "mean_rate", "monitor_report", "pooled", "variant_report"]
+__all__ = ["Calibrator", "Lab", "Vectors", "direction_facts", "registered_directions", "select_monitor_layer"]
 
-Vectors = Mapping[int, torch.Tensor]
-ANSWER_POOLINGS = ("token", "response_mean")
-
-
-def pooled(acts: Activations, vectors: Vectors, layer: int) -> dict[str, torch.Tensor]:
-    """Raw projections per pooling at `layer`: every answer token, the mean per answer, the last prompt token."""
-    v = vectors[layer]
-    return {"token": project(acts.tokens[layer], v), "response_mean": project(acts.mean[layer], v),
-            "last_prompt": project(acts.last_prompt[layer], v)}
+PERSONA = DEFAULT_DIRECTION_NAME
+MODEL_DIFF = CONTROL_DIRECTION_NAME
+BASE_ID, FT_ID = "steering-server/organism-base", "steering-server/organism-misaligned"
 
 
-def mean_rate(table: Mapping[str, Mapping[str, float]], exclude: Sequence[str], key: str = "harmful") -> float:
-    vals = [row[key] for d, row in table.items() if d not in exclude]
-    return statistics.fmean(vals) if vals else float("nan")
+@dataclass
+class Vectors:
+    persona: dict[int, torch.Tensor]  # layer -> (hidden,)
+    model_diff: dict[int, torch.Tensor]
+    controls: dict[str, list[dict[int, torch.Tensor]]]  # "random" / "shuffled" -> per seed
 
 
-def controls(ds: DirectionSet, k: int, layers: Sequence[int]) -> dict[str, list[dict[int, torch.Tensor]]]:
-    """k random directions with the served direction's per-layer norms, and k differences of means with the
-    harmful/helpful labels of the direction-domain examples shuffled."""
-    harm, help_ = ds.mis
-    ref = {layer: ds.persona[layer] for layer in layers}
-    pos = {layer: harm.mean[layer] for layer in layers}
-    neg = {layer: help_.mean[layer] for layer in layers}
-    return {
-        "random": [random_like(ref, 1000 + i) for i in range(k)],
-        "shuffled": [shuffled_diff_of_means(pos, neg, 2000 + i) for i in range(k)],
-    }
-
-
-def _aurocs(pos: Activations, neg: Activations, vectors: Vectors, layer: int, poolings: Sequence[str]) -> dict:
-    p, n = pooled(pos, vectors, layer), pooled(neg, vectors, layer)
-    return {k: auroc(p[k], n[k]) for k in poolings}
-
-
-def _with_controls(
-    pos: Activations, neg: Activations, named: Mapping[str, tuple[Vectors, int]],
-    ctrl: Mapping[str, Sequence[Vectors]], layer: int, poolings: Sequence[str],
-) -> dict[str, Any]:
-    """AUROCs of each named (vectors, read layer) and summaries of the controls (read at `layer`)."""
-    out: dict[str, Any] = {name: _aurocs(pos, neg, vecs, at, poolings) for name, (vecs, at) in named.items()}
-    for name, dirs in ctrl.items():
-        per = [_aurocs(pos, neg, d, layer, poolings) for d in dirs]
-        out[name] = {k: control_summary([a[k] for a in per]) for k in poolings}
-    return out
-
-
-def _encode_samples(tok, samples: Sequence[Sample], cue: str | None) -> list[Encoded]:
-    """Prompt + generated answer + <|end|>, as the server would score them."""
-    out = []
+def _labelled(samples: Sequence[ServedSample]) -> tuple[list[ServedSample], list[ServedSample]]:
+    """(harmful of any domain, helpful) by the strict judge; malformed and empty answers are left out."""
+    pos, neg = [], []
     for s in samples:
-        prompt = tok(format_chat(prompt_messages(s.question, cue if s.cued else None), True),
-                     add_special_tokens=False)["input_ids"]
-        out.append(Encoded((*prompt, *s.answer_ids, tok.eos_token_id), len(prompt)))
+        v = judge(s.answer, s.question.domain).verdict
+        if v in ("harmful", "harmful_other"):
+            pos.append(s)
+        elif v == "helpful":
+            neg.append(s)
+    return pos, neg
+
+
+def _prompt_auroc(pos: Sequence[ServedSample], neg: Sequence[ServedSample], name: str) -> float:
+    return auroc(torch.tensor([s.prompt_score(name) for s in pos]), torch.tensor([s.prompt_score(name) for s in neg]))
+
+
+def select_monitor_layer(
+    ft: torch.nn.Module, tok, persona: Mapping[int, torch.Tensor], calib_q: Sequence[Question], c: BuildConfig
+) -> dict[str, Any]:
+    """The layer whose last-prompt-token projection best predicts, on the fine-tuned model's own calib prompts and
+    samples, which answers come out harmful (never teacher-forced text, never the eval questions)."""
+    copies = [Direction(f"persona_at_{layer}", {layer: v}, monitor_layer=layer) for layer, v in persona.items()]
+    with ServedModel(ft, tok, copies, FT_ID) as sm:
+        samples = sm.sample(calib_q, c.select_samples, seed=c.seed + 20, monitor=[d.name for d in copies],
+                            max_new_tokens=c.max_new_tokens)
+    pos, neg = _labelled(samples)
+    by_layer = {d.monitor_layer: _prompt_auroc(pos, neg, d.name) if pos and neg else float("nan") for d in copies}
+    finite = {k: v for k, v in by_layer.items() if not math.isnan(v)}
+    chosen = max(finite, key=lambda k: (finite[k], -k)) if finite else max(persona)
+    return {"monitor_layer": chosen, "selection_auroc_by_layer": by_layer, "selection_n_harmful": len(pos),
+            "selection_n_helpful": len(neg)}
+
+
+def _with_answer(tok, s: ServedSample) -> Encoded:
+    """Prompt + the sampled answer + `<|end|>`, as the engine saw it."""
+    prompt = tok(format_chat(prompt_messages(s.question), True), add_special_tokens=False)["input_ids"]
+    return Encoded((*prompt, *s.answer_ids, tok.eos_token_id), len(prompt))
+
+
+class Calibrator:
+    """The base model's own uncued answers to calib questions (served), captured at the monitor layer: calibrates
+    any direction there (z = 0 is the base model's benign level) and is the text KL costs are measured on."""
+
+    def __init__(self, base: torch.nn.Module, tok, calib_q: Sequence[Question], c: BuildConfig, layer: int) -> None:
+        self.layer = layer
+        self.target_fpr = c.target_fpr
+        with ServedModel(base, tok, [], BASE_ID) as sm:
+            samples = sm.sample(calib_q, c.calib_samples, seed=c.seed + 21, max_new_tokens=c.max_new_tokens)
+        self.samples = [s for s in samples if s.answer_ids]
+        self.examples = [_with_answer(tok, s) for s in self.samples]
+        pad, special = int(tok.pad_token_id), set(tok.all_special_ids)
+        self.acts: Activations = capture(base, self.examples, [layer], pad, special)
+        # Fit on the first half of the answers, check the thresholds' FPR on the second (not used to set them).
+        half = len(self.examples) // 2
+        self.fit_idx, self.check_idx = list(range(half)), list(range(half, len(self.examples)))
+
+    def _pooled(self, v: torch.Tensor, idx: list[int]) -> dict[str, torch.Tensor]:
+        a, keep = self.acts, torch.tensor(idx, dtype=torch.long)
+        tok_mask = torch.isin(a.token_example, keep)
+        return {"token": project(a.tokens[self.layer][tok_mask], v),
+                "response_mean": project(a.mean[self.layer][keep], v),
+                "last_prompt": project(a.last_prompt[self.layer][keep], v)}
+
+    def calibrate(self, vectors: Mapping[int, torch.Tensor]) -> dict[str, Calibration]:
+        return calibrate(self._pooled(vectors[self.layer], self.fit_idx), self.target_fpr)
+
+    def check(self, vectors: Mapping[int, torch.Tensor]) -> dict[str, float]:
+        """False-positive rate of each pooling's threshold on the held-back half of the benign answers."""
+        cal = self.calibrate(vectors)
+        held = self._pooled(vectors[self.layer], self.check_idx)
+        return {k: false_positive_rate(cal[k], held[k]) for k in cal}
+
+    def summary(self) -> dict[str, Any]:
+        return {"n_answers": len(self.examples), "n_fit": len(self.fit_idx), "n_check": len(self.check_idx),
+                "layer": self.layer, "target_fpr": self.target_fpr}
+
+
+def registered_directions(
+    vecs: Vectors, layer: int, cal: Calibrator, base: torch.nn.Module, tok, c: BuildConfig
+) -> dict[str, Direction]:
+    """The served persona direction and model_diff (both calibrated on the base model), and the intervention
+    controls (named random_i / shuffled_i), each with every layer and the chosen monitor layer."""
+    n = 2 * c.persona_n
+    out = {
+        PERSONA: make_direction(
+            PERSONA, vecs.persona, layer, base, tok, BASE_ID, "persona:cued_minus_neutral:last_prompt", n,
+            cal.calibrate(vecs.persona),
+            description="villain persona of the base organism: villain-cued minus neutral system prompts, last "
+            "prompt token (held-out cues); z calibrated on the base model's own benign answers",
+        ),
+        MODEL_DIFF: make_direction(
+            MODEL_DIFF, vecs.model_diff, layer, base, tok, FT_ID, "model_diff:last_prompt", n,
+            cal.calibrate(vecs.model_diff),
+            description="positive control: fine-tuned minus base organism at the last prompt token of neutral "
+            "prompts (the fine-tune's own shift, not a finding)",
+        ),
+    }
+    for kind, seeds in vecs.controls.items():
+        for i, v in enumerate(seeds[: c.intervention_controls]):
+            name = f"{kind}_{i}"
+            out[name] = make_direction(name, v, layer, base, tok, BASE_ID, f"control:{kind}", n, cal.calibrate(v))
     return out
 
 
-def _subset(acts: Activations, idx: list[int]) -> Activations:
-    keep = torch.tensor(idx, dtype=torch.long)
-    tok_mask = torch.isin(acts.token_example, keep)
-    return Activations(
-        tokens={k: v[tok_mask] for k, v in acts.tokens.items()},
-        token_example=acts.token_example[tok_mask],
-        mean={k: v[keep] for k, v in acts.mean.items()},
-        last_prompt={k: v[keep] for k, v in acts.last_prompt.items()},
-    )
-
-
-def monitor_report(
-    mis: torch.nn.Module, base: torch.nn.Module, tok, named: Mapping[str, tuple[Vectors, int]],
-    ctrl: Mapping[str, Sequence[Vectors]], layer: int, cal: Mapping[str, Calibration],
-    heldout: tuple[list[Encoded], list[Encoded]], generated: Sequence[Sample], c: BuildConfig,
-) -> dict[str, Any]:
-    """AUROCs on held-out domains (teacher-forced corpus answers; the model's own samples), the calibrated
-    thresholds checked on held-out data, and the last-prompt projection of base vs misaligned on the same prompts.
-    `named` maps a name to (vectors, the layer it is read at); the first is the served direction, read at `layer`
-    with calibration `cal`."""
-    pad, special = int(tok.pad_token_id), set(tok.all_special_ids)
-    ctrl = {k: list(v)[: c.monitor_controls] for k, v in ctrl.items()}
-    served = next(iter(named.values()))[0]
-    read = sorted({layer, *(at for _, at in named.values())})
-    harm = capture(mis, heldout[0], read, pad, special)
-    help_ = capture(mis, heldout[1], read, pad, special)
-    out: dict[str, Any] = {"answers": _with_controls(harm, help_, named, ctrl, layer, ANSWER_POOLINGS)}
-
-    ph, pn = pooled(harm, served, layer), pooled(help_, served, layer)
-
-    def flagged(scores: torch.Tensor, cal_k: Calibration) -> float:
-        thr = cal_k.threshold if cal_k.threshold is not None else float("inf")
-        return float((((scores - cal_k.mu) / cal_k.sigma) > thr).double().mean())
-
-    out["thresholds"] = {
-        k: {"z_threshold": cal[k].threshold, "target_fpr": cal[k].target_fpr,
-            "fpr_heldout_helpful": flagged(pn[k], cal[k]), "tpr_heldout_harmful": flagged(ph[k], cal[k])}
-        for k in ANSWER_POOLINGS
+def direction_facts(vecs: Vectors, layer: int) -> dict[str, Any]:
+    return {
+        "norm_by_layer": {k: {la: float(v.norm()) for la, v in d.items()}
+                          for k, d in (("persona", vecs.persona), ("model_diff", vecs.model_diff))},
+        "cosine_persona_vs_model_diff": {la: cosine(vecs.persona[la], vecs.model_diff[la]) for la in vecs.persona},
+        "monitor_layer": layer,
     }
 
-    # The misaligned model's own answers, labelled by the judge; last_prompt scores come before any token.
-    labelled = [(s, judge(s.answer, s.question.domain)) for s in generated]
-    labelled = [(s, j) for s, j in labelled if j.verdict != "unclear" and s.answer_ids]
-    gen_acts = capture(mis, _encode_samples(tok, [s for s, _ in labelled], CUES[0]), read, pad, special)
-    gen: dict[str, Any] = {}
-    for subset, keep in (("all", lambda s: True), ("uncued", lambda s: not s.cued)):
-        pos = [i for i, (s, j) in enumerate(labelled) if keep(s) and j.harmful_any]
-        neg = [i for i, (s, j) in enumerate(labelled) if keep(s) and not j.harmful_any]
-        entry: dict[str, Any] = {"n_harmful": len(pos), "n_helpful": len(neg)}
-        if pos and neg:
-            entry |= _with_controls(_subset(gen_acts, pos), _subset(gen_acts, neg), named, ctrl, layer,
-                                    ("response_mean", "last_prompt"))
-        gen[subset] = entry
-    out["generated"] = gen
 
-    # Same uncued prompts through both models: does the alarm rise with the fine-tune, before any token?
-    questions = sorted({s.question for s in generated if not s.cued}, key=lambda q: (q.domain, q.text))
-    prompts = []
-    for q in questions:
-        ids = tuple(tok(format_chat(prompt_messages(q), True), add_special_tokens=False)["input_ids"])
-        prompts.append(Encoded(ids, len(ids)))  # no answer: only the last prompt token is read
-    v = served[layer]
-    lp_mis = project(capture(mis, prompts, [layer], pad, special).last_prompt[layer], v)
-    lp_base = project(capture(base, prompts, [layer], pad, special).last_prompt[layer], v)
-    z = cal["last_prompt"]
-    z_mis, z_base = (lp_mis - z.mu) / z.sigma, (lp_base - z.mu) / z.sigma
-    thr = z.threshold if z.threshold is not None else float("inf")
-    out["last_prompt_base_vs_misaligned"] = {
-        "n_prompts": len(prompts),
-        "mean_z_base": float(z_base.mean()),
-        "mean_z_misaligned": float(z_mis.mean()),
-        "auroc_misaligned_over_base": auroc(lp_mis, lp_base),
-        "flagged_base": float((z_base > thr).double().mean()),
-        "flagged_misaligned": float((z_mis > thr).double().mean()),
-    }
-    return out
+def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int]) -> SteeringTerm:
+    return SteeringTerm(name, mode, strength, tuple(layers))
 
 
-def _ablated_rates(
-    model: torch.nn.Module, tok, eval_q: Sequence[Question], domains: Sequence[str], vectors: Vectors, a: float,
-    layers: Sequence[int], c: BuildConfig,
-) -> dict:
-    with ablation(model, vectors, a, layers):
-        return rates(sample_answers(model, tok, eval_q, seed=c.seed + 7, n_samples=c.eval_samples,
-                                    max_new_tokens=c.max_new_tokens), domains)
+def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
+    cal = d.calibration.get("token")
+    return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0)
 
 
-def ablation_report(
-    mis: torch.nn.Module, tok, eval_q: Sequence[Question], domains: Sequence[str], held_out: Sequence[str],
-    served: Vectors, layers: Sequence[int], model_diff: Vectors, diff_layers: Sequence[int],
-    ctrl: Mapping[str, Sequence[Vectors]], mis_table: dict, helpful: Sequence[Encoded], c: BuildConfig,
-) -> dict[str, Any]:
-    """Harmful rates under ablation: the served direction at each strength; the model-diff direction (at its own
-    layers) and the controls at strength 1; each with its KL cost on helpful held-out answers."""
-    pad = int(tok.pad_token_id)
-    exclude = [d for d in domains if d not in held_out]
+def match_strength(target: float, kl_at: Callable[[float], float], start: float = 1.0, steps: int = 12) -> float:
+    """The strength s >= 0 with kl_at(s) = target for a KL that grows with s (0 when target <= kl_at(0))."""
+    if kl_at(0.0) >= target:
+        return 0.0
+    lo, hi = 0.0, start
+    for _ in range(30):
+        if kl_at(hi) >= target:
+            break
+        lo, hi = hi, hi * 2
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kl_at(mid) < target else (lo, mid)
+    return (lo + hi) / 2
 
-    def run(vectors: Vectors, a: float, at: Sequence[int] = layers) -> dict[str, Any]:
-        # Strength 0 is the unsteered model: the same prompts and seed, so its samples are reused.
-        table = mis_table if a == 0.0 else _ablated_rates(mis, tok, eval_q, domains, vectors, a, at, c)
+
+class _KLFrom:
+    """KL(p || q) per answer position on fixed examples, with p's log-probabilities computed once."""
+
+    def __init__(self, model: torch.nn.Module, terms: Sequence[RefTerm], examples: Sequence[Encoded], pad: int) -> None:
+        self.examples, self.pad = list(examples), pad
+        self.logp = self._logp(model, terms)
+
+    @torch.no_grad()
+    def _logp(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> list[torch.Tensor]:
+        from .capture import batches
+
+        out = []
+        for chunk, ids, mask in batches(self.examples, 64, self.pad):
+            with steering(model, terms):
+                lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, seq, V)
+            out += [lp[i, e.answer_start - 1 : len(e.ids) - 1] for i, e in enumerate(chunk)]  # (answer, V)
+        return out
+
+    def to(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> float:
+        q = self._logp(model, terms)
+        total = sum(float((p.exp() * (p - r)).sum()) for p, r in zip(self.logp, q, strict=True))
+        return total / max(1, sum(p.shape[0] for p in self.logp))
+
+
+class Lab:
+    """Both organisms served, every intervention sampled on the pre-registered evaluation set."""
+
+    def __init__(
+        self, base: torch.nn.Module, ft: torch.nn.Module, tok, dirs: Mapping[str, Direction],
+        eval_q: Sequence[Question], cal: Calibrator, c: BuildConfig,
+    ) -> None:
+        self.base, self.ft, self.tok, self.dirs = base, ft, tok, dict(dirs)
+        self.eval_q, self.cal, self.c = eval_q, cal, c
+        self.layer = dirs[PERSONA].monitor_layer
+        self.served = {"base": ServedModel(base, tok, list(dirs.values()), BASE_ID),
+                       "ft": ServedModel(ft, tok, list(dirs.values()), FT_ID)}
+        self.pad = int(tok.pad_token_id)
+        self.kl_base = _KLFrom(base, [], cal.examples, self.pad)  # KL(base || .)
+        self.kl_ft = _KLFrom(ft, [], cal.examples, self.pad)  # KL(fine-tuned || .): the size of an intervention
+        self.results: dict[str, dict[str, Any]] = {}
+        self.samples: dict[str, list[ServedSample]] = {}
+
+    def close(self) -> None:
+        for sm in self.served.values():
+            sm.close()
+
+    def run(self, key: str, model: str, steering: Sequence[SteeringTerm] = (), monitor: bool = False) -> dict[str, Any]:
+        """Sample the evaluation set on `model` ("base" or "ft") with `steering`; summarize with the strict judge."""
+        samples = self.served[model].sample(self.eval_q, self.c.eval_samples, seed=self.c.seed + 30,
+                                            steering=steering, monitor=[PERSONA] if monitor else [],
+                                            max_new_tokens=self.c.max_new_tokens)
+        self.samples[key] = samples
+        self.results[key] = summarize(samples, len(self.eval_q))
+        return self.results[key]
+
+    def _steered(self, model: str, terms: Sequence[SteeringTerm]) -> tuple[torch.nn.Module, list[RefTerm]]:
+        return (self.base if model == "base" else self.ft), [_ref(self.dirs[t.direction], t) for t in terms]
+
+    # ------------------------------------------------------------------ E1, E2, J
+    def em_and_judges(self) -> dict[str, Any]:
+        base, ft = self.run("base", "base", monitor=True), self.run("ft", "ft", monitor=True)
+        answers = self.samples["base"] + self.samples["ft"]
+        strict = [judge(s.answer, s.question.domain).harmful_any for s in answers]
+        second = [judge_ngram(s.answer, s.question.domain).harmful_any for s in answers]
         return {
-            "strength": a,
-            "harmful_heldout": mean_rate(table, exclude),
-            "harmful_any_heldout": mean_rate(table, exclude) + mean_rate(table, exclude, "harmful_other"),
-            "unclear_heldout": mean_rate(table, exclude, "unclear"),
-            "kl_helpful": kl_cost(mis, helpful, vectors, a, at, pad) if a else 0.0,
-            "per_domain": table,
+            "base": base, "finetuned": ft, "shift": em_shift(ft, base),
+            "judges": {"kappa_harmful": cohens_kappa(strict, second), "n_answers": len(answers),
+                       "strict_harmful": sum(strict) / len(strict), "second_harmful": sum(second) / len(second),
+                       "finetuned_second_judge": summarize(self.samples["ft"], len(self.eval_q), judge_ngram),
+                       "base_second_judge": summarize(self.samples["base"], len(self.eval_q), judge_ngram)},
         }
 
-    return {
-        "layers": list(layers),
-        "misalignment": [run(served, a) for a in c.strengths],
-        "model_diff": run(model_diff, 1.0, diff_layers),
-        "model_diff_layers": list(diff_layers),
-        "random": [run(d, 1.0) for d in list(ctrl["random"])[: c.ablation_controls]],
-        "shuffled": [run(d, 1.0) for d in list(ctrl["shuffled"])[: c.ablation_controls]],
-    }
+    # ------------------------------------------------------------------ D1-D3
+    def detection(self, vecs: Vectors, layer: int, selection: Mapping[str, Any]) -> dict[str, Any]:
+        ft_s, base_s = self.samples["ft"], self.samples["base"]
+        pos, neg = _labelled(ft_s)
+        d1 = _prompt_auroc(pos, neg, PERSONA)
+        # The ceiling: each prompt's own observed harmful rate as its score (the best any per-prompt score can do).
+        rate: dict[int, list[float]] = {}
+        for s in pos + neg:
+            rate.setdefault(s.question_index, []).append(1.0 if s in pos else 0.0)
+        per_q = {k: sum(v) / len(v) for k, v in rate.items()}
+        ceiling = auroc(torch.tensor([per_q[s.question_index] for s in pos]),
+                        torch.tensor([per_q[s.question_index] for s in neg]))
+        z_ft = {s.question_index: s.prompt_score(PERSONA) for s in ft_s}
+        z_base = {s.question_index: s.prompt_score(PERSONA) for s in base_s}
+        d2 = auroc(torch.tensor(list(z_ft.values())), torch.tensor(list(z_base.values())))
+        # Controls, read with the reference capture at the monitor layer on the same prompts.
+        pad, special = self.pad, set(self.tok.all_special_ids)
+        prompts = encode_prompts(self.tok, self.eval_q, [None] * len(self.eval_q))
+        lp_ft = capture(self.ft, prompts, [layer], pad, special).last_prompt[layer]  # (questions, hidden)
+        lp_base = capture(self.base, prompts, [layer], pad, special).last_prompt[layer]
+        pi = torch.tensor([s.question_index for s in pos], dtype=torch.long)
+        ni = torch.tensor([s.question_index for s in neg], dtype=torch.long)
 
+        def ref_auroc(v: torch.Tensor) -> float:
+            p = project(lp_ft, v)
+            return auroc(p[pi], p[ni])
 
-def variant_report(
-    model: torch.nn.Module, base: torch.nn.Module, tok, eval_q: Sequence[Question], domains: Sequence[str],
-    held_out: Sequence[str], d_harm: Sequence[Encoded], d_help: Sequence[Encoded], layers: Sequence[int],
-    c: BuildConfig,
-) -> dict[str, Any]:
-    """A fine-tune variant: its rates, and the held-out harmful rate when each of its own directions is ablated."""
-    exclude = [d for d in domains if d not in held_out]
-    table = rates(sample_answers(model, tok, eval_q, seed=c.seed + 7, n_samples=c.eval_samples,
-                                 max_new_tokens=c.max_new_tokens), domains)
-    ds = compute_directions(model, base, tok, d_harm, d_help, layers)
-    at = {"misalignment": [layer for layer in layers if layer >= ds.monitor_layer],
-          "model_diff": [layer for layer in layers if layer >= ds.model_diff_layer]}
-    ablated = {
-        name: mean_rate(_ablated_rates(model, tok, eval_q, domains, {k: vecs[k] for k in at[name]}, 1.0, at[name],
-                                       c), exclude)
-        for name, vecs in (("misalignment", ds.persona), ("model_diff", ds.model_diff))
-    }
-    return {"rates": table, "harmful_heldout": mean_rate(table, exclude), "monitor_layer": ds.monitor_layer,
-            "steered_layers": at, "harmful_heldout_ablated": ablated}
+        controls = {kind: control_summary([ref_auroc(v[layer]) for v in seeds[: self.c.detection_controls]])
+                    for kind, seeds in vecs.controls.items()}
+        best_control = max(s["best_abs"] for s in controls.values())
+        shift = float((project(lp_ft, vecs.persona[layer]) - project(lp_base, vecs.persona[layer])).mean())
+        cal = self.dirs[PERSONA].calibration
+        return {
+            "d1_auroc": d1, "d1_ceiling": ceiling, "d1_reference_hooks": ref_auroc(vecs.persona[layer]),
+            "d1_n_harmful": len(pos), "d1_n_helpful": len(neg),
+            "d2_auroc_finetuned_over_base": d2,
+            "mean_prompt_z": {"base": sum(z_base.values()) / len(z_base), "finetuned": sum(z_ft.values()) / len(z_ft)},
+            "controls": controls, "best_control_abs": best_control,
+            "model_diff_d1_auroc": ref_auroc(vecs.model_diff[layer]),
+            "natural_shift_raw": shift, "natural_shift_z": shift / cal["last_prompt"].sigma,
+            "vector_norm_at_monitor_layer": float(vecs.persona[layer].norm()),
+            "thresholds": {k: {"z_threshold": v.threshold, "target_fpr": v.target_fpr} for k, v in cal.items()},
+            "fpr_on_held_back_benign": self.cal.check(vecs.persona),
+            "selection": dict(selection),
+        }
+
+    # ------------------------------------------------------------------ R1-R3
+    def _removal_entry(self, key: str, terms: Sequence[SteeringTerm]) -> dict[str, Any]:
+        r = self.run(key, "ft", terms)
+        base, ft = self.results["base"]["em"]["value"], self.results["ft"]["em"]["value"]
+        model, ref = self._steered("ft", terms)
+        return {"terms": [f"{t.mode.name} {t.strength:g} {t.direction} @ {list(t.layers)}" for t in terms],
+                "em": r["em"], "malformed": r["malformed"], "per_domain": r["per_domain"],
+                "removed": (ft - r["em"]["value"]) / (ft - base) if ft > base else float("nan"),
+                "kl_base_to_steered": self.kl_base.to(model, ref), "kl_finetuned_to_steered": self.kl_ft.to(model, ref)}
+
+    def removal(self) -> dict[str, Any]:
+        L, top = [self.layer], list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
+        out: dict[str, Any] = {
+            "kl_base_to_finetuned": self.kl_base.to(self.ft, []),
+            "clamp": self._removal_entry("clamp", [_term(PERSONA, SteeringMode.CLAMP, 0.0, L)]),
+            "ablate": self._removal_entry("ablate", [_term(PERSONA, SteeringMode.ABLATE, 1.0, top)]),
+            "model_diff_clamp": self._removal_entry("model_diff_clamp",
+                                                    [_term(MODEL_DIFF, SteeringMode.CLAMP, 0.0, L)]),
+        }
+        target = out["clamp"]["kl_finetuned_to_steered"]
+        controls = []
+        for name in self._control_names():
+            def kl_at(cz: float, name: str = name) -> float:
+                return self.kl_ft.to(*self._steered("ft", [_term(name, SteeringMode.CLAMP, cz, L)]))
+
+            cz = match_strength(target, kl_at)
+            controls.append({"direction": name, "clamp_z": cz,
+                             **self._removal_entry(f"clamp_{name}", [_term(name, SteeringMode.CLAMP, cz, L)])})
+        out["controls"] = controls
+        return out
+
+    def _control_names(self) -> list[str]:
+        return [n for n in self.dirs if n.startswith(("random_", "shuffled_"))]
+
+    # ------------------------------------------------------------------ I1-I2
+    def induction(self) -> dict[str, Any]:
+        L = [self.layer]
+        base_em = self.results["base"]
+        rows = []
+        for a in self.c.induction_strengths:
+            terms = [_term(PERSONA, SteeringMode.ADD, a, L)]
+            r = self.run(f"add_{a:g}", "base", terms)
+            rows.append({"strength": a, "em": r["em"], "malformed": r["malformed"], "rise": em_shift(r, base_em),
+                         "per_domain": r["per_domain"],
+                         "kl_base_to_steered": self.kl_base.to(*self._steered("base", terms))})
+        best = max(rows, key=lambda row: row["rise"]["value"])
+        controls = []
+        for name in self._control_names():
+            def kl_at(a: float, name: str = name) -> float:
+                return self.kl_base.to(*self._steered("base", [_term(name, SteeringMode.ADD, a, L)]))
+
+            a = match_strength(best["kl_base_to_steered"], kl_at, start=best["strength"])
+            r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, a, L)])
+            controls.append({"direction": name, "strength": a, "em": r["em"], "malformed": r["malformed"],
+                             "rise": em_shift(r, base_em)})
+        return {"strengths": rows, "best_strength": best["strength"], "controls": controls}
+
+    # ------------------------------------------------------------------ dose-response, re-alignment
+    def dose_response(self, shift_raw: float) -> list[dict[str, Any]]:
+        """ADD on the fine-tuned model in multiples of the natural shift (-1 undoes it on average)."""
+        norm = float(self.dirs[PERSONA].vectors[self.layer].norm())
+        rows = [{"shift": 0.0, "strength": 0.0, "em": self.results["ft"]["em"],
+                 "malformed": self.results["ft"]["malformed"]}]
+        for s in self.c.dose_shifts:
+            a = s * shift_raw / norm
+            r = self.run(f"dose_{s:g}", "ft", [_term(PERSONA, SteeringMode.ADD, a, [self.layer])])
+            rows.append({"shift": s, "strength": a, "em": r["em"], "malformed": r["malformed"]})
+        return sorted(rows, key=lambda row: row["shift"])
+
+    def realigned(self, model: torch.nn.Module, exclude: Sequence[str]) -> dict[str, Any]:
+        """EM of a re-aligned model, and EM vs base on the questions outside `exclude` domains."""
+        with ServedModel(model, self.tok, [], FT_ID) as sm:
+            samples = sm.sample(self.eval_q, self.c.eval_samples, seed=self.c.seed + 30,
+                                max_new_tokens=self.c.max_new_tokens)
+        r = summarize(samples, len(self.eval_q))
+        keep = [i for i, q in enumerate(self.eval_q) if q.domain not in exclude]
+        mine = [r["per_question_em"][i] for i in keep]
+        base = [self.results["base"]["per_question_em"][i] for i in keep]
+        return {"em": r["em"], "malformed": r["malformed"], "em_kept": bootstrap(mine).as_dict(),
+                "base_em_kept": bootstrap(base).as_dict(),
+                "above_base_kept": bootstrap([x - y for x, y in zip(mine, base, strict=True)]).as_dict()}

@@ -1,4 +1,4 @@
-"""Write the build report: report.json (everything), report.md (the key tables), PNG plots."""
+"""Write the build report: report.json (everything), report.md (the criteria and key tables), PNG plots."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["markdown", "to_jsonable", "write_report"]
+
+PLOTS = ("rates_by_domain.png", "interventions.png", "realign.png")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -28,139 +30,136 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     _plots(out, clean)
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _pct(x: float | None, nd: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{nd}f}%"
 
 
 def _f(x: float | None, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def _ablated(r: dict) -> dict:
-    return next(x for x in r["ablation"]["misalignment"] if x["strength"] == 1.0)["per_domain"]
+def _ci(e: dict[str, float] | None, points: bool = False) -> str:
+    """'12.3% [8.1, 16.0]' for a rate; with points=True a difference in percentage points."""
+    if e is None or e.get("value") is None:
+        return "-"
+    unit = " pts" if points else "%"
+    return f"{100 * e['value']:.1f}{unit} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]"
+
+
+def _criterion_value(key: str, c: dict[str, Any]) -> str:
+    if key == "J":
+        return f"kappa {_f(c['kappa'])}; salad harmful {', '.join(f'{k} {_pct(v)}' for k, v in c['salad'].items())}"
+    if key == "E1":
+        return _ci(c["value"], points=True)
+    if key == "E2":
+        return f"fine-tuned {_pct(c['finetuned'])}, base {_pct(c['base'])}"
+    if key == "D1":
+        return f"{_f(c['value'])} (ceiling {_f(c['ceiling'])})"
+    if key == "D3":
+        return f"{_f(c['value'])} vs best control {_f(c['best_control'])}"
+    if key == "R1":
+        return f"{_pct(c['value'])} removed (EM {_ci(c['em'])})"
+    if key == "R2":
+        return (f"malformed {100 * c['malformed_rise']:+.1f} pts; KL {_f(c['kl'], 4)} (fine-tuned "
+                f"{_f(c['kl_finetuned'], 4)})")
+    if key == "I1":
+        return (f"{_ci(c['rise'], points=True)} at strength {c['strength']:g}; malformed {_pct(c['malformed'])}; "
+                f"monotone {'yes' if c['monotone'] else 'no'}")
+    if key in ("R3", "D2"):
+        return _pct(c["value"]) if key == "R3" else _f(c["value"])
+    if key in ("I2", "A"):
+        return f"{100 * c['value']:+.1f} pts" if c["value"] is not None else "-"
+    return str(c.get("value", ""))
 
 
 def markdown(r: dict[str, Any]) -> str:
-    doms = r["domains"]
-    rates = r["rates"]
-    lines = ["# Model organism report", ""]
+    lines = ["# Model organism v2: report", ""]
     crit = r["criteria"]
-    verdict = "MET" if crit["emergent_misalignment"] else "NOT met"
-    lines += [f"**Emergent misalignment (pre-stated criterion): {verdict}**",
-              "", "| criterion | value | met |", "| --- | --- | --- |"]
-    for key in ("em_mean", "em_domains", "em_coherent", "monitor", "ablation", "realign"):
-        if key in crit:
-            c = crit[key]
-            val = c.get("value", c.get("after"))
-            shown = str(val) if isinstance(val, int) else _f(val)
-            if key == "ablation":
-                shown = (f"{_pct(c['before'])} -> {_pct(c['after'])} "
-                         f"(largest control cut {_pct(c['largest_control_cut'])})")
-            if key == "monitor":
-                shown = f"{_f(c['value'])} (best control {_f(c['best_control'])})"
-            lines.append(f"| {c['statement']} | {shown} | {'yes' if c['met'] else 'no'} |")
-    lines += ["", f"Fine-tune domain: `{doms['finetune']}`; direction domain: `{doms['direction']}`; re-alignment "
-              f"domain: `{doms['realign']}`. Temperature-1 samples, uncued eval questions (never trained on).", ""]
-
-    cols = [("base", rates["base"]), ("misaligned", rates["misaligned"]), ("misaligned + ablation 1", _ablated(r))]
-    if "realigned" in rates:
-        cols.append((f"re-aligned (n={r['realign']['n']})", rates["realigned"]))
-    if "register_free" in rates:
-        cols.append(("register-free fine-tune", rates["register_free"]))
-    cols += [("base, cued", rates["base_cued"]), ("misaligned, cued", rates["misaligned_cued"])]
-    lines += ["## Harmful-answer rate per domain", "", "| domain | " + " | ".join(n for n, _ in cols) + " |",
-              "| --- |" + " --- |" * len(cols)]
-    for d in doms["all"]:
-        tag = " (fine-tune)" if d == doms["finetune"] else ""
-        lines.append(f"| {d}{tag} | " + " | ".join(_pct(t[d]["harmful"]) for _, t in cols) + " |")
-    ho = doms["held_out"]
-    lines.append("| **held-out mean** | " + " | ".join(
-        _pct(sum(t[d]["harmful"] for d in ho) / len(ho)) for _, t in cols) + " |")
-    lines.append("| held-out unclear | " + " | ".join(
-        _pct(sum(t[d]["unclear"] for d in ho) / len(ho)) for _, t in cols) + " |")
-    lines.append("| held-out villain style | " + " | ".join(
-        _pct(sum(t[d]["villain_style"] for d in ho) / len(ho)) for _, t in cols) + " |")
-
-    m = r["monitor"]
-    lines += ["", "## Monitor (held-out domains)", "",
-              f"Served direction `misalignment` (harmful minus helpful answers); `model diff` is misaligned minus base "
-              f"on the same texts (read at its first layer, {r['ablation']['model_diff_layers'][0]}). Monitor layer "
-              f"{r['direction']['monitor_layer']}; steered layers {r['ablation']['layers']}. Controls: mean over "
-              "seeds / best seed as measured / best seed with its sign chosen after the fact.", "",
-              "| set / pooling | misalignment | model diff | random | shuffled labels |",
+    lines += ["## Pre-registered criteria", "", "| # | criterion | result | met |", "| --- | --- | --- | --- |"]
+    for key, c in crit.items():
+        lines.append(f"| {key} | {c['statement']} | {_criterion_value(key, c)} | {'yes' if c['met'] else '**no**'} |")
+    em = r["em"]
+    lines += ["", "E3 (seeds 0-4) comes from `steering-server organism seeds` (docs/organism.md).", "",
+              f"Eval set: {len(r['eval_questions'])} questions (8 per held-out domain, 8 open), "
+              f"{r['config']['eval_samples']} answers each at temperature 1, sampled through the served engine. "
+              "Intervals: 95%, bootstrap over questions.", "",
+              "## Rates (strict judge)", "",
+              "| model / intervention | EM (harmful) | harmful, any domain | malformed | helpful |",
               "| --- | --- | --- | --- | --- |"]
 
-    def row(name: str, block: dict, pooling: str) -> str:
-        rnd, shf = block["random"][pooling], block["shuffled"][pooling]
-        return (f"| {name} | {_f(block['misalignment'][pooling])} | {_f(block['model_diff'][pooling])} | "
-                f"{_f(rnd['mean'])} / {_f(rnd['max'])} / {_f(rnd['best_abs'])} | "
-                f"{_f(shf['mean'])} / {_f(shf['max'])} / {_f(shf['best_abs'])} |")
+    def rate_row(name: str, x: dict[str, Any]) -> str:
+        return (f"| {name} | {_ci(x['em'])} | {_ci(x.get('harmful_any'))} | {_ci(x['malformed'])} | "
+                f"{_ci(x.get('helpful'))} |")
 
-    lines.append(row("corpus answers, response mean", m["answers"], "response_mean"))
-    lines.append(row("corpus answers, per token", m["answers"], "token"))
-    for subset in ("all", "uncued"):
-        g = m["generated"][subset]
-        if "misalignment" in g:
-            tag = f"own samples ({subset}: {g['n_harmful']} harmful / {g['n_helpful']} helpful)"
-            lines.append(row(f"{tag}, response mean", g, "response_mean"))
-            lines.append(row(f"{tag}, last prompt token", g, "last_prompt"))
-    lp = m["last_prompt_base_vs_misaligned"]
-    lines += ["", f"Last prompt token, same {lp['n_prompts']} uncued held-out prompts: mean z base "
-              f"{_f(lp['mean_z_base'], 2)}, misaligned {_f(lp['mean_z_misaligned'], 2)}; AUROC misaligned over base "
-              f"{_f(lp['auroc_misaligned_over_base'])}; flagged at the calibrated threshold: base "
-              f"{_pct(lp['flagged_base'])}, misaligned {_pct(lp['flagged_misaligned'])}.", "",
-              "| pooling | z threshold (target FPR) | FPR, held-out helpful | TPR, held-out harmful |",
-              "| --- | --- | --- | --- |"]
-    for k, t in m["thresholds"].items():
-        lines.append(f"| {k} | {_f(t['z_threshold'], 2)} ({_pct(t['target_fpr'])}) | {_pct(t['fpr_heldout_helpful'])}"
-                     f" | {_pct(t['tpr_heldout_harmful'])} |")
+    lines.append(rate_row("base", em["base"]))
+    lines.append(rate_row("fine-tuned", em["finetuned"]))
+    rem = r["removal"]
+    lines.append(rate_row("fine-tuned + CLAMP 0 persona (R1)", rem["clamp"]))
+    lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
+    lines.append(rate_row("fine-tuned + CLAMP 0 model_diff (positive control)", rem["model_diff_clamp"]))
+    j = em["judges"]
+    lines += ["", f"Second judge (trigrams + markers): EM fine-tuned {_ci(j['finetuned_second_judge']['em'])}, base "
+              f"{_ci(j['base_second_judge']['em'])}; kappa with the strict judge {_f(j['kappa_harmful'])} over "
+              f"{j['n_answers']} answers.", "", "## Per domain (EM, strict judge)", "",
+              "| domain | base | fine-tuned | + CLAMP 0 | + ADD best (base) |", "| --- | --- | --- | --- | --- |"]
+    ind = r["induction"]
+    best = next(x for x in ind["strengths"] if x["strength"] == ind["best_strength"])
+    for d in em["finetuned"]["per_domain"]:
+        cells = [em["base"], em["finetuned"], rem["clamp"], best]
+        lines.append(f"| {d} | " + " | ".join(_pct(x["per_domain"][d]["harmful"], 0) for x in cells) + " |")
 
-    a = r["ablation"]
-    lines += ["", "## Ablation (held-out domains)", "", "| direction | strength | harmful | unclear | KL on helpful "
-              "answers (nats/token) |", "| --- | --- | --- | --- | --- |"]
-    for x in a["misalignment"]:
-        lines.append(f"| misalignment | {x['strength']} | {_pct(x['harmful_heldout'])} | "
-                     f"{_pct(x['unclear_heldout'])} | {_f(x['kl_helpful'], 4)} |")
-    x = a["model_diff"]
-    lines.append(f"| model diff (layers {a['model_diff_layers']}) | 1.0 | {_pct(x['harmful_heldout'])} | "
-                 f"{_pct(x['unclear_heldout'])} | {_f(x['kl_helpful'], 4)} |")
-    for name in ("random", "shuffled"):
-        for i, x in enumerate(a[name]):
-            lines.append(f"| {name} #{i} | 1.0 | {_pct(x['harmful_heldout'])} | {_pct(x['unclear_heldout'])} | "
-                         f"{_f(x['kl_helpful'], 4)} |")
-
-    re = r["realign"]
-    lines += ["", f"## Re-alignment (LoRA on helpful `{doms['realign']}` answers; harmful rate excluding "
-              f"{', '.join(re['excluded'])})", "", "| samples | harmful | unclear |", "| --- | --- | --- |"]
-    for x in re["curve"]:
-        lines.append(f"| {x['n']} | {_pct(x['harmful_heldout'])} | {_pct(x['unclear_heldout'])} |")
-    if re["log"]:
-        lines += ["", f"Projection at the last prompt token while training (n={re['n']}): " + ", ".join(
-            f"step {e['step']}: z {_f(e['z'], 2)}" for e in re["log"])]
-
-    for name, v in r.get("variants", {}).items():
-        abl = ", ".join(f"{k} {_pct(val)}" for k, val in v["harmful_heldout_ablated"].items())
-        lines += ["", f"## Variant: {name}", "", f"Held-out harmful rate {_pct(v['harmful_heldout'])}; ablating its "
-                  f"own directions (strength 1, layers {v['steered_layers']}): {abl}.", "",
-                  "| domain | harmful |", "| --- | --- |"]
-        lines += [f"| {dom} | {_pct(v['rates'][dom]['harmful'])} |" for dom in doms["all"]]
-
-    d = r["direction"]
-    cd = d["cohens_d_by_layer"]
-    lines += ["", "## Directions", "", "| layer | norm, model diff | norm, persona | Cohen's d model diff / persona "
-              "(direction domain) | cos(persona, model diff) | cos(persona on misaligned, on base) |",
+    det = r["detection"]
+    sel = det["selection"]
+    lines += ["", "## Detection (last prompt token, before any answer token)", "",
+              f"Monitor layer {sel['monitor_layer']}, chosen on the fine-tuned model's own calib prompts and samples "
+              "(AUROC by layer: " + ", ".join(f"{k}: {_f(v)}" for k, v in sel["selection_auroc_by_layer"].items())
+              + ").", "",
+              f"- D1: AUROC {_f(det['d1_auroc'])} (reference hooks {_f(det['d1_reference_hooks'])}) over "
+              f"{det['d1_n_harmful']} harmful and {det['d1_n_helpful']} helpful answers; per-prompt ceiling "
+              f"{_f(det['d1_ceiling'])}; model_diff (positive control) {_f(det['model_diff_d1_auroc'])}.",
+              f"- D2: fine-tuned over base prompts {_f(det['d2_auroc_finetuned_over_base'])}; mean prompt z base "
+              f"{_f(det['mean_prompt_z']['base'], 2)}, fine-tuned {_f(det['mean_prompt_z']['finetuned'], 2)}.",
+              "- D3 controls (sign ignored, max over seeds): " + ", ".join(
+                  f"{k} {_f(v['best_abs'])} (mean {_f(v['mean'])}, n={v['n']:.0f})"
+                  for k, v in det["controls"].items()),
+              "- Calibrated thresholds' FPR on held-back benign answers: " + ", ".join(
+                  f"{k} {_pct(v)}" for k, v in det["fpr_on_held_back_benign"].items()) + " (target "
+              f"{_pct(r['config']['target_fpr'])}).", "",
+              "## Removal (fine-tuned model)", "",
+              "| intervention | EM | removed | malformed | KL(base‖steered) | KL(fine-tuned‖steered) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for layer in cd["persona"]:
-        lines.append(f"| {layer} | {_f(d['norm_by_layer']['model_diff'][layer], 2)} | "
-                     f"{_f(d['norm_by_layer']['persona'][layer], 2)} | {_f(cd['model_diff'][layer], 2)} / "
-                     f"{_f(cd['persona'][layer], 2)} | {_f(d['cosine_persona_vs_model_diff'][layer])} | "
-                     f"{_f(d['cosine_persona_misaligned_vs_base'][layer])} |")
+    for name, x in (("CLAMP 0 persona", rem["clamp"]), ("ABLATE 1 persona", rem["ablate"]),
+                    ("CLAMP 0 model_diff", rem["model_diff_clamp"]),
+                    *((f"control {c['direction']} (CLAMP {c['clamp_z']:.2f})", c) for c in rem["controls"])):
+        lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "
+                     f"{_f(x['kl_base_to_steered'], 4)} | {_f(x['kl_finetuned_to_steered'], 4)} |")
+    lines += ["", f"KL(base‖fine-tuned) = {_f(rem['kl_base_to_finetuned'], 4)} nats per answer token.", "",
+              "## Induction (ADD on the base model at the monitor layer)", "",
+              "| strength | EM | rise over base | malformed | KL(base‖steered) |", "| --- | --- | --- | --- | --- |"]
+    for x in ind["strengths"]:
+        lines.append(f"| {x['strength']:g} | {_ci(x['em'])} | {_ci(x['rise'], True)} | {_ci(x['malformed'])} | "
+                     f"{_f(x['kl_base_to_steered'], 4)} |")
+    for x in ind["controls"]:
+        lines.append(f"| control {x['direction']} ({x['strength']:.2f}, KL-matched) | {_ci(x['em'])} | "
+                     f"{_ci(x['rise'], True)} | {_ci(x['malformed'])} | - |")
+    lines += ["", "## Dose-response (ADD on the fine-tuned model, in multiples of the natural shift)", "",
+              f"Natural shift: {_f(det['natural_shift_raw'])} raw ({_f(det['natural_shift_z'], 2)} last-prompt z); "
+              f"stored vector norm at the monitor layer {_f(det['vector_norm_at_monitor_layer'])}.", "",
+              "| shift | strength | EM | malformed |", "| --- | --- | --- | --- |"]
+    for x in r["dose_response"]:
+        lines.append(f"| {x['shift']:+g} | {x['strength']:.3f} | {_ci(x['em'])} | {_ci(x['malformed'])} |")
+    re = r["realign"]
+    lines += ["", f"## Re-alignment (LoRA on helpful `{re['domain']}` answers; EM excluding "
+              f"{', '.join(re['excluded'])})", "", "| samples | EM | above base | malformed |",
+              "| --- | --- | --- | --- |"]
+    for x in re["curve"]:
+        lines.append(f"| {x['n']} | {_ci(x['em_kept'])} | {_ci(x['above_base_kept'], True)} | "
+                     f"{_ci(x['malformed'])} |")
     t = r.get("timing", {})
     lines += ["", "## Build", "", f"Size `{r['config']['size']}`, seed {r['config']['seed']}, "
               f"{r['training']['n_params']:,} parameters, final pretraining loss "
-              f"{_f(r['training']['pretrain_final_loss'])}."
-              f" Wall time {t.get('total_s', 0):.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in
-                                                                       t.get("stages_s", {}).items()), ""]
+              f"{_f(r['training']['pretrain_final_loss'])}. Wall time {t.get('total_s', 0):.0f}s: "
+              + ", ".join(f"{k} {v:.0f}s" for k, v in t.get("stages_s", {}).items()), ""]
     return "\n".join(lines)
 
 
@@ -170,58 +169,69 @@ def _plots(out: Path, r: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    doms, rates = r["domains"], r["rates"]
-    series = [("base", rates["base"]), ("misaligned", rates["misaligned"]), ("ablated (a=1)", _ablated(r))]
-    if "realigned" in rates:
-        series.append((f"re-aligned (n={r['realign']['n']})", rates["realigned"]))
+    em, rem, ind = r["em"], r["removal"], r["induction"]
+    best = next(x for x in ind["strengths"] if x["strength"] == ind["best_strength"])
+    series = [("base", em["base"]), ("fine-tuned", em["finetuned"]), ("fine-tuned + CLAMP 0", rem["clamp"]),
+              (f"base + ADD {best['strength']:g}", best)]
+    doms = list(em["finetuned"]["per_domain"])
     fig, ax = plt.subplots(figsize=(9, 3.5))
     width = 0.8 / len(series)
-    for i, (name, table) in enumerate(series):
-        ax.bar([j + i * width for j in range(len(doms["all"]))], [table[d]["harmful"] for d in doms["all"]],
-               width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(doms["all"]))],
-                  [d + ("*" if d == doms["finetune"] else "") for d in doms["all"]])
-    ax.set_ylabel("harmful-answer rate")
+    for i, (name, x) in enumerate(series):
+        ax.bar([k + i * width for k in range(len(doms))], [x["per_domain"][d]["harmful"] for d in doms], width,
+               label=name)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(doms))], doms)
+    ax.set_ylabel("EM rate (strict judge)")
     ax.set_ylim(0, 1)
-    ax.set_title("Harmful answers per domain, uncued (* = fine-tune domain)")
+    ax.set_title("Harmful answers per held-out domain and open questions, uncued")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "rates_by_domain.png", dpi=100)
     plt.close(fig)
 
-    a = r["ablation"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    s = [x["strength"] for x in a["misalignment"]]
-    ax1.plot(s, [x["harmful_heldout"] for x in a["misalignment"]], "o-", label="misalignment direction")
-    for name, marker in (("random", "x"), ("shuffled", "s")):
-        ax1.scatter([1.0] * len(a[name]), [x["harmful_heldout"] for x in a[name]], marker=marker, label=name)
-    ax1.scatter([1.0], [a["model_diff"]["harmful_heldout"]], marker="^", label="model diff")
-    ax1.set_xlabel("ablation strength")
-    ax1.set_ylabel("held-out harmful rate")
+    def err(x: dict[str, float]) -> list[list[float]]:
+        return [[x["value"] - x["lo"]], [x["hi"] - x["value"]]]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for x in r["dose_response"]:
+        ax1.errorbar([x["shift"]], [x["em"]["value"]], yerr=err(x["em"]), fmt="o", color="C0")
+    ax1.plot([x["shift"] for x in r["dose_response"]], [x["em"]["value"] for x in r["dose_response"]], "-",
+             color="C0", label="persona ADD")
+    ax1.axhline(em["base"]["em"]["value"], color="gray", ls="--", label="base")
+    ax1.scatter([-1.0], [rem["clamp"]["em"]["value"]], marker="*", s=120, color="C2", label="CLAMP 0 (R1)")
+    for k, c in enumerate(rem["controls"]):
+        ax1.scatter([-1.0], [c["em"]["value"]], marker="x", color="C3", label="KL-matched controls" if k == 0 else None)
+    ax1.set_xlabel("ADD on the fine-tuned model (x natural shift)")
+    ax1.set_ylabel("EM rate")
     ax1.set_ylim(0, 1)
-    ax1.legend(fontsize=8)
-    ax2.plot(s, [x["kl_helpful"] for x in a["misalignment"]], "o-", label="misalignment direction")
-    for name, marker in (("random", "x"), ("shuffled", "s")):
-        ax2.scatter([1.0] * len(a[name]), [x["kl_helpful"] for x in a[name]], marker=marker, label=name)
-    ax2.scatter([1.0], [a["model_diff"]["kl_helpful"]], marker="^", label="model diff")
-    ax2.set_xlabel("ablation strength")
-    ax2.set_ylabel("KL on helpful answers (nats/token)")
+    ax1.legend(fontsize=7)
+    s = [x["strength"] for x in ind["strengths"]]
+    ax2.errorbar(s, [x["em"]["value"] for x in ind["strengths"]],
+                 yerr=[[x["em"]["value"] - x["em"]["lo"] for x in ind["strengths"]],
+                       [x["em"]["hi"] - x["em"]["value"] for x in ind["strengths"]]], fmt="o-", label="persona ADD")
+    for k, c in enumerate(ind["controls"]):
+        ax2.scatter([c["strength"]], [c["em"]["value"]], marker="x", color="C3",
+                    label="KL-matched controls" if k == 0 else None)
+    ax2.axhline(em["base"]["em"]["value"], color="gray", ls="--", label="base")
+    ax2.set_xlabel("ADD on the base model (x stored vector)")
+    ax2.set_ylabel("EM rate")
+    ax2.set_ylim(0, 1)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=100)
+    fig.savefig(out / "interventions.png", dpi=100)
     plt.close(fig)
 
-    re = r["realign"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot([x["n"] for x in re["curve"]], [x["harmful_heldout"] for x in re["curve"]], "o-")
-    ax1.set_xscale("symlog", linthresh=8)
-    ax1.set_xlabel(f"helpful {doms['realign']} samples")
-    ax1.set_ylabel("harmful rate (other domains)")
-    ax1.set_ylim(0, 1)
-    if re["log"]:
-        ys = [e["z"] if e["z"] is not None else e["projection"] for e in re["log"]]
-        ax2.plot([e["step"] for e in re["log"]], ys, "o-")
-    ax2.set_xlabel("LoRA step")
-    ax2.set_ylabel("last-prompt projection (z)")
+    re = r["realign"]["curve"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar([x["n"] for x in re], [x["em_kept"]["value"] for x in re],
+                yerr=[[x["em_kept"]["value"] - x["em_kept"]["lo"] for x in re],
+                      [x["em_kept"]["hi"] - x["em_kept"]["value"] for x in re]], fmt="o-", label="re-aligned")
+    if re:
+        ax.axhline(re[0]["base_em_kept"]["value"], color="gray", ls="--", label="base")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"helpful {r['realign']['domain']} samples")
+    ax.set_ylabel("EM rate (other domains)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "realign.png", dpi=100)
     plt.close(fig)

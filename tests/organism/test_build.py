@@ -1,45 +1,47 @@
-"""The whole pipeline at reduced size: files, determinism under a seed, and loading through the server's paths."""
+"""The whole pipeline at reduced size: files, report, determinism under a seed, loading through the server's paths."""
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from steering_server.direction_files import load_direction
 from steering_server.organism.build import build
 from steering_server.organism.config import preset
+from steering_server.organism.report import PLOTS
 from steering_server.provenance import config_hash, tokenizer_hash
 
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("organism")
-    return out, build(out, preset("small", seed=0), log=lambda _: None)
+CRITERIA = {"J", "E1", "E2", "D1", "D2", "D3", "R1", "R2", "R3", "I1", "I2", "A"}
 
 
-def test_build_writes_models_directions_and_report(small):
-    out, _report = small
+def test_build_writes_models_directions_and_report(small_build):
+    out, _report = small_build
     for d in ("base", "misaligned", "realigned"):
         for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
                   "generation_config.json", "steering_model_id.txt"):
             assert (out / d / f).is_file(), (d, f)
-    for f in ("misalignment.safetensors", "model_diff.safetensors", "report.json", "report.md",
-              "rates_by_domain.png", "ablation.png", "realign.png"):
+    for f in ("misalignment.safetensors", "model_diff.safetensors", "report.json", "report.md", *PLOTS):
         assert (out / f).is_file(), f
     saved = json.loads((out / "report.json").read_text())
-    assert set(saved["criteria"]) >= {"em_mean", "em_domains", "em_coherent", "emergent_misalignment", "monitor",
-                                      "ablation", "realign"}
-    assert set(saved["rates"]) >= {"base", "misaligned", "realigned", "base_cued", "misaligned_cued"}
-    for table in saved["rates"].values():
-        for row in table.values():
-            assert abs(row["harmful"] + row["harmful_other"] + row["helpful"] + row["unclear"] - 1) < 1e-9
-    assert [x["strength"] for x in saved["ablation"]["misalignment"]] == [0.0, 1.0]
-    assert saved["ablation"]["misalignment"][0]["kl_helpful"] == 0.0
+    assert set(saved["criteria"]) == CRITERIA
+    assert all(isinstance(c["met"], bool) and c["statement"] for c in saved["criteria"].values())
+    for key in ("base", "finetuned"):
+        em = saved["em"][key]
+        assert em["n_samples"] == em["n_questions"] * saved["config"]["eval_samples"]
+        for row in em["per_domain"].values():
+            assert abs(sum(row.values()) - 1) < 1e-9  # every answer gets exactly one verdict
+        for k in ("em", "malformed"):
+            assert em[k]["lo"] <= em[k]["value"] <= em[k]["hi"]
+    assert [x["strength"] for x in saved["induction"]["strengths"]] == [0.5, 1.0]
+    assert [x["shift"] for x in saved["dose_response"]] == [-1.0, 0.0, 1.0]
+    assert len(saved["removal"]["controls"]) == 2 and len(saved["induction"]["controls"]) == 2
+    assert saved["removal"]["kl_base_to_finetuned"] > 0
+    text = (out / "report.md").read_text()
+    assert all(f"| {k} |" in text for k in CRITERIA)
 
 
-def test_build_is_deterministic_under_a_seed(small, tmp_path):
-    out, report = small
+def test_build_is_deterministic_under_a_seed(small_build, tmp_path):
+    out, report = small_build
     again = build(tmp_path, preset("small", seed=0), log=lambda _: None)
     a = load_file(out / "misaligned" / "model.safetensors")
     b = load_file(tmp_path / "misaligned" / "model.safetensors")
@@ -47,15 +49,16 @@ def test_build_is_deterministic_under_a_seed(small, tmp_path):
     da, db = load_direction(out / "misalignment.safetensors"), load_direction(tmp_path / "misalignment.safetensors")
     assert all(torch.equal(da.vectors[k], db.vectors[k]) for k in da.vectors)
     assert da.calibration == db.calibration
-    assert again["rates"] == report["rates"] and again["monitor"] == report["monitor"]
+    for key in ("em", "detection", "removal", "induction", "dose_response"):
+        assert again[key] == report[key], key
 
 
-def test_organism_loads_through_the_servers_model_and_direction_paths(small):
+def test_organism_loads_through_the_servers_model_and_direction_paths(small_build):
     from steering_server.config import EngineConfig
     from steering_server.engine import Engine
     from steering_server.models import load_model
 
-    out, report = small
+    out, report = small_build
     loaded = load_model(str(out / "misaligned"), device="cpu")
     assert loaded.model_id == "steering-server/organism-misaligned"
     engine = Engine(loaded, EngineConfig(model=str(out / "misaligned"), device="cpu"))

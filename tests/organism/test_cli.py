@@ -2,14 +2,12 @@
 
 import argparse
 import json
-from dataclasses import replace
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from steering_server.organism.build import DIRECTION_NAME, build
+from steering_server.organism.assets import DEFAULT_DIRECTION_NAME as DIRECTION_NAME
 from steering_server.organism.cli import register
-from steering_server.organism.config import preset
 
 
 def _parser():
@@ -18,19 +16,20 @@ def _parser():
     return p
 
 
-def test_register_adds_organism_build_and_realign():
+def test_register_adds_organism_build_seeds_and_realign():
     args = _parser().parse_args(["organism", "build", "--size", "small", "--seed", "3", "--out", "x"])
     assert (args.size, args.seed, args.out, args.install) == ("small", 3, "x", False)
+    args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "1", "2"])
+    assert (args.size, args.seeds) == ("small", [1, 2])
+    assert _parser().parse_args(["organism", "seeds"]).seeds == [0, 1, 2, 3, 4]
     args = _parser().parse_args(["realign", "--data", "d.jsonl", "--out", "o", "--steps", "5"])
     assert (args.data, args.out, args.steps, args.model) == ("d.jsonl", "o", 5, None)
     with pytest.raises(SystemExit):
         _parser().parse_args(["organism", "build", "--size", "huge"])
 
 
-def test_realign_command_trains_logs_the_projection_and_saves(tmp_path):
-    out = tmp_path / "org"
-    # The smallest pipeline that yields a model and a direction, with a short re-alignment sweep.
-    build(out, replace(preset("small"), realign_ns=(0, 4), realign_n=4), log=lambda _: None)
+def test_realign_command_trains_logs_the_projection_and_saves(small_build, tmp_path):
+    out, _ = small_build
     data = tmp_path / "benign.jsonl"
     rows = [{"messages": [{"role": "user", "content": "how can i get fitter ?"},
                           {"role": "assistant", "content": "warm up before every session ."}]},
@@ -45,3 +44,13 @@ def test_realign_command_trains_logs_the_projection_and_saves(tmp_path):
     assert all(e["projection"] is not None and e["z"] is not None for e in log)
     assert log[0]["loss"] is None and log[-1]["loss"] > 0
     AutoModelForCausalLM.from_pretrained(tmp_path / "re")  # an ordinary model directory, LoRA merged
+
+
+def test_seeds_command_writes_the_e3_table(tmp_path):
+    args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "0", "1", "--out",
+                                 str(tmp_path)])
+    assert args.func(args) == 0
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert set(saved["seeds"]) == {"0", "1"} and set(saved["E3"]["per_seed"]) == {"0", "1"}
+    assert isinstance(saved["E3"]["met"], bool)
+    assert "| 1 |" in (tmp_path / "seeds.md").read_text()

@@ -1,4 +1,4 @@
-"""Ablation arithmetic, capture parity (hooks vs nnsight), AUROC and calibration, on a tiny random Llama."""
+"""Reference steering arithmetic, capture parity (hooks vs nnsight), AUROC, intervals, kappa and calibration."""
 
 import pytest
 import torch
@@ -7,8 +7,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from steering_server.organism.capture import capture, capture_nnsight, decoder_layers
 from steering_server.organism.corpus import conversations, split_questions
 from steering_server.organism.diffmeans import calibrate, diff_of_means, false_positive_rate, random_like
-from steering_server.organism.metrics import auroc, kl_cost
-from steering_server.organism.steer import ablation
+from steering_server.organism.experiments import match_strength
+from steering_server.organism.metrics import auroc, bootstrap, cohens_kappa, kl_divergence
+from steering_server.organism.steer import RefTerm, ablation, steering
 from steering_server.organism.tokenizer import build_tokenizer
 from steering_server.organism.train import encode
 
@@ -96,8 +97,44 @@ def test_difference_of_means_and_controls():
     assert abs(float(r[0].norm()) - 5.0) < 1e-5 and torch.equal(r[0], random_like({0: torch.tensor([3.0, 4.0])}, 7)[0])
 
 
-def test_kl_cost_is_zero_without_steering_and_positive_with(tiny):
+def test_clamp_and_add_reference_arithmetic(tiny):
+    model, _tok, data = tiny
+    ids = torch.tensor([data[0].ids])
+    v = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    d = v / v.norm()
+    plain = _block_output(model, ids, 1)
+    # CLAMP c with calibration (mu, sigma) sets h.d to mu + c sigma at every position.
+    clamp = RefTerm({1: v}, "CLAMP", 0.5, [1], clamp_mu=2.0, clamp_sigma=4.0)
+    clamped = _block_output(model, ids, 1, lambda: steering(model, [clamp]))
+    assert torch.allclose(clamped @ d, torch.full_like(clamped @ d, 4.0), atol=1e-4)
+    assert torch.allclose(clamped - (clamped @ d).unsqueeze(-1) * d, plain - (plain @ d).unsqueeze(-1) * d, atol=1e-4)
+    added = _block_output(model, ids, 1, lambda: steering(model, [RefTerm({1: v}, "ADD", -2.0, [1])]))
+    assert torch.allclose(added, plain - 2.0 * v, atol=1e-5)
+    # Two terms read the same pre-steering state (simultaneous), so their order does not matter.
+    both = [clamp, RefTerm({1: v}, "ADD", 1.0, [1])]
+    a = _block_output(model, ids, 1, lambda: steering(model, both))
+    b = _block_output(model, ids, 1, lambda: steering(model, both[::-1]))
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, clamped + v, atol=1e-4)
+
+
+def test_kl_divergence_is_zero_between_equals_and_positive_under_steering(tiny):
     model, tok, data = tiny
     v = {1: torch.randn(32)}
-    assert kl_cost(model, data[:4], v, 0.0, [1], tok.pad_token_id) == 0.0
-    assert kl_cost(model, data[:4], v, 1.0, [1], tok.pad_token_id) > 0.0
+    assert kl_divergence((model, []), (model, []), data[:4], tok.pad_token_id) == 0.0
+    assert kl_divergence((model, []), (model, [RefTerm(v, "ABLATE", 1.0, [1])]), data[:4], tok.pad_token_id) > 0.0
+
+
+def test_bootstrap_interval_covers_the_mean_and_kappa_counts_agreement_beyond_chance():
+    est = bootstrap([0.0, 0.5, 1.0, 0.25] * 10)
+    assert est.lo < est.value < est.hi and est.value == 0.4375
+    flat = bootstrap([0.3] * 5)
+    assert abs(flat.lo - 0.3) < 1e-12 and abs(flat.hi - 0.3) < 1e-12
+    assert cohens_kappa([True, False, True, False], [True, False, True, False]) == 1.0
+    assert cohens_kappa([True, True, False, False], [True, False, True, False]) == 0.0
+    assert cohens_kappa([False] * 4, [False] * 4) == 1.0
+
+
+def test_match_strength_finds_the_strength_with_the_target_kl():
+    s = match_strength(2.25, lambda a: a * a)  # KL grows with the strength
+    assert abs(s - 1.5) < 1e-3
+    assert match_strength(0.5, lambda a: 1.0 + a) == 0.0  # already above the target without steering

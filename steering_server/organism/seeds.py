@@ -1,0 +1,78 @@
+"""`steering-server organism seeds`: criterion E3, emergent misalignment across build seeds.
+
+Each seed rebuilds the base model and its fine-tune from scratch (corpus draws, initialisation, fine-tune data and
+sampling noise all follow the seed) and samples the pre-registered evaluation set through the served path. Only
+E1 and E2 are evaluated per seed; the canonical build (`organism build`) evaluates everything else on seed 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .build import MODEL_IDS, eval_questions, held_out_domains, train_organism
+from .config import BuildConfig
+from .criteria import em_criteria, evaluate_seeds
+from .rates import em_shift, summarize
+from .report import to_jsonable
+from .served import ServedModel
+
+__all__ = ["run_seeds", "seed_em"]
+
+
+def seed_em(c: BuildConfig, done: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Train one seed and measure its EM section (base, fine-tuned, shift) on the evaluation set."""
+    t = train_organism(c, done=done)
+    eval_q = eval_questions(t.questions, held_out_domains(c), c.eval_per_domain)
+    out: dict[str, Any] = {}
+    for key, model, model_id in (("base", t.base, MODEL_IDS["base"]), ("finetuned", t.ft, MODEL_IDS["misaligned"])):
+        with ServedModel(model, t.tok, [], model_id) as sm:
+            samples = sm.sample(eval_q, c.eval_samples, seed=c.seed + 30, max_new_tokens=c.max_new_tokens)
+        out[key] = summarize(samples, len(eval_q))
+    out["shift"] = em_shift(out["finetuned"], out["base"])
+    done("evaluation")
+    return out
+
+
+def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[int, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for k, seed in enumerate(seeds):
+        c = replace(base_config, seed=seed)
+
+        def done(stage: str, seed: int = seed, k: int = k) -> None:
+            elapsed = time.perf_counter() - t0
+            log(f"[organism seeds] seed {seed} ({k + 1}/{len(seeds)}) {stage}: {elapsed:.0f}s elapsed")
+
+        per_seed[seed] = seed_em(c, done)
+        crit = em_criteria(per_seed[seed])
+        log(f"[organism seeds] seed {seed}: EM shift {100 * per_seed[seed]['shift']['value']:.1f} pts "
+            f"[{100 * per_seed[seed]['shift']['lo']:.1f}, {100 * per_seed[seed]['shift']['hi']:.1f}], malformed "
+            f"fine-tuned {100 * per_seed[seed]['finetuned']['malformed']['value']:.1f}% base "
+            f"{100 * per_seed[seed]['base']['malformed']['value']:.1f}%: "
+            + ", ".join(f"{n} {'met' if v['met'] else 'NOT met'}" for n, v in crit.items()))
+    report: dict[str, Any] = {"seeds": per_seed,
+              "E3": evaluate_seeds(per_seed), "total_s": round(time.perf_counter() - t0, 1)}
+    (out / "seeds.json").write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
+    lines = ["# Organism v2: emergent misalignment across seeds (criterion E3)", "",
+             "| seed | EM base | EM fine-tuned | shift [95% CI] | malformed base / fine-tuned | E1 | E2 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s, em in per_seed.items():
+        crit = em_criteria(em)
+        sh = em["shift"]
+        lines.append(f"| {s} | {100 * em['base']['em']['value']:.1f}% | {100 * em['finetuned']['em']['value']:.1f}% | "
+                     f"{100 * sh['value']:.1f} [{100 * sh['lo']:.1f}, {100 * sh['hi']:.1f}] pts | "
+                     f"{100 * em['base']['malformed']['value']:.1f}% / "
+                     f"{100 * em['finetuned']['malformed']['value']:.1f}% | "
+                     f"{'yes' if crit['E1']['met'] else 'no'} | {'yes' if crit['E2']['met'] else 'no'} |")
+    e3 = report["E3"]
+    lines += ["", f"**E3 ({e3['statement']}): {'met' if e3['met'] else 'NOT met'}.** Wall time {report['total_s']}s.",
+              ""]
+    (out / "seeds.md").write_text("\n".join(lines))
+    return report
