@@ -25,6 +25,7 @@ from transformers.generation.continuous_batching.continuous_api import (
 )
 from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
+from transformers.generation.continuous_batching.utils import stream_context
 
 from .runtime import SteeringRuntime
 
@@ -45,8 +46,19 @@ class _SteeringRunner(ModelRunner):
     runtime: SteeringRuntime
 
     def _sample(self, scores: torch.Tensor, output_ids: torch.Tensor) -> None:
+        if self.runtime.defer_sampling:  # inside a graph or compiled forward: sampled after it, in compute_batch
+            self.runtime.stash_logits(scores[0])
+            return
         tokens = self.runtime.sample(scores[0])  # scores (1, rows, vocab) -> (rows,)
         output_ids[0, : tokens.shape[0]].copy_(tokens)
+
+    def compute_batch(self, model: torch.nn.Module, batch_data: dict) -> None:
+        super().compute_batch(model, batch_data)
+        if self.runtime.defer_sampling and self.runtime.logits_buf is not None:
+            output_ids = self.inputs_and_outputs.get_cb_kwargs()[2]
+            with stream_context(self.inputs_and_outputs.compute_stream):
+                tokens = self.runtime.sample(self.runtime.logits_buf)
+                output_ids[0, : tokens.shape[0]].copy_(tokens)
 
 
 class _SteeringProcessor(ContinuousBatchProcessor):
@@ -107,8 +119,14 @@ class BatchingManager(ContinuousBatchingManager):
             processor.model_runner.__class__ = _SteeringRunner
         processor.runtime = self.runtime  # type: ignore[attr-defined]
         processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
-        # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward.
-        self.runtime.skip_idle_work = not processor.model_runner.pad_inputs
+        # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward, and the
+        # sampler (whose path depends on the batch's rows) runs after the captured forward.
+        if processor.model_runner.pad_inputs:
+            self.runtime.skip_idle_work = False
+            if not self.runtime.defer_sampling:
+                self.runtime.defer_sampling_to_replay(int(self.model.config.get_text_config().vocab_size))
+        else:
+            self.runtime.skip_idle_work = True
         return processor
 
     def start(self) -> None:
