@@ -10,6 +10,7 @@ We keep the stock scheduler, paged KV cache and model runner, and change three t
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
-from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.generation.configuration_utils import CompileConfig, ContinuousBatchingConfig
 from transformers.generation.continuous_batching.continuous_api import (
     BackgroundThreadStatus,
     ContinuousBatchingManager,
@@ -28,10 +29,23 @@ from transformers.generation.continuous_batching.requests import GenerationOutpu
 from transformers.generation.continuous_batching.utils import stream_context
 
 from .runtime import SteeringRuntime
+from .types import ServingSettings
 
-__all__ = ["BatchingManager", "GenerationOutput", "is_failed", "is_finished"]
+__all__ = ["BatchingManager", "GenerationOutput", "choose_attn_implementation", "is_failed", "is_finished"]
 
 log = logging.getLogger(__name__)
+
+
+def choose_attn_implementation(device: torch.device) -> str:
+    """The fastest attention continuous batching supports on the device: flash attention 3, then 2, on a GPU when
+    the package is installed (it also enables the decode fast path and CUDA graphs without masks); sdpa otherwise
+    (on the CPU it beats paged|eager)."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("flash_attn_interface") is not None:
+            return "flash_attention_3"
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
 
 
 def is_finished(output: GenerationOutput) -> bool:
@@ -94,17 +108,34 @@ class BatchingManager(ContinuousBatchingManager):
         page_size: int,
         max_queue_size: int,
         on_loop_exit: Callable[[BaseException | None], None],
+        attn_implementation: str | None = None,
+        compile_backend: str | None = None,
+        cuda_graphs: bool | None = None,
+        max_memory_percent: float | None = None,
     ) -> None:
         gen_config = GenerationConfig(do_sample=False, eos_token_id=eos_token_id, pad_token_id=None)
+        attn = attn_implementation or choose_attn_implementation(model.device)
+        if model.config._attn_implementation != attn:
+            model.set_attn_implementation(attn)
+        # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
+        compiled = (
+            CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)
+            if compile_backend
+            else None
+        )
         cb_config = ContinuousBatchingConfig(
             allow_block_sharing=False,
             use_async_batching=False,
             max_batch_tokens=max_batch_tokens,
             max_requests_per_batch=max_requests_per_batch,
             num_blocks=num_blocks,
+            max_memory_percent=max_memory_percent,
             page_size=page_size,
             max_queue_size=max_queue_size,
-            auto_switch_to_flash=False,
+            auto_switch_to_flash=False,  # chosen above, without a download of kernels at start-up
+            use_cuda_graph=cuda_graphs,
+            varlen_compile_config=compiled,
+            decode_compile_config=compiled if model.device.type == "cuda" else None,
         )
         super().__init__(model, gen_config, cb_config)  # type: ignore[arg-type]
         if self.logit_processor.do_processing:
@@ -160,6 +191,24 @@ class BatchingManager(ContinuousBatchingManager):
         return self.background_thread_status.local_status >= BackgroundThreadStatus.HARD_STOP
 
     # ---- accounting the engine relies on ----
+    def serving_settings(self) -> ServingSettings:
+        """What the cache and batching actually got (after transformers rounded the cache to whole sectors)."""
+        cfg = self.continuous_batching_config
+        processor = self.batch_processor
+        cache = processor.cache if processor is not None else None
+        num_blocks = int(cache.num_blocks if cache is not None else cfg.num_blocks or 0)
+        max_batch_tokens = int(cache.max_batch_tokens if cache is not None else cfg.max_batch_tokens or 0)
+        return ServingSettings(
+            kv_cache_tokens=num_blocks * int(cfg.page_size),
+            num_blocks=num_blocks,
+            page_size=int(cfg.page_size),
+            max_batch_tokens=max_batch_tokens,
+            max_requests_per_batch=int(cfg.max_requests_per_batch or 0),
+            attn_implementation=str(self.model.config._attn_implementation),
+            compiled=cfg.varlen_compile_config is not None or cfg.decode_compile_config is not None,
+            cuda_graphs=any(cfg.cuda_graph_booleans),
+        )
+
     def scheduler_counts(self) -> tuple[int, int]:
         """(active, waiting) requests inside the scheduler, plus those still in the input queue as waiting."""
         processor = self.batch_processor
