@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,12 @@ class BatchingManager(ContinuousBatchingManager):
         attn = attn_implementation or choose_attn_implementation(model.device)
         if model.config._attn_implementation != attn:
             model.set_attn_implementation(attn)
+        if attn == "sdpa" and model.device.type == "cpu":
+            # Continuous batching always passes a mask, and with a mask transformers repeats the KV heads for every
+            # query head (repeat_kv) instead of using sdpa's grouped-query mode: on the CPU the grouped mode gives the
+            # same numbers ~5x faster (a quarter of a 32-request step here). On CUDA a masked grouped sdpa can fall
+            # back to the math kernel, so this stays CPU-only. Process-wide; it only changes how sdpa is called.
+            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
         compiled = (
             CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)
