@@ -63,7 +63,9 @@ def build_model(
         pad_token_id=0,
     )
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+    with torch.device(device):  # built where it runs: a 7B model is not first materialised on the CPU
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model.eval()
 
 
 def prompts(n: int, length: int) -> list[list[int]]:
@@ -115,7 +117,15 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for cuda (the engine's steering must hold with graphs on)",
+    )
     args = ap.parse_args()
+    if args.cuda_graphs is None:
+        args.cuda_graphs = args.device.startswith("cuda")
     transformers.logging.set_verbosity_error()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = build_model(args.arch, args.hidden, args.layers, args.device, dtype, args.shape)
@@ -128,6 +138,7 @@ async def main() -> None:
         max_batch_tokens=max(256, max_c * 2),
         max_requests_per_batch=max_c,
         page_size=32,
+        cuda_graphs=args.cuda_graphs or None,
     )
     engine = await start_engine(config, loaded=wrap_model(model, byte_tokenizer(), "bench"))
     g = torch.Generator().manual_seed(3)
@@ -142,6 +153,7 @@ async def main() -> None:
         f"device={args.device} dtype={dtype} {args.arch} hidden={args.hidden} layers={args.layers} "
         f"prompt={args.prompt_tokens} new={args.new_tokens} rounds={args.rounds} torch={torch.__version__}"
     )
+    print(f"serving: {engine.model_info().serving}")
 
     async def hooks_off(batch: list[list[int]]) -> float:
         engine.runtime.active = False
@@ -172,6 +184,10 @@ async def main() -> None:
         print(f"  steered+monitored / unsteered = {med['steered+monitored'] / med['unsteered']:.3f}")
         print(f"  unsteered / hooks off         = {med['unsteered'] / med['hooks off']:.3f}")
         print(f"  engine unsteered / generate   = {med['unsteered'] / med['model.generate']:.3f}")
+        if c == 1:
+            print(f"  decode at 1 request: steered+monitored {1e3 / med['steered+monitored']:.2f} ms/token, "
+                  f"unsteered {1e3 / med['unsteered']:.2f}, generate {1e3 / med['model.generate']:.2f} "
+                  "(tokens/s of a whole request, prefill included)")
     await engine.shutdown()
 
 

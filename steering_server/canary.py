@@ -26,7 +26,7 @@ _PROBE = "canary-probe"
 def plain_greedy(model: nn.Module, runtime: SteeringRuntime, prompt: list[int], n: int, eos_ids: set[int]) -> list[int]:
     """Greedy decoding by full forwards, with the hooks passing through and no batching manager: the reference.
     Stops at EOS like the engine. Run it only while the batching loop is not running."""
-    runtime.active = False
+    runtime.bypass = True
     try:
         ids = torch.tensor([prompt], device=next(model.parameters()).device)
         out: list[int] = []
@@ -37,7 +37,7 @@ def plain_greedy(model: nn.Module, runtime: SteeringRuntime, prompt: list[int], 
                 out.append(int(token))
         return out
     finally:
-        runtime.active = True
+        runtime.bypass = False
 
 
 async def run_canary(engine: Engine, reference: list[int]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import EngineConfig
+from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .directions import validate_direction_name
 from .errors import InvalidArgumentError, SteeringError
 from .types import EngineLimits
@@ -61,6 +61,14 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         strict_provenance=args.strict,
         limits=limits,
         max_batch_tokens=args.max_batch_tokens or defaults.max_batch_tokens,
+        max_requests_per_batch=args.max_requests_per_batch or defaults.max_requests_per_batch,
+        num_blocks=args.num_blocks,
+        kv_cache_tokens=args.kv_cache_tokens,
+        kv_memory_fraction=args.kv_memory_fraction,
+        page_size=args.page_size or defaults.page_size,
+        attn_implementation=args.attn_implementation,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
 
 
@@ -85,6 +93,44 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="default: bfloat16 on cuda, float32 on cpu",
     )
     serve.add_argument("--max-batch-tokens", type=_positive, default=None, help="tokens per forward pass")
+    serve.add_argument(
+        "--max-requests-per-batch", type=_positive, default=None, help="requests per forward pass (default 32)"
+    )
+    serve.add_argument(
+        "--kv-cache-tokens",
+        type=_positive,
+        default=None,
+        help=f"KV cache size in tokens (default on the CPU: {CPU_KV_TOKENS_PER_REQUEST} per request of a full batch; "
+        "on a GPU: --kv-memory-fraction of the free memory); never less than the longest admitted request",
+    )
+    serve.add_argument(
+        "--kv-memory-fraction",
+        type=_fraction,
+        default=None,
+        help="GPU: fraction of the free memory after loading the model that the KV cache may take (default 0.9)",
+    )
+    serve.add_argument("--num-blocks", type=_positive, default=None, help="KV pages (overrides --kv-cache-tokens)")
+    serve.add_argument("--page-size", type=_positive, default=None, help="tokens per KV page (default 32)")
+    serve.add_argument(
+        "--attn-implementation",
+        default=None,
+        choices=("sdpa", "paged|eager", "flash_attention_2", "flash_attention_3"),
+        help="default: flash attention on a GPU when installed, else sdpa",
+    )
+    serve.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the batched forward, steering hooks included (backend default: inductor)",
+    )
+    serve.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CUDA graphs for the batched forward (default: on with flash attention on a GPU)",
+    )
     serve.add_argument(
         "--max-queued",
         type=_positive,
@@ -154,6 +200,13 @@ def _direction_arg(value: str) -> tuple[str, str]:
     except InvalidArgumentError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return name, path
+
+
+def _fraction(value: str) -> float:
+    f = float(value)
+    if not 0.0 < f <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {f}")
+    return f
 
 
 def _positive(value: str) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
-from .config import EngineConfig
+from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .directions import Direction
 from .engine_api import EngineClient, collect, compare_result
 from .errors import (
@@ -107,6 +107,10 @@ class Engine(EngineClient):
             page_size=config.page_size,
             max_queue_size=self.limits.max_queued + 16,  # admission control keeps put() from ever blocking
             on_loop_exit=self._on_loop_exit,
+            attn_implementation=config.attn_implementation,
+            compile_backend=config.compile,
+            cuda_graphs=config.cuda_graphs,
+            max_memory_percent=config.kv_memory_fraction,
         )
         self._policy = SteeringPolicy()
         self._streams: dict[str, GenerationStream] = {}
@@ -120,13 +124,17 @@ class Engine(EngineClient):
         self.generated_tokens = 0
 
     def _num_blocks(self) -> int | None:
+        """KV pages: the flag's, or enough for --kv-cache-tokens, or None on a GPU (sized from free memory); on the
+        CPU a default that fits it. Never less than one request of the longest admitted length."""
         if self.config.num_blocks is not None:
             return self.config.num_blocks
-        if self.model.device.type == "cuda":
-            return None  # the manager sizes the cache from free GPU memory
-        per_request = min(self.limits.max_prompt_tokens + self.limits.max_new_tokens, self.max_context)
-        tokens = min(self.config.max_requests_per_batch * per_request, 65536)
-        return max(8, math.ceil(tokens / self.config.page_size))
+        tokens = self.config.kv_cache_tokens
+        if tokens is None:
+            if self.model.device.type != "cpu":
+                return None  # the manager sizes the cache from free accelerator memory (kv_memory_fraction)
+            tokens = self.config.max_requests_per_batch * CPU_KV_TOKENS_PER_REQUEST
+        longest = min(self.limits.max_prompt_tokens + self.limits.max_new_tokens, self.max_context)
+        return max(8, math.ceil(max(tokens, longest) / self.config.page_size))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -457,6 +465,7 @@ class Engine(EngineClient):
             dtype=str(self.model.dtype).removeprefix("torch."),
             device=str(self.model.device),
             max_context=self.max_context,
+            serving=self.manager.serving_settings(),
         )
 
     def tokenize(self, text: str) -> list[int]:

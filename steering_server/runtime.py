@@ -4,9 +4,16 @@ Everything the hooks read is preallocated once and written in place, so addresse
     unit  (L, K, H)   unit direction per layer and direction row
     alpha, beta (L, S, K)  per-request-slot coefficients (slot 0: unsteered, always zero)
     acc   (L, C, H)   per-capture-slot activation sums (slot 0: discard)
-    token_slot, token_cap (T,)  request slot / capture slot of each token of the batch being run
-    proj  (L, T, K)   projections read by the hooks, before steering
-    row_* (R,)        per-logit-row sampling parameters
+    proj  (L, K, T)   projections read by the hooks, before steering (a (layer, direction) pair is one row)
+    table (2T + 5R + L*K,) int64, the per-batch tables packed in one buffer, one host-to-device copy per step:
+          token_slot, token_cap (T,)   request slot / capture slot of each token of the batch being run
+          row_top_k, row_key (R,)      per-logit-row sampling parameters (int64)
+          row_temperature, row_top_p (R,)  the same, fp64 bit patterns (viewed as float64)
+          row_order (R,)               rows grouped by sampling path (sampling.RowPlan)
+          pair_index (L*K,)            flat (layer * K + direction) rows of `proj` some request monitors
+Per-batch decisions the hooks act on live in those device buffers: a request that is not steered has slot 0 (an
+exact zero update), a token that is not captured has capture slot 0. Host flags (`BatchWork`) only let eager
+forwards skip work; with CUDA graphs or compile every forward runs the full branch-free step.
 The batch buffers belong to the one batch in flight: batching runs synchronously (async batching stays off until
 an isolation check passes with it on, Engine rule 5). The loop thread is the only writer of slot rows and batch
 buffers; direction rows are written while the loop is paused.
@@ -22,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sampling import noise_key, sample_rows
+from .sampling import RowPlan, noise_key, sample_rows
 from .steer import measure_and_steer
 
 __all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime"]
@@ -46,6 +53,7 @@ class RequestTrack:
     # Pending device writes, applied by the loop thread at its next batch: (alpha (L, K), beta (L, K)).
     upload: tuple[torch.Tensor, torch.Tensor] | None = None
     readings: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
+    read_until: int = 0  # first absolute position not yet read
     capture_count: int = 0
     captured_until: int = 0
     first_token_position: int = -1
@@ -53,7 +61,8 @@ class RequestTrack:
 
 @dataclass(frozen=True)
 class BatchWork:
-    """What the batch in flight needs from the hooks (host flags, decided before the forward)."""
+    """What the batch in flight needs from the hooks: host flags that let eager forwards skip work (never read
+    under CUDA graphs or compile, where the device tables decide)."""
 
     steer: bool
     monitor: bool
@@ -85,32 +94,52 @@ class SteeringRuntime:
         max_rows: int,
         max_captures: int = 8,
     ) -> None:
-        n_layers = len(layers)
+        n_layers, k, t, r = len(layers), max_directions, max_batch_tokens, max_rows
         self.device = device
         self.num_layers = n_layers
         self.max_directions = max_directions
-        self.unit = torch.zeros(n_layers, max_directions, hidden_size, device=device, dtype=torch.float32)
-        self.alpha = torch.zeros(n_layers, max_slots + 1, max_directions, device=device, dtype=torch.float32)
-        self.beta = torch.zeros(n_layers, max_slots + 1, max_directions, device=device, dtype=torch.float32)
+        self.max_rows = max_rows
+        self.unit = torch.zeros(n_layers, k, hidden_size, device=device, dtype=torch.float32)
+        self.alpha = torch.zeros(n_layers, max_slots + 1, k, device=device, dtype=torch.float32)
+        self.beta = torch.zeros(n_layers, max_slots + 1, k, device=device, dtype=torch.float32)
         self.acc = torch.zeros(n_layers, max_captures + 1, hidden_size, device=device, dtype=torch.float32)
-        self.token_slot = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
-        self.token_cap = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
-        self.proj = torch.zeros(n_layers, max_batch_tokens, max_directions, device=device, dtype=torch.float32)
-        self.row_temperature = torch.zeros(max_rows, device=device, dtype=torch.float32)
-        self.row_top_p = torch.ones(max_rows, device=device, dtype=torch.float32)
-        self.row_top_k = torch.zeros(max_rows, device=device, dtype=torch.int64)
-        self.row_key = torch.zeros(max_rows, device=device, dtype=torch.int64)
+        self.proj = torch.zeros(n_layers, k, t, device=device, dtype=torch.float32)
+        # The packed per-batch tables (see the module docstring) and the host copy they are written to first:
+        # pinned where a device copy is asynchronous, the device buffer itself on the CPU (no copy at all).
+        self.table = torch.zeros(2 * t + 5 * r + n_layers * k, device=device, dtype=torch.int64)
+        on_cpu = device.type == "cpu"
+        self._host = self.table if on_cpu else torch.zeros_like(self.table, device="cpu", pin_memory=True)
+        self.token_slot, self.token_cap = self.table[:t], self.table[t : 2 * t]
+        rows = [self.table[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
+        self.row_top_k, self.row_key, self.row_order = rows[0], rows[1], rows[4]
+        self.row_temperature, self.row_top_p = rows[2].view(torch.float64), rows[3].view(torch.float64)
+        self.pair_index = self.table[2 * t + 5 * r :]
+        self._h_slot, self._h_cap = self._host[:t], self._host[t : 2 * t]
+        self._h_rows = [self._host[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
+        self._h_pairs = self._host[2 * t + 5 * r :]
+        # Sampling reads its logits from here when the forward runs in a captured graph (the sampler then runs
+        # eagerly after the replay, with the host's row plan): (R, vocab), allocated at the first deferred step.
+        self.defer_sampling = False
+        self.logits_buf: torch.Tensor | None = None  # (R, vocab) fp32, see defer_sampling_to_replay
         self.max_batch_tokens = max_batch_tokens
         self.tracks: dict[str, RequestTrack] = {}  # written by the engine, read by the loop thread
         self.entries: list[BatchEntry] = []
         self.num_tokens = 0
         self.forward_passes = 0
-        self.active = True  # False: hooks pass through (plain forwards while the loop is stopped)
+        # False: batches run with every token unsteered and uncaptured and nothing read (device tables all zero),
+        # as if the hooks were not there; the hooks themselves never read this flag.
+        self.active = True
+        # True only around plain forwards outside the batching loop (the canary's reference): hooks pass through.
+        # Never set while the loop runs, so never seen by a graph capture or a compiled forward.
+        self.bypass = False
         # Eager forwards skip the work no request of the batch needs; with CUDA graphs or compile (static shapes,
         # captured once) the adapter sets this to False and every forward runs the full branch-free step.
         self.skip_idle_work = True
         self.batch_work: BatchWork | None = None
         self.live_rows = max_directions  # 1 + the highest direction row in use (kept by the registry)
+        self._plan = RowPlan((), 0, 0, 0, 0)
+        self._pairs: dict[int, int] = {}  # flat pair (layer * K + direction) -> row of this step's readback
+        self._monitored: list[BatchEntry] = []
         self.lock = threading.Lock()
         self._handles = [layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(layers)]
 
@@ -130,7 +159,7 @@ class SteeringRuntime:
         )
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if not self.active:
+            if self.bypass:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output  # (1, tokens, H)
             if hidden.shape[0] != 1 or hidden.shape[1] > self.max_batch_tokens:
@@ -150,7 +179,7 @@ class SteeringRuntime:
             else:
                 return None  # nobody in this batch is steered, monitored or captured: states untouched
             if work.monitor:
-                proj_out[:n, :k].copy_(proj)
+                proj_out[:k, :n].copy_(proj.T)  # (k, tokens)
             new = steered.unsqueeze(0)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -158,21 +187,41 @@ class SteeringRuntime:
 
     # ---- batch boundaries (loop thread, around each forward) ----
     def begin_batch(self, batch: list[tuple[str, int, int, bool]]) -> None:
-        """batch: (request_id, past_length, query_length, has_new_token) in the order of the flat input."""
+        """batch: (request_id, past_length, query_length, has_new_token) in the order of the flat input.
+
+        Fills the packed host table and copies it to the device once; nothing here waits for the device."""
         slots: list[int] = []
         caps: list[int] = []
-        rows: list[tuple[float, int, float, int]] = []
+        temps: list[float] = []
+        top_ks: list[int] = []
+        top_ps: list[float] = []
+        keys: list[int] = []
         entries: list[BatchEntry] = []
+        monitored: list[BatchEntry] = []
+        pairs: dict[int, int] = {}
+        steer = capture = False
+        n_dirs = self.max_directions
         offset = 0
         for request_id, past, length, has_new in batch:
             track = self.tracks.get(request_id)
-            entries.append(BatchEntry(track, offset, past, length, has_new))
+            entry = BatchEntry(track, offset, past, length, has_new)
+            entries.append(entry)
             offset += length
-            if track is None:
+            if has_new:  # the token about to be sampled is at absolute position past + length
+                if track is not None and track.first_token_position < 0:
+                    track.first_token_position = past + length
+                t, k, p, key = (
+                    (0.0, 0, 1.0, 0)
+                    if track is None
+                    else (track.temperature, track.top_k, track.top_p, noise_key(track.seed, past + length))
+                )
+                temps.append(t)
+                top_ks.append(k)
+                top_ps.append(p)
+                keys.append(key)
+            if track is None or not self.active:
                 slots.extend([0] * length)
                 caps.extend([0] * length)
-                if has_new:
-                    rows.append((0.0, 0, 1.0, 0))
                 continue
             if track.upload is not None:
                 a, b = track.upload
@@ -181,8 +230,10 @@ class SteeringRuntime:
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
+            steer |= track.slot != 0
             slots.extend([track.slot] * length)
             if track.capture_slot:
+                capture = True
                 # Positions already captured (a re-prefill after a reset) are not counted twice.
                 first = min(length, max(0, max(track.capture_from, track.captured_until) - past))
                 caps.extend([0] * first + [track.capture_slot] * (length - first))
@@ -190,66 +241,92 @@ class SteeringRuntime:
                 track.captured_until = max(track.captured_until, past + length)
             else:
                 caps.extend([0] * length)
-            if has_new:
-                pos = past + length  # absolute position of the token about to be sampled
-                if track.first_token_position < 0:
-                    track.first_token_position = pos
-                rows.append((track.temperature, track.top_k, track.top_p, noise_key(track.seed, pos)))
+            if track.monitored:
+                monitored.append(entry)
+                for k, layer in track.monitored:
+                    pairs.setdefault(layer * n_dirs + k, len(pairs))
         n = offset
         self.entries = entries
-        tracked = [e.track for e in entries if e.track is not None]
+        self._monitored = monitored
+        self._pairs = pairs
         self.batch_work = (
-            BatchWork(
-                steer=any(t.slot for t in tracked),
-                monitor=any(t.monitored for t in tracked),
-                capture=any(t.capture_slot for t in tracked),
-                rows=max(1, self.live_rows),
-            )
+            BatchWork(steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows))
             if self.skip_idle_work
             else None
         )
         self.num_tokens = n
-        self.token_slot.zero_()
-        self.token_cap.zero_()
+        self._plan = plan = RowPlan.from_params(temps, top_ks, top_ps)
+        r = len(temps)
+        self._h_slot.zero_()
+        self._h_cap.zero_()
         if n:
-            self.token_slot[:n].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
-            self.token_cap[:n].copy_(torch.tensor(caps, dtype=torch.int64), non_blocking=True)
-        if rows:
-            t, k, p, key = zip(*rows, strict=True)
-            r = len(rows)
-            self.row_temperature[:r].copy_(torch.tensor(t, dtype=torch.float32))
-            self.row_top_k[:r].copy_(torch.tensor(k, dtype=torch.int64))
-            self.row_top_p[:r].copy_(torch.tensor(p, dtype=torch.float32))
-            self.row_key[:r].copy_(torch.tensor(key, dtype=torch.int64))
+            self._h_slot[:n] = torch.tensor(slots, dtype=torch.int64)
+            self._h_cap[:n] = torch.tensor(caps, dtype=torch.int64)
+        if r:
+            h_k, h_key, h_t, h_p, h_order = self._h_rows
+            h_k[:r] = torch.tensor(top_ks, dtype=torch.int64)
+            h_key[:r] = torch.tensor(keys, dtype=torch.int64)
+            h_t.view(torch.float64)[:r] = torch.tensor(temps, dtype=torch.float64)
+            h_p.view(torch.float64)[:r] = torch.tensor(top_ps, dtype=torch.float64)
+            h_order[:r] = torch.tensor(plan.order, dtype=torch.int64)
+        if pairs:
+            self._h_pairs[: len(pairs)] = torch.tensor(list(pairs), dtype=torch.int64)
+        if self._host is not self.table:
+            self.table.copy_(self._host, non_blocking=True)  # one copy, from pinned memory: truly asynchronous
         self.forward_passes += 1
 
     def end_batch(self) -> None:
-        """Attribute the batch's projections to its requests (after the forward, before tokens are delivered)."""
-        monitored = [e for e in self.entries if e.track is not None and e.track.monitored]
-        if not monitored:
+        """Attribute the batch's projections to its requests (after the forward, before tokens are delivered).
+
+        One device-to-host copy of the monitored (layer, direction) rows over the batch's tokens, then each
+        request takes its slice of each row; a position already read (a re-prefill after a reset) is not read
+        again."""
+        if not self._monitored:
             return
-        proj = self.proj[:, : self.num_tokens].to("cpu")  # (L, tokens, K): one device-to-host copy per step
-        for e in monitored:
+        n = self.num_tokens
+        flat = self.proj.view(-1, self.proj.shape[-1])[:, :n]  # (L * K, tokens)
+        values = flat.index_select(0, self.pair_index[: len(self._pairs)]).to("cpu").tolist()  # (pairs, tokens)
+        n_dirs = self.max_directions
+        for e in self._monitored:
             track = e.track
             assert track is not None
-            lo = max(e.past, track.prompt_len - 1)  # the last prompt token is the first scored position
+            lo = max(e.past, track.prompt_len - 1, track.read_until)  # the last prompt token is the first scored
             hi = e.past + e.length
             if lo >= hi:
                 continue
             a, b = e.offset + lo - e.past, e.offset + hi - e.past
+            positions = range(lo, hi)
             for k, layer in track.monitored:
-                values = proj[layer, a:b, k].tolist()
-                readings = track.readings.setdefault((k, layer), {})
-                for i, v in enumerate(values):
-                    readings.setdefault(lo + i, v)
+                row = values[self._pairs[layer * n_dirs + k]]
+                track.readings.setdefault((k, layer), {}).update(zip(positions, row[a:b], strict=True))
+            track.read_until = hi
 
-    # ---- sampling (inside the forward step) ----
+    # ---- sampling (inside the forward step, or right after a graph replay) ----
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits (rows, vocab) -> (rows,) token ids with each row's own parameters."""
-        r = logits.shape[0]
+        """logits (rows, vocab) -> (rows',) token ids with each row's own parameters, rows' = the batch's
+        requests that take a new token (the first rows of the logits; any further rows are padding)."""
+        r = len(self._plan.order)
         return sample_rows(
-            logits.float(), self.row_temperature[:r], self.row_top_k[:r], self.row_top_p[:r], self.row_key[:r]
+            logits[:r].float(),
+            self.row_temperature[:r].float(),
+            self.row_top_k[:r],
+            self.row_top_p[:r].float(),
+            self.row_key[:r],
+            self._plan,
+            self.row_order[:r],
         )
+
+    def defer_sampling_to_replay(self, vocab: int) -> None:
+        """With CUDA graphs or compile: the captured forward only stores its logits (`stash_logits`), and the
+        sampler runs eagerly after it with this batch's row plan (a plan frozen into a graph, or guarded on by a
+        compiled function, would be wrong or recompile at every new mix of rows)."""
+        self.logits_buf = torch.zeros(self.max_rows, vocab, device=self.device, dtype=torch.float32)
+        self.defer_sampling = True
+
+    def stash_logits(self, logits: torch.Tensor) -> None:
+        """Inside a captured forward: keep the logits (rows, vocab) at a fixed address for `sample` after it."""
+        assert self.logits_buf is not None
+        self.logits_buf[: logits.shape[0]].copy_(logits)
 
     # ---- direction rows (caller holds the loop paused) ----
     def write_direction(self, row: int, unit_vectors: dict[int, torch.Tensor]) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "SamplingParams",
     "ScoreRequest",
     "ScoreResult",
+    "ServingSettings",
     "SteeringMode",
     "SteeringPolicy",
     "SteeringTerm",
@@ -193,6 +194,20 @@ class ScoreResult:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """What the batching engine got (from `serve` flags; the cache after transformers rounded it to sectors)."""
+
+    kv_cache_tokens: int = 0  # num_blocks * page_size
+    num_blocks: int = 0
+    page_size: int = 0
+    max_batch_tokens: int = 0
+    max_requests_per_batch: int = 0
+    attn_implementation: str = ""
+    compiled: bool = False  # torch.compile of the batched forward
+    cuda_graphs: bool = False
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model_id: str
     architecture: str
@@ -202,6 +217,7 @@ class ModelInfo:
     dtype: str
     device: str
     max_context: int
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import types
+from dataclasses import replace
 
 import grpc
 import grpc.aio
@@ -64,9 +65,33 @@ def test_defaults_are_the_built_in_model_on_loopback() -> None:
     assert config.model is None and config.limits == default.limits
     assert config.max_batch_tokens == default.max_batch_tokens
     assert (args.host, args.port) == ("127.0.0.1", 50051)
+    assert config == replace(default, limits=config.limits)  # every serving setting at the engine's default
 
 
-@pytest.mark.parametrize("flag", ["--direction=../x=/tmp/a", "--direction=noequals", "--max-queued=0", "--dtype=int8"])
+def test_serve_flags_size_the_kv_cache_and_pick_the_fast_paths() -> None:
+    args = build_parser().parse_args(
+        "serve --kv-cache-tokens 4096 --kv-memory-fraction 0.5 --num-blocks 300 --page-size 64 "
+        "--max-requests-per-batch 8 --attn-implementation paged|eager --compile --no-cuda-graphs".split()
+    )
+    config = config_from_args(args)
+    assert (config.kv_cache_tokens, config.kv_memory_fraction, config.num_blocks) == (4096, 0.5, 300)
+    assert (config.page_size, config.max_requests_per_batch) == (64, 8)
+    assert (config.attn_implementation, config.compile, config.cuda_graphs) == ("paged|eager", "inductor", False)
+    assert config_from_args(build_parser().parse_args(["serve", "--compile", "aot_eager"])).compile == "aot_eager"
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--direction=../x=/tmp/a",
+        "--direction=noequals",
+        "--max-queued=0",
+        "--dtype=int8",
+        "--kv-cache-tokens=0",
+        "--kv-memory-fraction=1.5",
+        "--attn-implementation=flex",
+    ],
+)
 def test_bad_flags_are_usage_errors(flag: str) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["serve", flag])

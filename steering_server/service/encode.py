@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from steering_client import pb
@@ -142,6 +143,7 @@ def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
             allow_red_team=limits.allow_red_team,
         ),
         server_version=__version__,
+        serving=pb.ServingSettings(**dataclasses.asdict(info.serving)),
     )
 
 

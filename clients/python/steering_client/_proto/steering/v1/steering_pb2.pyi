@@ -415,7 +415,7 @@ class Limits(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_queued: _Optional[int] = ..., max_variants: _Optional[int] = ..., max_directions: _Optional[int] = ..., allow_red_team: _Optional[bool] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "architecture", "num_layers", "hidden_size", "vocab_size", "dtype", "device", "max_context", "limits", "server_version")
+    __slots__ = ("model_id", "architecture", "num_layers", "hidden_size", "vocab_size", "dtype", "device", "max_context", "limits", "server_version", "serving")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -426,6 +426,7 @@ class ModelInfoResponse(_message.Message):
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     architecture: str
     num_layers: int
@@ -436,7 +437,8 @@ class ModelInfoResponse(_message.Message):
     max_context: int
     limits: Limits
     server_version: str
-    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    serving: ServingSettings
+    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ..., serving: _Optional[_Union[ServingSettings, _Mapping]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text",)
@@ -451,3 +453,23 @@ class TokenizeResponse(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ServingSettings(_message.Message):
+    __slots__ = ("kv_cache_tokens", "num_blocks", "page_size", "max_batch_tokens", "max_requests_per_batch", "attn_implementation", "compiled", "cuda_graphs")
+    KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
+    ATTN_IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_FIELD_NUMBER: _ClassVar[int]
+    CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    kv_cache_tokens: int
+    num_blocks: int
+    page_size: int
+    max_batch_tokens: int
+    max_requests_per_batch: int
+    attn_implementation: str
+    compiled: bool
+    cuda_graphs: bool
+    def __init__(self, kv_cache_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., page_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_requests_per_batch: _Optional[int] = ..., attn_implementation: _Optional[str] = ..., compiled: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ...) -> None: ...
