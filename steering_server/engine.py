@@ -17,6 +17,7 @@ import torch
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
 from .config import EngineConfig
+from .containment import measure_residual_norms
 from .directions import Direction
 from .engine_api import EngineClient, collect, compare_result
 from .errors import (
@@ -96,7 +97,13 @@ class Engine(EngineClient):
             max_batch_tokens=config.max_batch_tokens,
             max_rows=config.max_requests_per_batch,
         )
-        self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size)
+        # The model's residual norm per layer, the yardstick of every admission bound (containment.py).
+        self.runtime.active = False  # hooks pass through for this plain forward
+        try:
+            self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
+        finally:
+            self.runtime.active = True
+        self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size, self.residual_norms)
         self.manager = BatchingManager(
             self.model,
             self.runtime,
@@ -206,7 +213,7 @@ class Engine(EngineClient):
         if prompt_ids is None:
             prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, f"{field_prefix}prompt")
         self._check_length(prompt_ids, sampling.max_new_tokens, field_prefix)
-        terms = effective_terms(request.steering, self._policy, request.ignore_policy)
+        terms = effective_terms(request.steering, self._policy, request.ignore_policy, f"{field_prefix}steering")
         plan = make_plan(
             self.registry,
             terms,
@@ -435,13 +442,11 @@ class Engine(EngineClient):
         if policy.terms:  # validate against the registry now, not at the next request
             make_plan(
                 self.registry,
-                policy.terms,
-                MonitorOptions(directions=()),
+                effective_terms((), policy, False),
+                MonitorOptions(enabled=False),
                 self.num_layers,
                 self.limits.max_directions,
                 self.limits.allow_red_team,
-                "policy.",
-                terms_field="terms",
             )
         self._policy = policy
         return policy

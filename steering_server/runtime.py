@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .sampling import noise_key, sample_rows
-from .steer import measure_and_steer
+from .steer import steer_contained
 
 __all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime"]
 
@@ -49,6 +49,8 @@ class RequestTrack:
     capture_count: int = 0
     captured_until: int = 0
     first_token_position: int = -1
+    # Containment: the first layer where a steered state of this request went non-finite (it fails alone).
+    overflow_layer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class SteeringRuntime:
         self.token_slot = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
         self.token_cap = torch.zeros(max_batch_tokens, device=device, dtype=torch.int64)
         self.proj = torch.zeros(n_layers, max_batch_tokens, max_directions, device=device, dtype=torch.float32)
+        # Per layer and request slot: steered tokens zeroed by containment (steer.steer_contained); reset per request.
+        self.overflow = torch.zeros(n_layers, max_slots + 1, device=device, dtype=torch.int32)
         self.row_temperature = torch.zeros(max_rows, device=device, dtype=torch.float32)
         self.row_top_p = torch.ones(max_rows, device=device, dtype=torch.float32)
         self.row_top_k = torch.zeros(max_rows, device=device, dtype=torch.int64)
@@ -121,12 +125,13 @@ class SteeringRuntime:
 
     # ---- hooks (loop thread, inside the forward) ----
     def _make_hook(self, layer: int) -> Callable[..., Any]:
-        unit, alpha, beta, acc, proj_out = (
+        unit, alpha, beta, acc, proj_out, overflow = (
             self.unit[layer],
             self.alpha[layer],
             self.beta[layer],
             self.acc[layer],
             self.proj[layer],
+            self.overflow[layer],
         )
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -144,7 +149,9 @@ class SteeringRuntime:
             if work.capture:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
-                steered, proj = measure_and_steer(x, self.token_slot[:n], unit[:k], alpha[:, :k], beta[:, :k])
+                slots = self.token_slot[:n]
+                steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k])
+                overflow.index_add_(0, slots, bad)
             elif work.monitor:
                 steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
             else:
@@ -178,6 +185,7 @@ class SteeringRuntime:
                 a, b = track.upload
                 self.alpha[:, track.slot].copy_(a)
                 self.beta[:, track.slot].copy_(b)
+                self.overflow[:, track.slot].zero_()
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
@@ -225,6 +233,7 @@ class SteeringRuntime:
 
     def end_batch(self) -> None:
         """Attribute the batch's projections to its requests (after the forward, before tokens are delivered)."""
+        self._check_overflow()
         monitored = [e for e in self.entries if e.track is not None and e.track.monitored]
         if not monitored:
             return
@@ -242,6 +251,17 @@ class SteeringRuntime:
                 readings = track.readings.setdefault((k, layer), {})
                 for i, v in enumerate(values):
                     readings.setdefault(lo + i, v)
+
+    def _check_overflow(self) -> None:
+        """Mark the steered requests of this batch whose states containment zeroed; their streams fail alone."""
+        steered = [e.track for e in self.entries if e.track is not None and e.track.slot]
+        if not steered:
+            return
+        flags = self.overflow[:, [t.slot for t in steered]].to("cpu")  # (L, requests): one small copy per step
+        for i, track in enumerate(steered):
+            layers = flags[:, i].nonzero()
+            if track.overflow_layer is None and layers.numel():
+                track.overflow_layer = int(layers[0, 0])
 
     # ---- sampling (inside the forward step) ----
     def sample(self, logits: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,11 @@ async def _wait_idle(engine: Engine) -> None:
 
 
 async def test_canary_refuses_an_engine_whose_steering_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_module, "measure_and_steer", lambda h, *a: (h, torch.zeros(h.shape[0], a[1].shape[0])))
+    monkeypatch.setattr(
+        runtime_module,
+        "steer_contained",
+        lambda h, *a: (h, torch.zeros(h.shape[0], a[1].shape[0]), torch.zeros(h.shape[0], dtype=torch.int32)),
+    )
     with pytest.raises(RuntimeError, match="canary: steering did not change"):
         await start_engine(EngineConfig(limits=TEST_LIMITS), loaded=loaded_model())
 
