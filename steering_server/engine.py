@@ -44,11 +44,9 @@ from .types import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
-    SteeringMode,
     SteeringPolicy,
-    SteeringTerm,
-    Variant,
 )
+from .variants import default_variants, variant_ignores_policy
 
 __all__ = ["Engine", "start_engine"]
 
@@ -317,7 +315,7 @@ class Engine(EngineClient):
         self.generated_tokens += len(stream.token_ids)
 
     async def compare(self, request: CompareRequest) -> CompareResult:
-        variants = request.variants or self._default_variants(request.monitor)
+        variants = request.variants or default_variants(self._policy, self._monitored_direction(request.monitor))
         if len(variants) > self.limits.max_variants:
             raise InvalidArgumentError(
                 "variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}"
@@ -330,13 +328,12 @@ class Engine(EngineClient):
         try:
             # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
             for i, v in enumerate(variants):
-                # Variants are exactly as given, unless the policy is enforced (then it applies to each).
                 req = GenerationRequest(
                     request.prompt,
                     request.sampling,
                     v.steering,
                     request.monitor,
-                    ignore_policy=not self._policy.enforced,
+                    ignore_policy=variant_ignores_policy(self._policy),
                 )
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
             results = [await collect(s) for s in streams]
@@ -345,16 +342,10 @@ class Engine(EngineClient):
                 s.cancel()
         return compare_result(variants, results)
 
-    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
-        if self._policy.terms:
-            return (Variant("unsteered", ()), Variant("policy", self._policy.terms))
-        names = monitor.directions or tuple(self.registry.names())
-        if not names:
-            raise InvalidArgumentError("variants", "no variants given and no direction registered to ablate")
-        return (
-            Variant("unsteered", ()),
-            Variant(f"ablate-{names[0]}", (SteeringTerm(names[0], SteeringMode.ABLATE, 1.0),)),
-        )
+    def _monitored_direction(self, monitor: MonitorOptions) -> Direction | None:
+        if monitor.directions:
+            return self.registry.get(monitor.directions[0], "monitor.directions[0]").direction
+        return self.registry.first()
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         """A prefill-only request on the same path: the scores Generate reports for these positions."""

@@ -52,6 +52,10 @@ class DirectionRegistry:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
+    def first(self) -> Direction | None:
+        """The first registered direction still present (the monitored one by convention)."""
+        return next(iter(self._by_name.values())).direction if self._by_name else None
+
     def entries(self) -> list[RegisteredDirection]:
         return [self._by_name[n] for n in self.names()]
 

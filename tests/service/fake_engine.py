@@ -47,8 +47,8 @@ from steering_server.types import (
     SteeringTerm,
     StopReason,
     TokenEvent,
-    Variant,
 )
+from steering_server.variants import default_variants, variant_ignores_policy
 
 __all__ = ["EOS", "HIDDEN", "LAYERS", "VOCAB", "FakeEngine", "make_direction"]
 
@@ -137,7 +137,8 @@ class FakeEngine(EngineClient):
         return stream
 
     async def compare(self, request: CompareRequest) -> CompareResult:
-        variants = request.variants or self._default_variants(request.monitor)
+        monitored = self.get_direction((request.monitor.directions or tuple(self.directions))[0])
+        variants = request.variants or default_variants(self.policy, monitored)
         if len(variants) > self.limits.max_variants:
             raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit")
         streams = []
@@ -145,7 +146,7 @@ class FakeEngine(EngineClient):
             for i, v in enumerate(variants):  # admitted together, as the real engine batches them
                 self._check_terms(v.steering, f"variants[{i}].steering")
                 req = GenerationRequest(
-                    request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
+                    request.prompt, request.sampling, v.steering, request.monitor, variant_ignores_policy(self.policy)
                 )
                 streams.append(self.generate_stream(req))
             results = [await collect(s) for s in streams]
@@ -256,12 +257,6 @@ class FakeEngine(EngineClient):
             return []
         named = [self.get_direction(n, f"monitor.directions[{j}]") for j, n in enumerate(monitor.directions)]
         return named or list(self.directions.values())
-
-    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
-        if self.policy.terms:
-            return (Variant("unsteered", ()), Variant("policy", self.policy.terms))
-        name = (monitor.directions or tuple(self.directions))[0]
-        return (Variant("unsteered", ()), Variant(f"ablate-{name}", (SteeringTerm(name, SteeringMode.ABLATE, 1.0),)))
 
 
 def _steer_start(terms: tuple[SteeringTerm, ...]) -> int:
