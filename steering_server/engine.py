@@ -28,9 +28,10 @@ from .errors import (
 )
 from .models import LoadedModel, load_model
 from .planning import RequestPlan, effective_terms, make_plan
-from .prompts import render_prompt, validate_sampling
+from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
+from .rules import check_monitor, check_sampling, check_score_response, check_text_size, check_variants
 from .runtime import RequestTrack, SteeringRuntime
 from .streams import GenerationStream, direction_scores
 from .types import (
@@ -206,11 +207,17 @@ class Engine(EngineClient):
         prompt_len: int | None = None,
         field_prefix: str = "",
     ) -> GenerationStream:
+        """Check, plan and admit one request. With `prompt_ids` the caller has rendered and checked the prompt and
+        sampling (Compare, Score): errors then name only this request's own fields."""
         self._check_accepting()
-        sampling = validate_sampling(request.sampling, self.limits, field_prefix)
+        sampling = request.sampling
         if prompt_ids is None:
-            prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, f"{field_prefix}prompt")
-        self._check_length(prompt_ids, sampling.max_new_tokens, field_prefix)
+            sampling = check_sampling(sampling, self.limits)
+            check_monitor(request.monitor)
+            prompt_ids = self._render(request)
+            self._check_length(prompt_ids, sampling.max_new_tokens)
+        else:
+            check_monitor(request.monitor, field_prefix)
         terms = effective_terms(request.steering, self._policy, request.ignore_policy, f"{field_prefix}steering")
         plan = make_plan(
             self.registry,
@@ -223,14 +230,17 @@ class Engine(EngineClient):
         )
         return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
 
-    def _check_length(self, prompt_ids: list[int], max_new_tokens: int, field_prefix: str) -> None:
+    def _render(self, request: GenerationRequest | CompareRequest | ScoreRequest) -> list[int]:
+        return render_prompt(self.tokenizer, request.prompt, self.vocab_size, "", self.limits)
+
+    def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
         if len(prompt_ids) > self.limits.max_prompt_tokens:
             raise InvalidArgumentError(
-                f"{field_prefix}prompt", f"{len(prompt_ids)} tokens exceed the limit of {self.limits.max_prompt_tokens}"
+                "prompt", f"{len(prompt_ids)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
             )
         if len(prompt_ids) + max_new_tokens > self.max_context:
             raise InvalidArgumentError(
-                f"{field_prefix}sampling.max_new_tokens",
+                "sampling.max_new_tokens",
                 f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the context "
                 f"of {self.max_context}",
             )
@@ -315,22 +325,20 @@ class Engine(EngineClient):
         self.generated_tokens += len(stream.token_ids)
 
     async def compare(self, request: CompareRequest) -> CompareResult:
+        self._check_accepting()
+        check_variants(request.variants, self.limits)
+        sampling = check_sampling(request.sampling, self.limits)
+        check_monitor(request.monitor)
         variants = request.variants or default_variants(self._policy, self._monitored_direction(request.monitor))
-        if len(variants) > self.limits.max_variants:
-            raise InvalidArgumentError(
-                "variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}"
-            )
-        names = [v.name for v in variants]
-        if any(not n for n in names) or len(set(names)) != len(names):
-            raise InvalidArgumentError("variants", "variant names must be non-empty and distinct")
-        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
+        prompt_ids = self._render(request)
+        self._check_length(prompt_ids, sampling.max_new_tokens)
         streams: list[GenerationStream] = []
         try:
             # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
             for i, v in enumerate(variants):
                 req = GenerationRequest(
                     request.prompt,
-                    request.sampling,
+                    sampling,
                     v.steering,
                     request.monitor,
                     ignore_policy=variant_ignores_policy(self._policy),
@@ -349,18 +357,26 @@ class Engine(EngineClient):
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         """A prefill-only request on the same path: the scores Generate reports for these positions."""
-        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
-        if request.response_text is not None and request.response_token_ids:
-            raise InvalidArgumentError("response", "give response_text or response_token_ids, not both")
+        self._check_accepting()
+        check_score_response(request, self.vocab_size)
+        check_monitor(request.monitor)
+        prompt_ids = self._render(request)
+        if len(prompt_ids) > self.limits.max_prompt_tokens:
+            raise InvalidArgumentError(
+                "prompt", f"{len(prompt_ids)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
+            )
         if request.response_token_ids:
             response = list(request.response_token_ids)
-            bad = [t for t in response if not 0 <= t < self.vocab_size]
-            if bad:
-                raise InvalidArgumentError(
-                    "response_token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}"
-                )
         else:
-            response = self.tokenizer.encode(request.response_text or "", add_special_tokens=False)
+            text = request.response_text or ""
+            check_text_size(len(text), self.limits, "response")
+            response = self.tokenizer.encode(text, add_special_tokens=False)
+        field = "response_token_ids" if request.response_token_ids else "response"
+        if len(prompt_ids) + len(response) + 1 > self.max_context:
+            raise InvalidArgumentError(
+                field,
+                f"prompt ({len(prompt_ids)}) + response ({len(response)}) exceed the context of {self.max_context}",
+            )
         gen = GenerationRequest(
             request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor, request.ignore_policy
         )
@@ -456,6 +472,7 @@ class Engine(EngineClient):
         )
 
     def tokenize(self, text: str) -> list[int]:
+        check_text_size(len(text), self.limits, "text")
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def detokenize(self, token_ids: list[int]) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from .composition import FieldTerm, ResolvedTerm, combine, inducing
 from .containment import MAX_STRENGTH, MAX_TERMS, check_gain, check_push
-from .directions import Calibration
+from .directions import Calibration, validate_direction_name
 from .errors import InvalidArgumentError, PermissionDeniedError
 from .registry import DirectionRegistry, RegisteredDirection
 from .types import MonitorOptions, SteeringMode, SteeringPolicy, SteeringTerm
@@ -96,8 +96,6 @@ def make_plan(
     entries = [t.entry for t in resolved]
     monitors: list[MonitorTarget] = []
     names = (monitor.directions or tuple(registry.names())) if monitor.enabled else ()
-    if len(set(names)) != len(names):
-        raise InvalidArgumentError(f"{field_prefix}monitor.directions", "directions repeat")
     for j, name in enumerate(names):
         entry = registry.get(name, f"{field_prefix}monitor.directions[{j}]" if monitor.directions else "")
         d = entry.direction
@@ -115,14 +113,13 @@ def make_plan(
             )
         )
         entries.append(entry)
-    if monitor.stop_threshold is not None and not math.isfinite(monitor.stop_threshold):
-        raise InvalidArgumentError(f"{field_prefix}monitor.stop_threshold", "must be finite")
     steered = bool(steered_layers)
     return RequestPlan(alpha.float() if steered else None, beta.float() if steered else None, monitors, entries)
 
 
 def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> ResolvedTerm:
     f, term = ft.field, ft.term
+    validate_direction_name(term.direction, f"{f}.direction")
     entry = registry.get(term.direction, f"{f}.direction")
     if not isinstance(term.mode, SteeringMode):
         raise InvalidArgumentError(f"{f}.mode", f"unknown mode {term.mode!r}")

@@ -197,7 +197,7 @@ async def test_request_validation_names_the_field() -> None:
         assert err.value.field == "sampling.max_new_tokens"
         with pytest.raises(InvalidArgumentError) as err:
             engine.generate_stream(GenerationRequest(Prompt(token_ids=tuple(range(1, 200)) * 6)))
-        assert err.value.field == "prompt"
+        assert err.value.field == "prompt_token_ids"
         assert (await engine.generate(_gen(n=2))).stop_reason == StopReason.MAX_TOKENS  # still serving
 
 
