@@ -330,7 +330,7 @@ class Engine(EngineClient):
         sampling = check_sampling(request.sampling, self.limits)
         check_monitor(request.monitor)
         variants = request.variants or default_variants(self._policy, self._monitored_direction(request.monitor))
-        prompt_ids = self._render(request)
+        prompt_ids = await asyncio.to_thread(self._render, request)  # tokenizing is heavy: off the event loop
         self._check_length(prompt_ids, sampling.max_new_tokens)
         streams: list[GenerationStream] = []
         try:
@@ -360,7 +360,7 @@ class Engine(EngineClient):
         self._check_accepting()
         check_score_response(request, self.vocab_size)
         check_monitor(request.monitor)
-        prompt_ids = self._render(request)
+        prompt_ids = await asyncio.to_thread(self._render, request)  # tokenizing is heavy: off the event loop
         if len(prompt_ids) > self.limits.max_prompt_tokens:
             raise InvalidArgumentError(
                 "prompt", f"{len(prompt_ids)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
@@ -370,7 +370,7 @@ class Engine(EngineClient):
         else:
             text = request.response_text or ""
             check_text_size(len(text), self.limits, "response")
-            response = self.tokenizer.encode(text, add_special_tokens=False)
+            response = await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=False)
         field = "response_token_ids" if request.response_token_ids else "response"
         if len(prompt_ids) + len(response) + 1 > self.max_context:
             raise InvalidArgumentError(

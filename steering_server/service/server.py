@@ -26,6 +26,7 @@ from ..types import EngineStats
 from .auth import AdminAuthInterceptor
 from .metrics import Metrics
 from .servicer import SteeringServicer
+from .status import safe_deserializer
 
 __all__ = ["SERVICE_NAME", "SteeringServer", "serve"]
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SteeringService"].full_name  # "steering.v1.SteeringService"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Requests that carry text: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
+_MAX_BODY = {name: 2 * 1024 * 1024 for name in ("Generate", "GenerateStream", "Compare", "Score", "Tokenize")}
 
 StartEngine = Callable[[EngineConfig], Awaitable[EngineClient]]
 
@@ -56,12 +60,14 @@ class SteeringServer:
         self._server = grpc.aio.server(
             interceptors=[AdminAuthInterceptor(admin_token)] if admin_token else [],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Checked by grpc before anything is parsed (a 16 MiB Score response froze the server for 56 s):
+                # the largest honest request is a direction table, 128 layers x 16384 floats = 8 MiB.
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not split the traffic
             ]
         )
-        pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, self._server)
+        _add_servicer(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._server)
@@ -110,6 +116,33 @@ class SteeringServer:
 
     def _healthy(self) -> bool:
         return self._engine is not None and self._engine.healthy
+
+
+class _Handlers:
+    """Stands in for a server to collect the handlers the generated code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def _add_servicer(servicer: SteeringServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, with request parsing that cannot fail (status.safe_deserializer)."""
+    collected = _Handlers()
+    pb_grpc.add_SteeringServiceServicer_to_server(servicer, collected)
+    handlers = {
+        name: h._replace(  # type: ignore[attr-defined]
+            request_deserializer=safe_deserializer(h.request_deserializer, _MAX_BODY.get(name, MAX_REQUEST_BYTES))
+        )
+        for name, h in collected.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 async def serve(

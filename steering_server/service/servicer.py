@@ -5,6 +5,7 @@ Errors are turned into statuses by the `unary`/`streaming` wrappers (status.py),
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -115,5 +116,10 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
-        ids = self.engine.tokenize(decode.tokenize_text(request.text, self.bounds))
-        return pb.TokenizeResponse(token_ids=ids, tokens=[self.engine.detokenize([i]) for i in ids])
+        text = decode.tokenize_text(request.text, self.bounds)
+        ids, tokens = await asyncio.to_thread(self._tokenize, text)  # up to 256k tokens: off the event loop
+        return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        ids = self.engine.tokenize(text)
+        return ids, [self.engine.detokenize([i]) for i in ids]

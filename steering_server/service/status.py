@@ -26,7 +26,7 @@ from ..errors import (
 )
 from .metrics import Metrics
 
-__all__ = ["status_of", "streaming", "unary"]
+__all__ = ["Unparseable", "safe_deserializer", "status_of", "streaming", "unary"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,34 @@ UnaryMethod = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 StreamMethod = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
 
 
+class Unparseable:
+    """What a request body that does not parse becomes (safe_deserializer), so the RPC wrappers can answer
+    INVALID_ARGUMENT: otherwise grpc answers UNKNOWN with the exception's name and logs a traceback per call."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def safe_deserializer(parse: Callable[[bytes], Any], max_bytes: int) -> Callable[[bytes], Any]:
+    """`parse` that never raises, and refuses a body over `max_bytes` before parsing it (parsing runs on the event
+    loop: a body that takes long to parse stalls every other call, health checks included)."""
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return Unparseable(ValueError(f"{len(data)} bytes is more than this method takes ({max_bytes})"))
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError: invalid UTF-8 in a string, a truncated field, wire-type mismatch
+            return Unparseable(exc)
+
+    return deserialize
+
+
+def _refuse_unparseable(request: object) -> None:
+    if isinstance(request, Unparseable):
+        raise InvalidArgumentError("request", f"the message was not parsed: {str(request.error)[:200]}")
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller sees for `exc`; INTERNAL (without details) for anything unexpected."""
     for cls, code in _CODES:
@@ -57,6 +85,7 @@ def unary(method: UnaryMethod[Req, Resp]) -> UnaryMethod[Req, Resp]:
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         started = time.monotonic()
         try:
+            _refuse_unparseable(request)
             response = await method(self, request, context)
         except grpc.aio.AbortError:
             raise  # a status was already set
@@ -77,6 +106,7 @@ def streaming(method: StreamMethod[Req, Resp]) -> StreamMethod[Req, Resp]:
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
         started = time.monotonic()
         try:
+            _refuse_unparseable(request)
             async for message in method(self, request, context):
                 yield message
         except grpc.aio.AbortError:
