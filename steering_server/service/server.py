@@ -10,6 +10,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -23,12 +25,12 @@ from steering_client._channel import MAX_MESSAGE_BYTES
 from ..config import EngineConfig
 from ..engine_api import EngineClient
 from ..types import EngineStats
-from .auth import AdminAuthInterceptor
+from .auth import Access, AuthInterceptor, is_loopback
 from .metrics import Metrics
 from .servicer import SteeringServicer
 from .status import safe_deserializer
 
-__all__ = ["SERVICE_NAME", "SteeringServer", "serve"]
+__all__ = ["SERVICE_NAME", "SteeringServer", "Tls", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,25 @@ _MAX_BODY = {name: 2 * 1024 * 1024 for name in ("Generate", "GenerateStream", "C
 StartEngine = Callable[[EngineConfig], Awaitable[EngineClient]]
 
 
+@dataclass(frozen=True)
+class Tls:
+    """PEM bytes: the server's certificate chain and key; with `client_ca`, clients must present a certificate it
+    signed (mutual TLS)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: str, key: str, client_ca: str | None = None) -> Tls:
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(client_ca).read_bytes() if client_ca else None)
+
+
 class SteeringServer:
-    """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`."""
+    """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`.
+
+    Roles (auth.py): administrative RPCs need `admin_token`, or `open_admin` on a loopback `host` (refused on any
+    other address). With `tls` the port speaks only TLS (mutual TLS with `tls.client_ca`)."""
 
     def __init__(
         self,
@@ -51,14 +70,21 @@ class SteeringServer:
         port: int = 0,
         metrics_registry: CollectorRegistry | None = None,
         admin_token: str | None = None,
+        *,
+        observer_token: str | None = None,
+        open_admin: bool = False,
+        tls: Tls | None = None,
     ) -> None:
+        if open_admin and not is_loopback(host):
+            raise ValueError(f"--open-admin is only allowed on a loopback address, not {host!r}; use a token")
+        access = Access(admin_token, observer_token, open_admin)
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
         metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
-        self.servicer = SteeringServicer(metrics=metrics)
+        self.servicer = SteeringServicer(metrics=metrics, access=access)
         self.health = HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[AdminAuthInterceptor(admin_token)] if admin_token else [],
+            interceptors=[AuthInterceptor(access)],
             options=[
                 # Checked by grpc before anything is parsed (a 16 MiB Score response froze the server for 56 s):
                 # the largest honest request is a direction table, 128 layers x 16384 floats = 8 MiB.
@@ -72,7 +98,16 @@ class SteeringServer:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._server)
         try:
-            self.port = self._server.add_insecure_port(f"{host}:{port}")  # the bound port when `port` is 0
+            address = f"{host}:{port}"
+            if tls is None:
+                self.port = self._server.add_insecure_port(address)  # the bound port when `port` is 0
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc reports a failed bind this way
             raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
 
@@ -154,12 +189,18 @@ async def serve(
     grace: float = 10.0,
     on_serving: Callable[[int], None] | None = None,
     admin_token: str | None = None,
+    *,
+    observer_token: str | None = None,
+    open_admin: bool = False,
+    tls: Tls | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached. With `admin_token`, the administrative RPCs require it."""
+    bound port once the engine is attached. Roles and TLS: see SteeringServer."""
     registry = CollectorRegistry() if metrics_port is not None else None
-    server = SteeringServer(host, port, registry, admin_token)
+    server = SteeringServer(
+        host, port, registry, admin_token, observer_token=observer_token, open_admin=open_admin, tls=tls
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,6 +15,7 @@ from steering_client import pb, pb_grpc
 from ..engine_api import EngineClient
 from ..errors import UnavailableError
 from . import decode, encode
+from .auth import Access
 from .metrics import Metrics
 from .status import streaming, unary
 
@@ -26,8 +27,11 @@ Context: TypeAlias = grpc.aio.ServicerContext
 class SteeringServicer(pb_grpc.SteeringServiceServicer):
     """Serves `engine` once attached; until then every RPC answers UNAVAILABLE (the engine is starting)."""
 
-    def __init__(self, engine: EngineClient | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: EngineClient | None = None, metrics: Metrics | None = None, access: Access | None = None
+    ) -> None:
         self.metrics = metrics or Metrics()
+        self.access = access or Access()
         self._engine = engine
         self._bounds: decode.Bounds | None = None
 
@@ -88,6 +92,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     @unary
     async def GetDirection(self, request: pb.GetDirectionRequest, context: Context) -> pb.Direction:
         name = decode.direction_name(request.name)
+        if request.include_vectors:
+            self.access.check_observer(context.invocation_metadata())
         return encode.direction(self.engine.get_direction(name), request.include_vectors)
 
     @unary

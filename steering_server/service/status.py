@@ -22,6 +22,7 @@ from ..errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     SteeringError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .metrics import Metrics
@@ -36,6 +37,7 @@ _CODES: tuple[tuple[type[SteeringError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),  # EngineDeadError included
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
 
 Req = TypeVar("Req")
