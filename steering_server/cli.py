@@ -61,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         strict_provenance=args.strict,
         limits=limits,
         max_batch_tokens=args.max_batch_tokens or defaults.max_batch_tokens,
+        state_dir=args.state_dir,
     )
 
 
@@ -103,6 +104,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="refuse direction files made for another model instead of dropping their calibration",
     )
+    serve.add_argument(
+        "--state-dir", default=None, metavar="DIR",
+        help="persist uploaded and deleted directions and the policy here (atomic writes) and restore them at start; "
+        "an enforced policy that cannot be restored stops the server from starting",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
     serve.add_argument(
         "--admin-token-file", default=None, metavar="PATH",
@@ -130,6 +136,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and the organism commands do not load grpc, torch and the engine.
     from .engine import start_engine
     from .service import Tls, serve
+    from .state import StateError
 
     config = config_from_args(args)
     try:
@@ -152,7 +159,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 tls=tls,
             )
         )
-    except (SteeringError, OSError, ValueError) as exc:  # a bad file or flag, a busy port: not a crash
+    except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
         log.error("cannot start: %s", exc)
         return 2
     return 0

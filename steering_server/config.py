@@ -24,3 +24,5 @@ class EngineConfig:
     num_blocks: int | None = None  # KV pages; None sizes from max_batch_tokens and limits
     page_size: int = 32  # tokens per KV page
     run_canary: bool = True
+    # Directions and the policy persist here and are restored at start (state.py); None: nothing persists.
+    state_dir: str | None = None

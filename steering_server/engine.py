@@ -24,6 +24,7 @@ from .errors import (
     EngineDeadError,
     InvalidArgumentError,
     ResourceExhaustedError,
+    SteeringError,
     UnavailableError,
 )
 from .models import LoadedModel, load_model
@@ -33,6 +34,7 @@ from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
 from .rules import check_monitor, check_sampling, check_score_response, check_text_size, check_variants
 from .runtime import RequestTrack, SteeringRuntime
+from .state import StateDir, StateError
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
@@ -65,6 +67,13 @@ async def start_engine(config: EngineConfig, loaded: LoadedModel | None = None) 
     for name, path in config.directions:
         engine.load_direction_file(name, path)
     await engine.start()
+    # After the canary (which runs unsteered, and could not under a restored enforced policy) and before anyone
+    # holds the engine: nothing is served without the saved policy.
+    try:
+        engine.restore_state()
+    except BaseException:
+        await engine.shutdown()
+        raise
     return engine
 
 
@@ -115,6 +124,7 @@ class Engine(EngineClient):
             on_loop_exit=self._on_loop_exit,
         )
         self._policy = SteeringPolicy()
+        self.state = StateDir(config.state_dir) if config.state_dir else None
         self._streams: dict[str, GenerationStream] = {}
         self._free_slots = list(range(self.limits.max_queued, 0, -1))  # slot 0 is the unsteered slot
         self._ids = itertools.count()
@@ -422,16 +432,24 @@ class Engine(EngineClient):
         return self.registry.get(name).direction
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
+        stored = self._register(direction, strict)
+        if self.state is not None:
+            self.state.save_direction(stored)
+        return stored
+
+    def _register(self, direction: Direction, strict: bool = False) -> Direction:
         strict = strict or self.config.strict_provenance
         return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
 
     def delete_direction(self, name: str) -> None:
         self.registry.delete(name)
+        if self.state is not None:
+            self.state.delete_direction(name)
 
     def load_direction_file(self, name: str, path: str) -> Direction:
         from .direction_files import load_direction
 
-        return self.put_direction(load_direction(path, name=name, num_layers=self.num_layers))
+        return self._register(load_direction(path, name=name, num_layers=self.num_layers))
 
     def register_builtin_directions(self) -> None:
         """The shipped organism's directions (the monitored one first), when the built-in model is served."""
@@ -455,8 +473,39 @@ class Engine(EngineClient):
                 self.limits.max_directions,
                 self.limits.allow_red_team,
             )
+        if self.state is not None:
+            self.state.save_policy(policy)
         self._policy = policy
         return policy
+
+    def restore_state(self) -> None:
+        """Apply the state directory over the start-up directions: deletions, uploads, then the policy. An enforced
+        policy that cannot be restored raises StateError: the engine must not serve without it (fail closed)."""
+        if self.state is None:
+            return
+        stored = self.state.load(self.num_layers)
+        for name in stored.deleted & set(self.registry.names()):
+            self.registry.delete(name)
+        for direction in stored.directions:
+            try:
+                self._register(direction)
+            except SteeringError as exc:
+                log.error("state: direction %s not restored: %s", direction.name, exc)
+        if stored.policy is None:
+            return
+        try:
+            self.set_policy(stored.policy)
+        except SteeringError as exc:
+            if stored.policy.enforced:
+                raise StateError(f"the saved enforced policy cannot be restored: {exc}") from exc
+            log.error("state: the saved (not enforced) policy was not restored: %s", exc)
+        log.info(
+            "state restored from %s: %d directions, %d deletions, policy %s",
+            self.state.path,
+            len(stored.directions),
+            len(stored.deleted),
+            "enforced" if self._policy.enforced else ("set" if self._policy.terms else "none"),
+        )
 
     # ------------------------------------------------------------------ info
     def model_info(self) -> ModelInfo:
