@@ -139,9 +139,11 @@ class Direction:
             v = vec.detach().to("cpu", torch.float32).contiguous()
             if not torch.isfinite(v).all():
                 raise InvalidArgumentError(where, "vector has NaN or infinite values")
-            norm = float(v.norm())
-            if norm < 1e-8 or not math.isfinite(norm):
+            norm = float(v.double().norm())  # float64: a vector of float32-max values has a finite norm there
+            if norm < 1e-8:
                 raise InvalidArgumentError(where, "vector is all zeros (no direction)")
+            if not math.isfinite(float(v.norm())):
+                raise InvalidArgumentError(where, f"vector's norm ({norm:.3g}) overflows float32; scale it down")
             clean[layer] = v
         if self.monitor_layer not in clean:
             raise InvalidArgumentError(

@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -90,6 +91,12 @@ class Engine(EngineClient):
         self.vocab_size = int(text_config.vocab_size)
         self.max_context = int(
             getattr(text_config, "max_position_embeddings", 0) or getattr(text_config, "n_positions", 4096)
+        )
+        # What ModelInfo advertises is what a request can use (a 1024-token limit beside a 256-token context was not).
+        self.limits = replace(
+            self.limits,
+            max_new_tokens=min(self.limits.max_new_tokens, self.max_context - 1),
+            max_prompt_tokens=min(self.limits.max_prompt_tokens, self.max_context - 1),
         )
         self.config_hash = config_hash(self.model.config)
         self.tokenizer_hash = tokenizer_hash(self.tokenizer)

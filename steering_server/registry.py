@@ -79,15 +79,27 @@ class DirectionRegistry:
         if self.residual_norms is not None:
             check_calibration(direction, self.residual_norms)
         free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
+        old = self._by_name.get(direction.name)
+        if not free and old is not None and old.refs <= 0:
+            # Replacing a direction no request holds: its row is free now (nothing reads it for any request).
+            free = [old.row]
         if not free:
+            held = len(self._rows) - len(self._by_name)
             raise ResourceExhaustedError(
-                f"direction table full ({self._runtime.max_directions} rows, some held by running requests)"
+                f"direction table full: {len(self._by_name)} directions registered"
+                + (f" and {held} replaced ones held by running requests" if held else "")
+                + f" in {self._runtime.max_directions} rows; delete one first"
             )
         row = free[0]
         units = {layer: v / v.norm() for layer, v in direction.vectors.items()}
         self._runtime.write_direction(row, units)
         entry = RegisteredDirection(direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()})
-        old = self._by_name.get(direction.name)
+        if old is not None and old.row == row:  # the row is reused: the old entry no longer owns it
+            del self._rows[row]
+            old.retired = True
+            for key in [k for k in self._cos if row in k]:
+                del self._cos[key]
+            old = None
         self._by_name[direction.name] = entry
         self._rows[row] = entry
         for other in self._by_name.values():

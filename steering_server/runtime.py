@@ -9,7 +9,9 @@ Everything the hooks read is preallocated once and written in place, so addresse
     row_* (R,)        per-logit-row sampling parameters
 The batch buffers belong to the one batch in flight: batching runs synchronously (async batching stays off until
 an isolation check passes with it on, Engine rule 5). The loop thread is the only writer of slot rows and batch
-buffers; direction rows are written while the loop is paused.
+buffers. Direction rows are written by the event loop while forwards run, which is safe because a row is only ever
+written while no request references it (the registry gives a replaced direction a fresh row and frees the old one
+when its last request ends): the rows a batch steers or scores never change under it.
 """
 
 from __future__ import annotations
@@ -271,7 +273,7 @@ class SteeringRuntime:
             logits.float(), self.row_temperature[:r], self.row_top_k[:r], self.row_top_p[:r], self.row_key[:r]
         )
 
-    # ---- direction rows (caller holds the loop paused) ----
+    # ---- direction rows (the registry writes only rows no request references) ----
     def write_direction(self, row: int, unit_vectors: dict[int, torch.Tensor]) -> None:
         self.unit[:, row].zero_()
         for layer, v in unit_vectors.items():

@@ -124,9 +124,14 @@ class SteeringServer:
         await self._set_health(_SERVING if engine.healthy else _NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let running ones finish for `grace` seconds, then cancel them."""
+        """Refuse new calls, let running ones finish for `grace` seconds, then cancel them. While they finish the
+        port stays open: health answers NOT_SERVING and new calls UNAVAILABLE (a closed port looks like a crash)."""
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        self.servicer.draining = True
+        deadline = self._loop.time() + (grace or 0.0)
+        while self.servicer.in_flight and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self._server.stop(max(0.0, deadline - self._loop.time()) if grace is not None else None)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -32,6 +32,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> None:
         self.metrics = metrics or Metrics()
         self.access = access or Access()
+        self.in_flight = 0  # RPCs running (kept by the status wrappers)
+        self.draining = False  # stopping: new RPCs answer UNAVAILABLE while running ones finish
         self._engine = engine
         self._bounds: decode.Bounds | None = None
 

@@ -69,7 +69,9 @@ def safe_deserializer(parse: Callable[[bytes], Any], max_bytes: int) -> Callable
     return deserialize
 
 
-def _refuse_unparseable(request: object) -> None:
+def _admit(servicer: Any, request: object) -> None:
+    if getattr(servicer, "draining", False):
+        raise UnavailableError("the server is shutting down")
     if isinstance(request, Unparseable):
         raise InvalidArgumentError("request", f"the message was not parsed: {str(request.error)[:200]}")
 
@@ -86,8 +88,9 @@ def unary(method: UnaryMethod[Req, Resp]) -> UnaryMethod[Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         started = time.monotonic()
+        self.in_flight += 1
         try:
-            _refuse_unparseable(request)
+            _admit(self, request)
             response = await method(self, request, context)
         except grpc.aio.AbortError:
             raise  # a status was already set
@@ -97,6 +100,8 @@ def unary(method: UnaryMethod[Req, Resp]) -> UnaryMethod[Req, Resp]:
         except Exception as exc:
             await _abort(context, method.__name__, exc, started, self.metrics)
             raise  # unreachable: abort raises
+        finally:
+            self.in_flight -= 1
         self.metrics.observe(method.__name__, grpc.StatusCode.OK, time.monotonic() - started)
         return response
 
@@ -107,8 +112,9 @@ def streaming(method: StreamMethod[Req, Resp]) -> StreamMethod[Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
         started = time.monotonic()
+        self.in_flight += 1
         try:
-            _refuse_unparseable(request)
+            _admit(self, request)
             async for message in method(self, request, context):
                 yield message
         except grpc.aio.AbortError:
@@ -119,6 +125,8 @@ def streaming(method: StreamMethod[Req, Resp]) -> StreamMethod[Req, Resp]:
         except Exception as exc:
             await _abort(context, method.__name__, exc, started, self.metrics)
             raise
+        finally:
+            self.in_flight -= 1
         self.metrics.observe(method.__name__, grpc.StatusCode.OK, time.monotonic() - started)
 
     return wrapper

@@ -162,3 +162,22 @@ async def test_compare_labels_say_what_runs() -> None:
         # Explicit variants under an enforced policy: each runs the policy, then its own terms.
         result = await engine.compare(CompareRequest(prompt, sampling, (Variant("x", ()),), QUIET))
         assert result.variants[0].result.token_ids == ablated
+
+
+async def test_smaller_contract_faults() -> None:
+    """Finding 10: advertised limits fit the context; a float32-max vector is not 'all zeros'; with the table full a
+    direction can still be replaced."""
+    loaded = loaded_model()
+    huge = replace(TEST_LIMITS, max_new_tokens=10**6, max_prompt_tokens=10**6, max_directions=3)
+    async with running_engine(loaded, limits=huge) as engine:
+        assert engine.limits.max_new_tokens == engine.max_context - 1 == engine.limits.max_prompt_tokens
+        big = Direction("big", {1: torch.full((engine.hidden_size,), torch.finfo(torch.float32).max)}, 1)
+        with pytest.raises(InvalidArgumentError, match="overflows float32"):
+            engine.put_direction(big)
+        for name in ("a", "b", "c"):
+            engine.put_direction(random_direction(name, loaded, seed=len(name) + ord(name)))
+        engine.put_direction(random_direction("b", loaded, seed=42))  # full, but b's row is free to reuse
+        assert torch.equal(engine.get_direction("b").vectors[1], random_direction("b", loaded, seed=42).vectors[1])
+        assert await _tokens(engine, _term(ABLATE, 1, "b"))
+        with pytest.raises(Exception, match="direction table full: 3 directions registered"):
+            engine.put_direction(random_direction("d", loaded))
