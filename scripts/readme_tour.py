@@ -111,7 +111,7 @@ except grpc.RpcError as e:
 
 def main() -> int:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "steering_server.cli", "serve", "--port", "0", *sys.argv[1:]],
+        [sys.executable, "-m", "steering_server.cli", "serve", "--port", "0", "--open-admin", *sys.argv[1:]],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert proc.stderr is not None

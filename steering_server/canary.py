@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .containment import MAX_PUSH_RATIO
 from .directions import Direction
 from .runtime import SteeringRuntime
 from .types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
@@ -48,11 +49,9 @@ async def run_canary(engine: Engine, reference: list[int]) -> None:
     plain = await engine.generate_unchecked(GenerationRequest(prompt, sampling, monitor=quiet, ignore_policy=True))
     if list(plain.token_ids) != reference:
         raise RuntimeError(f"canary: unsteered tokens {list(plain.token_ids)} != plain forward {reference}")
-    # A push of 64 embedding norms along a random direction at every layer must change greedy tokens.
-    with torch.no_grad():
-        embeddings = engine.model.get_input_embeddings().weight  # type: ignore[operator]
-        assert isinstance(embeddings, torch.Tensor)
-        scale = 64.0 * float(embeddings.float().norm(dim=-1).mean())
+    # A push of half the admission bound (containment.MAX_PUSH_RATIO residual norms) along a random direction at
+    # every layer must change greedy tokens.
+    scale = 0.5 * MAX_PUSH_RATIO * min(engine.residual_norms)
     gen = torch.Generator().manual_seed(1234)
     for _attempt in range(3):
         v = torch.randn(engine.hidden_size, generator=gen)

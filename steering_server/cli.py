@@ -69,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         attn_implementation=args.attn_implementation,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        state_dir=args.state_dir,
     )
 
 
@@ -149,10 +150,30 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="refuse direction files made for another model instead of dropping their calibration",
     )
+    serve.add_argument(
+        "--state-dir", default=None, metavar="DIR",
+        help="persist uploaded and deleted directions and the policy here (atomic writes) and restore them at start; "
+        "an enforced policy that cannot be restored stops the server from starting",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
     serve.add_argument(
         "--admin-token-file", default=None, metavar="PATH",
-        help="require `authorization: Bearer <token in PATH>` for PutDirection, DeleteDirection and SetSteering",
+        help="administrators send `authorization: Bearer <token in PATH>` for PutDirection, DeleteDirection and "
+        "SetSteering (without it, or --open-admin, those RPCs are refused)",
+    )
+    serve.add_argument(
+        "--observer-token-file", default=None, metavar="PATH",
+        help="observers send `authorization: Bearer <token in PATH>` to read vectors (GetDirection include_vectors)",
+    )
+    serve.add_argument(
+        "--open-admin", action="store_true",
+        help="every caller may administer and observe; only with a loopback --host (tests, a laptop)",
+    )
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", default=None, metavar="PEM",
+        help="mutual TLS: clients must present a certificate signed by this CA",
     )
     serve.set_defaults(run=_run_serve)
 
@@ -160,24 +181,40 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and the organism commands do not load grpc, torch and the engine.
     from .engine import start_engine
-    from .service import serve
+    from .service import Tls, serve
+    from .state import StateError
 
     config = config_from_args(args)
     try:
-        token = _read_token(args.admin_token_file) if args.admin_token_file else None
+        token = _read_token(args.admin_token_file, "--admin-token-file") if args.admin_token_file else None
+        observer = _read_token(args.observer_token_file, "--observer-token-file") if args.observer_token_file else None
+        if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+            raise InvalidArgumentError("--tls-cert", "give --tls-cert and --tls-key together (and for --tls-client-ca)")
+        tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
         asyncio.run(
-            serve(config, args.host, args.port, start_engine, args.metrics_port, args.grace, admin_token=token)
+            serve(
+                config,
+                args.host,
+                args.port,
+                start_engine,
+                args.metrics_port,
+                args.grace,
+                admin_token=token,
+                observer_token=observer,
+                open_admin=args.open_admin,
+                tls=tls,
+            )
         )
-    except (SteeringError, OSError) as exc:  # a bad --direction file or --model, a busy port: not a crash
+    except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
         log.error("cannot start: %s", exc)
         return 2
     return 0
 
 
-def _read_token(path: str) -> str:
+def _read_token(path: str, flag: str) -> str:
     token = Path(path).read_text().strip()  # a file, not a flag: command lines are visible to every user
     if not token:
-        raise InvalidArgumentError("--admin-token-file", f"{path} is empty")
+        raise InvalidArgumentError(flag, f"{path} is empty")
     return token
 
 

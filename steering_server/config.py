@@ -40,3 +40,5 @@ class EngineConfig:
     compile: str | None = None
     cuda_graphs: bool | None = None
     run_canary: bool = True
+    # Directions and the policy persist here and are restored at start (state.py); None: nothing persists.
+    state_dir: str | None = None

@@ -3,7 +3,9 @@
 safetensors (canonical): tensor `direction` of shape (n_layers_stored, hidden) with metadata `layers` naming each
 row's layer, or one tensor `layer.{l}` of shape (hidden,) per layer. Metadata (strings): model_id, config_hash,
 tokenizer_hash, monitor_layer, method, n_examples, calibration (JSON: pooling -> {mu, sigma, threshold, ...}),
-created_at, description.
+created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0}: the direction's removal recipe, the
+steering Compare runs by default; ABLATE 1 when absent). Every field is checked on its own and a bad one is refused
+naming it (`safetensors.metadata.calibration: ...`).
 
 Also read: `.pt` through `torch.load(weights_only=True)` (never a full unpickle) and `.npy` (no pickles): a raw
 (hidden,) vector, a (num_layers, hidden) table, or a persona-vectors (num_layers + 1, hidden) table whose row
@@ -14,8 +16,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,8 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .directions import Calibration, Direction, Provenance
+from .directions import DEFAULT_REMOVAL, Calibration, Direction, Provenance, Removal
 from .errors import InvalidArgumentError
+from .types import SteeringMode
 
 __all__ = ["direction_from_bytes", "direction_to_bytes", "load_direction", "save_direction"]
 
@@ -51,6 +57,7 @@ def direction_to_bytes(direction: Direction) -> bytes:
         "calibration": json.dumps({k: asdict(v) for k, v in direction.calibration.items()}),
         "created_at": direction.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": direction.description,
+        "removal": json.dumps({"mode": direction.removal.mode.name, "strength": direction.removal.strength}),
     }
     return st_save_bytes({"direction": table.contiguous()}, metadata=meta)
 
@@ -99,7 +106,7 @@ def direction_from_bytes(
     try:
         tensors = st_load_bytes(data)
         meta = _read_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidArgumentError("safetensors", f"not a valid safetensors file: {exc}") from exc
     name = name or meta.get("name") or default_name
     if "direction" in tensors and "layers" in meta:
@@ -120,12 +127,11 @@ def direction_from_bytes(
         return direction_from_table(next(iter(tensors.values())), name, num_layers, monitor_layer, "file:safetensors")
     else:
         raise InvalidArgumentError("safetensors", f"unrecognised tensors {sorted(tensors)[:5]}")
-    try:
-        stored_monitor = int(meta["monitor_layer"]) if "monitor_layer" in meta else None
-        calibration = _calibration(json.loads(meta.get("calibration") or "{}"))
-        n_examples = int(meta.get("n_examples") or 0)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise InvalidArgumentError("safetensors", f"bad metadata: {exc}") from exc
+    stored_monitor: int | None = _meta_field(meta, "monitor_layer", lambda v: _int(v, 0, 1 << 16), None)
+    no_calibration: dict[str, Calibration] = {}
+    calibration = _meta_field(meta, "calibration", lambda v: _calibration(_json(v)), no_calibration)
+    n_examples = _meta_field(meta, "n_examples", lambda v: _int(v, 0, (1 << 32) - 1), 0)
+    removal = _meta_field(meta, "removal", lambda v: _removal(_json(v)), DEFAULT_REMOVAL)
     chosen = monitor_layer if monitor_layer is not None else stored_monitor
     if chosen is None:
         chosen = _middle(sorted(vectors))
@@ -139,6 +145,7 @@ def direction_from_bytes(
         n_examples=n_examples,
         created_at=meta.get("created_at", ""),
         description=meta.get("description", ""),
+        removal=removal,
     )
 
 
@@ -173,22 +180,75 @@ def direction_from_table(
     return Direction(name=name, vectors=vectors, monitor_layer=chosen, method=method)
 
 
-def _calibration(raw: dict) -> dict[str, Calibration]:
+_T = TypeVar("_T")
+_MAX_META_CHARS = 1 << 16  # per metadata value: a calibration table is a few hundred characters
+
+
+def _meta_field(meta: dict[str, str], key: str, parse: Callable[[str], _T], default: _T) -> _T:
+    """Parse one metadata field; any problem is INVALID_ARGUMENT naming the field (metadata is untrusted)."""
+    if key not in meta or meta[key] == "":
+        return default
+    value = meta[key]
+    try:
+        if len(value) > _MAX_META_CHARS:
+            raise ValueError(f"{len(value)} characters (at most {_MAX_META_CHARS})")
+        return parse(value)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        raise InvalidArgumentError(f"safetensors.metadata.{key}", f"{str(exc)[:200] or type(exc).__name__}") from exc
+
+
+def _json(value: str) -> Any:
+    return json.loads(value)  # RecursionError for absurd nesting: caught by _meta_field
+
+
+def _int(value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    n = int(value)
+    if not lo <= n <= hi:
+        raise ValueError(f"{n} is outside {lo}..{hi}")
+    return n
+
+
+def _float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    x = float(value)  # OverflowError for 10**400
+    if not math.isfinite(x):
+        raise ValueError(f"{x} is not finite")
+    return x
+
+
+def _calibration(raw: Any) -> dict[str, Calibration]:
     """pooling -> Calibration with numeric fields (metadata is untrusted JSON; a string mu must not get through)."""
+    if not isinstance(raw, dict):
+        raise TypeError("calibration is not an object")
     out = {}
-    for pooling, v in raw.items():  # AttributeError when raw is not an object
-        threshold, fpr = v.get("threshold"), v.get("target_fpr")
+    for pooling, v in raw.items():
+        if not isinstance(v, dict):
+            raise TypeError(f"{pooling!r} is not an object")
         unknown = set(v) - {"mu", "sigma", "threshold", "target_fpr", "n"}
         if unknown:
             raise ValueError(f"unknown calibration fields {sorted(unknown)}")
+        threshold, fpr = v.get("threshold"), v.get("target_fpr")
         out[str(pooling)] = Calibration(
-            mu=float(v["mu"]),
-            sigma=float(v["sigma"]),
-            threshold=None if threshold is None else float(threshold),
-            target_fpr=None if fpr is None else float(fpr),
-            n=int(v.get("n") or 0),
+            mu=_float(v["mu"]),
+            sigma=_float(v["sigma"]),
+            threshold=None if threshold is None else _float(threshold),
+            target_fpr=None if fpr is None else _float(fpr),
+            n=_int(v.get("n") or 0, 0, (1 << 32) - 1),
         )
     return out
+
+
+def _removal(raw: Any) -> Removal:
+    """{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number}."""
+    if not isinstance(raw, dict) or set(raw) - {"mode", "strength"} or "mode" not in raw:
+        raise ValueError('expected {"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number}')
+    mode = raw["mode"]
+    if mode not in ("ABLATE", "ADD", "CLAMP"):
+        raise ValueError(f"unknown mode {str(mode)[:20]!r}")
+    return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0))).validate("removal")
 
 
 def _middle(layers: list[int]) -> int:

@@ -12,17 +12,23 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .errors import InvalidArgumentError
+from .types import SteeringMode
 
 __all__ = [
+    "DEFAULT_REMOVAL",
     "POOLINGS",
     "Calibration",
     "Direction",
     "Provenance",
+    "Removal",
     "validate_direction_name",
 ]
 
 # Calibration is stored per pooling because the three have different spreads (DESIGN.md "Calibration").
 POOLINGS = ("token", "response_mean", "last_prompt")
+_MAX_UINT32 = (1 << 32) - 1  # counts travel as uint32 in the API
+# Free text a direction carries into every ListDirections answer.
+_TEXT_LIMITS = {"description": 4096, "method": 256, "created_at": 64, "model_id": 512}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -52,6 +58,34 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """How to remove a direction (its removal recipe): the steering Compare runs against unsteered by default.
+    ABLATE 1 (Soligo et al.) unless the direction says otherwise, e.g. CLAMP 0: set the projection to its benign
+    mean, which the model organism's review found better than zero-ablation."""
+
+    mode: SteeringMode = SteeringMode.ABLATE
+    strength: float = 1.0
+
+    def validate(self, field_name: str = "removal") -> Removal:
+        """A removal never induces: ABLATE in (0, 1], CLAMP <= 0 (z or raw units), ADD < 0."""
+        s = self.strength
+        ok = math.isfinite(s) and (
+            (self.mode == SteeringMode.ABLATE and 0 < s <= 1)
+            or (self.mode == SteeringMode.CLAMP and -100 <= s <= 0)
+            or (self.mode == SteeringMode.ADD and -100 <= s < 0)
+        )
+        if not ok:
+            raise InvalidArgumentError(
+                field_name,
+                f"{self.mode.name} {s:g} is not a removal (ABLATE in (0, 1], CLAMP in [-100, 0], ADD in [-100, 0))",
+            )
+        return self
+
+
+DEFAULT_REMOVAL = Removal()
+
+
+@dataclass(frozen=True)
 class Provenance:
     model_id: str = ""
     config_hash: str = ""
@@ -71,6 +105,7 @@ class Direction:
     n_examples: int = 0
     created_at: str = ""
     description: str = ""
+    removal: Removal = DEFAULT_REMOVAL
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -104,20 +139,34 @@ class Direction:
             v = vec.detach().to("cpu", torch.float32).contiguous()
             if not torch.isfinite(v).all():
                 raise InvalidArgumentError(where, "vector has NaN or infinite values")
-            norm = float(v.norm())
-            if norm < 1e-8 or not math.isfinite(norm):
+            norm = float(v.double().norm())  # float64: a vector of float32-max values has a finite norm there
+            if norm < 1e-8:
                 raise InvalidArgumentError(where, "vector is all zeros (no direction)")
+            if not math.isfinite(float(v.norm())):
+                raise InvalidArgumentError(where, f"vector's norm ({norm:.3g}) overflows float32; scale it down")
             clean[layer] = v
         if self.monitor_layer not in clean:
             raise InvalidArgumentError(
                 f"{field_name}.monitor_layer",
                 f"monitor layer {self.monitor_layer} has no vector (layers {sorted(clean)})",
             )
+        self.removal.validate(f"{field_name}.removal")
         for pooling, cal in self.calibration.items():
+            where = f"{field_name}.calibration[{pooling!r}]"
             if pooling not in POOLINGS:
-                raise InvalidArgumentError(f"{field_name}.calibration", f"unknown pooling {pooling!r}")
-            if cal.threshold is not None and not math.isfinite(cal.threshold):
-                raise InvalidArgumentError(f"{field_name}.calibration", f"{pooling}: threshold must be finite")
+                raise InvalidArgumentError(where, f"unknown pooling (use {', '.join(POOLINGS)})")
             if not (math.isfinite(cal.mu) and math.isfinite(cal.sigma) and cal.sigma > 0):
-                raise InvalidArgumentError(f"{field_name}.calibration", f"{pooling}: need finite mu and sigma > 0")
+                raise InvalidArgumentError(where, "needs finite mu and sigma > 0")
+            if cal.threshold is not None and not math.isfinite(cal.threshold):
+                raise InvalidArgumentError(f"{where}.threshold", "must be finite")
+            if cal.target_fpr is not None and not 0 <= cal.target_fpr <= 1:
+                raise InvalidArgumentError(f"{where}.target_fpr", "must be in [0, 1]")
+            if not 0 <= cal.n <= _MAX_UINT32:
+                raise InvalidArgumentError(f"{where}.n", f"must be in 0..{_MAX_UINT32}")
+        if not 0 <= self.n_examples <= _MAX_UINT32:
+            raise InvalidArgumentError(f"{field_name}.n_examples", f"must be in 0..{_MAX_UINT32}")
+        for key, limit in _TEXT_LIMITS.items():
+            text = getattr(self, key) if key != "model_id" else self.provenance.model_id
+            if len(text) > limit:
+                raise InvalidArgumentError(f"{field_name}.{key}", f"at most {limit} characters")
         return replace(self, vectors=clean)

@@ -11,26 +11,31 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, GenerationOutput, is_failed
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
+from .containment import measure_residual_norms
 from .directions import Direction
 from .engine_api import EngineClient, collect, compare_result
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
     ResourceExhaustedError,
+    SteeringError,
     UnavailableError,
 )
 from .models import LoadedModel, load_model
 from .planning import RequestPlan, effective_terms, make_plan
-from .prompts import render_prompt, validate_sampling
+from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
+from .rules import check_monitor, check_sampling, check_score_response, check_text_size, check_variants
 from .runtime import RequestTrack, SteeringRuntime
+from .state import StateDir, StateError
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
@@ -43,11 +48,9 @@ from .types import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
-    SteeringMode,
     SteeringPolicy,
-    SteeringTerm,
-    Variant,
 )
+from .variants import default_variants, variant_ignores_policy
 
 __all__ = ["Engine", "start_engine"]
 
@@ -65,6 +68,13 @@ async def start_engine(config: EngineConfig, loaded: LoadedModel | None = None) 
     for name, path in config.directions:
         engine.load_direction_file(name, path)
     await engine.start()
+    # After the canary (which runs unsteered, and could not under a restored enforced policy) and before anyone
+    # holds the engine: nothing is served without the saved policy.
+    try:
+        engine.restore_state()
+    except BaseException:
+        await engine.shutdown()
+        raise
     return engine
 
 
@@ -82,6 +92,12 @@ class Engine(EngineClient):
         self.max_context = int(
             getattr(text_config, "max_position_embeddings", 0) or getattr(text_config, "n_positions", 4096)
         )
+        # What ModelInfo advertises is what a request can use (a 1024-token limit beside a 256-token context was not).
+        self.limits = replace(
+            self.limits,
+            max_new_tokens=min(self.limits.max_new_tokens, self.max_context - 1),
+            max_prompt_tokens=min(self.limits.max_prompt_tokens, self.max_context - 1),
+        )
         self.config_hash = config_hash(self.model.config)
         self.tokenizer_hash = tokenizer_hash(self.tokenizer)
         eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
@@ -96,7 +112,13 @@ class Engine(EngineClient):
             max_batch_tokens=config.max_batch_tokens,
             max_rows=config.max_requests_per_batch,
         )
-        self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size)
+        # The model's residual norm per layer, the yardstick of every admission bound (containment.py).
+        self.runtime.active = False  # hooks pass through for this plain forward
+        try:
+            self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
+        finally:
+            self.runtime.active = True
+        self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size, self.residual_norms)
         self.manager = BatchingManager(
             self.model,
             self.runtime,
@@ -113,6 +135,7 @@ class Engine(EngineClient):
             max_memory_percent=config.kv_memory_fraction,
         )
         self._policy = SteeringPolicy()
+        self.state = StateDir(config.state_dir) if config.state_dir else None
         self._streams: dict[str, GenerationStream] = {}
         self._free_slots = list(range(self.limits.max_queued, 0, -1))  # slot 0 is the unsteered slot
         self._ids = itertools.count()
@@ -209,12 +232,18 @@ class Engine(EngineClient):
         prompt_len: int | None = None,
         field_prefix: str = "",
     ) -> GenerationStream:
+        """Check, plan and admit one request. With `prompt_ids` the caller has rendered and checked the prompt and
+        sampling (Compare, Score): errors then name only this request's own fields."""
         self._check_accepting()
-        sampling = validate_sampling(request.sampling, self.limits, field_prefix)
+        sampling = request.sampling
         if prompt_ids is None:
-            prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, f"{field_prefix}prompt")
-        self._check_length(prompt_ids, sampling.max_new_tokens, field_prefix)
-        terms = effective_terms(request.steering, self._policy, request.ignore_policy)
+            sampling = check_sampling(sampling, self.limits)
+            check_monitor(request.monitor)
+            prompt_ids = self._render(request)
+            self._check_length(prompt_ids, sampling.max_new_tokens)
+        else:
+            check_monitor(request.monitor, field_prefix)
+        terms = effective_terms(request.steering, self._policy, request.ignore_policy, f"{field_prefix}steering")
         plan = make_plan(
             self.registry,
             terms,
@@ -226,14 +255,17 @@ class Engine(EngineClient):
         )
         return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
 
-    def _check_length(self, prompt_ids: list[int], max_new_tokens: int, field_prefix: str) -> None:
+    def _render(self, request: GenerationRequest | CompareRequest | ScoreRequest) -> list[int]:
+        return render_prompt(self.tokenizer, request.prompt, self.vocab_size, "", self.limits)
+
+    def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
         if len(prompt_ids) > self.limits.max_prompt_tokens:
             raise InvalidArgumentError(
-                f"{field_prefix}prompt", f"{len(prompt_ids)} tokens exceed the limit of {self.limits.max_prompt_tokens}"
+                "prompt", f"{len(prompt_ids)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
             )
         if len(prompt_ids) + max_new_tokens > self.max_context:
             raise InvalidArgumentError(
-                f"{field_prefix}sampling.max_new_tokens",
+                "sampling.max_new_tokens",
                 f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the context "
                 f"of {self.max_context}",
             )
@@ -318,26 +350,23 @@ class Engine(EngineClient):
         self.generated_tokens += len(stream.token_ids)
 
     async def compare(self, request: CompareRequest) -> CompareResult:
-        variants = request.variants or self._default_variants(request.monitor)
-        if len(variants) > self.limits.max_variants:
-            raise InvalidArgumentError(
-                "variants", f"{len(variants)} variants exceed the limit of {self.limits.max_variants}"
-            )
-        names = [v.name for v in variants]
-        if any(not n for n in names) or len(set(names)) != len(names):
-            raise InvalidArgumentError("variants", "variant names must be non-empty and distinct")
-        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
+        self._check_accepting()
+        check_variants(request.variants, self.limits)
+        sampling = check_sampling(request.sampling, self.limits)
+        check_monitor(request.monitor)
+        variants = request.variants or default_variants(self._policy, self._monitored_direction(request.monitor))
+        prompt_ids = await asyncio.to_thread(self._render, request)  # tokenizing is heavy: off the event loop
+        self._check_length(prompt_ids, sampling.max_new_tokens)
         streams: list[GenerationStream] = []
         try:
             # All variants are admitted before any is awaited, so they share batches; one seed means shared noise.
             for i, v in enumerate(variants):
-                # Variants are exactly as given, unless the policy is enforced (then it applies to each).
                 req = GenerationRequest(
                     request.prompt,
-                    request.sampling,
+                    sampling,
                     v.steering,
                     request.monitor,
-                    ignore_policy=not self._policy.enforced,
+                    ignore_policy=variant_ignores_policy(self._policy),
                 )
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
             results = [await collect(s) for s in streams]
@@ -346,31 +375,33 @@ class Engine(EngineClient):
                 s.cancel()
         return compare_result(variants, results)
 
-    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
-        if self._policy.terms:
-            return (Variant("unsteered", ()), Variant("policy", self._policy.terms))
-        names = monitor.directions or tuple(self.registry.names())
-        if not names:
-            raise InvalidArgumentError("variants", "no variants given and no direction registered to ablate")
-        return (
-            Variant("unsteered", ()),
-            Variant(f"ablate-{names[0]}", (SteeringTerm(names[0], SteeringMode.ABLATE, 1.0),)),
-        )
+    def _monitored_direction(self, monitor: MonitorOptions) -> Direction | None:
+        if monitor.directions:
+            return self.registry.get(monitor.directions[0], "monitor.directions[0]").direction
+        return self.registry.first()
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         """A prefill-only request on the same path: the scores Generate reports for these positions."""
-        prompt_ids = render_prompt(self.tokenizer, request.prompt, self.vocab_size, "prompt")
-        if request.response_text is not None and request.response_token_ids:
-            raise InvalidArgumentError("response", "give response_text or response_token_ids, not both")
+        self._check_accepting()
+        check_score_response(request, self.vocab_size)
+        check_monitor(request.monitor)
+        prompt_ids = await asyncio.to_thread(self._render, request)  # tokenizing is heavy: off the event loop
+        if len(prompt_ids) > self.limits.max_prompt_tokens:
+            raise InvalidArgumentError(
+                "prompt", f"{len(prompt_ids)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
+            )
         if request.response_token_ids:
             response = list(request.response_token_ids)
-            bad = [t for t in response if not 0 <= t < self.vocab_size]
-            if bad:
-                raise InvalidArgumentError(
-                    "response_token_ids", f"token id {bad[0]} is outside 0..{self.vocab_size - 1}"
-                )
         else:
-            response = self.tokenizer.encode(request.response_text or "", add_special_tokens=False)
+            text = request.response_text or ""
+            check_text_size(len(text), self.limits, "response")
+            response = await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=False)
+        field = "response_token_ids" if request.response_token_ids else "response"
+        if len(prompt_ids) + len(response) + 1 > self.max_context:
+            raise InvalidArgumentError(
+                field,
+                f"prompt ({len(prompt_ids)}) + response ({len(response)}) exceed the context of {self.max_context}",
+            )
         gen = GenerationRequest(
             request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor, request.ignore_policy
         )
@@ -416,16 +447,24 @@ class Engine(EngineClient):
         return self.registry.get(name).direction
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
+        stored = self._register(direction, strict)
+        if self.state is not None:
+            self.state.save_direction(stored)
+        return stored
+
+    def _register(self, direction: Direction, strict: bool = False) -> Direction:
         strict = strict or self.config.strict_provenance
         return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
 
     def delete_direction(self, name: str) -> None:
         self.registry.delete(name)
+        if self.state is not None:
+            self.state.delete_direction(name)
 
     def load_direction_file(self, name: str, path: str) -> Direction:
         from .direction_files import load_direction
 
-        return self.put_direction(load_direction(path, name=name, num_layers=self.num_layers))
+        return self._register(load_direction(path, name=name, num_layers=self.num_layers))
 
     def register_builtin_directions(self) -> None:
         """The shipped organism's directions (the monitored one first), when the built-in model is served."""
@@ -443,16 +482,45 @@ class Engine(EngineClient):
         if policy.terms:  # validate against the registry now, not at the next request
             make_plan(
                 self.registry,
-                policy.terms,
-                MonitorOptions(directions=()),
+                effective_terms((), policy, False),
+                MonitorOptions(enabled=False),
                 self.num_layers,
                 self.limits.max_directions,
                 self.limits.allow_red_team,
-                "policy.",
-                terms_field="terms",
             )
+        if self.state is not None:
+            self.state.save_policy(policy)
         self._policy = policy
         return policy
+
+    def restore_state(self) -> None:
+        """Apply the state directory over the start-up directions: deletions, uploads, then the policy. An enforced
+        policy that cannot be restored raises StateError: the engine must not serve without it (fail closed)."""
+        if self.state is None:
+            return
+        stored = self.state.load(self.num_layers)
+        for name in stored.deleted & set(self.registry.names()):
+            self.registry.delete(name)
+        for direction in stored.directions:
+            try:
+                self._register(direction)
+            except SteeringError as exc:
+                log.error("state: direction %s not restored: %s", direction.name, exc)
+        if stored.policy is None:
+            return
+        try:
+            self.set_policy(stored.policy)
+        except SteeringError as exc:
+            if stored.policy.enforced:
+                raise StateError(f"the saved enforced policy cannot be restored: {exc}") from exc
+            log.error("state: the saved (not enforced) policy was not restored: %s", exc)
+        log.info(
+            "state restored from %s: %d directions, %d deletions, policy %s",
+            self.state.path,
+            len(stored.directions),
+            len(stored.deleted),
+            "enforced" if self._policy.enforced else ("set" if self._policy.terms else "none"),
+        )
 
     # ------------------------------------------------------------------ info
     def model_info(self) -> ModelInfo:
@@ -469,6 +537,7 @@ class Engine(EngineClient):
         )
 
     def tokenize(self, text: str) -> list[int]:
+        check_text_size(len(text), self.limits, "text")
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def detokenize(self, token_ids: list[int]) -> str:

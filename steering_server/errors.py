@@ -9,6 +9,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "SteeringError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 
@@ -40,6 +41,10 @@ class NotFoundError(SteeringError, KeyError):
 
 class PermissionDeniedError(SteeringError):
     """The request is well-formed but the server's policy forbids it (e.g. inducing misalignment)."""
+
+
+class UnauthenticatedError(SteeringError):
+    """The caller's role may not do this (service side: missing or wrong credentials)."""
 
 
 class ResourceExhaustedError(SteeringError):

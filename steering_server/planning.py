@@ -10,15 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .directions import Calibration
+from .composition import FieldTerm, ResolvedTerm, combine, inducing
+from .containment import MAX_STRENGTH, MAX_TERMS, check_gain, check_push
+from .directions import Calibration, validate_direction_name
 from .errors import InvalidArgumentError, PermissionDeniedError
 from .registry import DirectionRegistry, RegisteredDirection
-from .steer import mode_coefficients
 from .types import MonitorOptions, SteeringMode, SteeringPolicy, SteeringTerm
 
-__all__ = ["MAX_STRENGTH", "MonitorTarget", "RequestPlan", "effective_terms", "make_plan"]
-
-MAX_STRENGTH = 1000.0  # beyond this no steering is meaningful; it is a typo or an attack
+__all__ = ["FieldTerm", "MonitorTarget", "RequestPlan", "effective_terms", "make_plan"]
 
 
 @dataclass
@@ -48,77 +47,55 @@ class RequestPlan:
 
 
 def effective_terms(
-    terms: tuple[SteeringTerm, ...], policy: SteeringPolicy, ignore_policy: bool
-) -> tuple[SteeringTerm, ...]:
-    """Enforced policy: always applied, request terms added. Otherwise: the policy applies to requests that bring
-    no terms and do not opt out."""
+    terms: tuple[SteeringTerm, ...], policy: SteeringPolicy, ignore_policy: bool, field: str = "steering"
+) -> tuple[FieldTerm, ...]:
+    """The terms a request runs with, each with the field it came from. Enforced policy: always applied, the
+    request's terms composed after it (composition.py). Otherwise the policy applies to requests that bring no
+    terms and do not opt out."""
+    own = tuple(FieldTerm(f"{field}[{i}]", t) for i, t in enumerate(terms))
+    from_policy = tuple(FieldTerm(f"policy.terms[{i}]", t) for i, t in enumerate(policy.terms))
     if policy.enforced:
         if ignore_policy:
             raise PermissionDeniedError("the server's steering policy is enforced; requests cannot opt out")
-        return policy.terms + terms
+        return from_policy + own
     if terms or ignore_policy:
-        return terms
-    return policy.terms
-
-
-def _inducing(term: SteeringTerm) -> bool:
-    s = term.strength
-    return (
-        (term.mode == SteeringMode.ADD and s > 0)
-        or (term.mode == SteeringMode.CLAMP and s > 0)
-        or (term.mode == SteeringMode.ABLATE and s < 0)
-    )
+        return own
+    return from_policy
 
 
 def make_plan(
     registry: DirectionRegistry,
-    terms: tuple[SteeringTerm, ...],
+    terms: tuple[FieldTerm, ...],
     monitor: MonitorOptions,
     num_layers: int,
     max_directions: int,
     allow_red_team: bool,
     field_prefix: str = "",
-    terms_field: str = "steering",
 ) -> RequestPlan:
-    alpha = torch.zeros(num_layers, max_directions)
-    beta = torch.zeros(num_layers, max_directions)
-    entries: list[RegisteredDirection] = []
-    steered_layers: list[int] = []
-    for i, term in enumerate(terms):
-        f = f"{field_prefix}{terms_field}[{i}]"
-        entry = registry.get(term.direction, f"{f}.direction")
-        if not isinstance(term.mode, SteeringMode):
-            raise InvalidArgumentError(f"{f}.mode", f"unknown mode {term.mode!r}")
-        if not math.isfinite(term.strength) or abs(term.strength) > MAX_STRENGTH:
-            raise InvalidArgumentError(f"{f}.strength", f"must be finite with |strength| <= {MAX_STRENGTH:g}")
-        if _inducing(term) and not allow_red_team:
-            raise PermissionDeniedError(
-                f"{f}: {term.mode.name} {term.strength:g} would induce {term.direction!r}; the server does not allow "
-                "red-teaming (--allow-red-team)"
-            )
-        d = entry.direction
-        layers = term.layers or _default_layers(d.layers, d.monitor_layer, term.mode)
-        if len(set(layers)) != len(layers):
-            raise InvalidArgumentError(f"{f}.layers", "layers repeat")
-        for j, layer in enumerate(layers):
-            if not 0 <= layer < num_layers:
-                raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} is outside 0..{num_layers - 1}")
-            registry.check_layer(entry, layer, f"{f}.layers[{j}]")
-            cal = d.calibration.get("token")
-            target = (
-                cal.mu + term.strength * cal.sigma
-                if (cal is not None and term.mode == SteeringMode.CLAMP)
-                else term.strength
-            )
-            a, b = mode_coefficients(term.mode.name, term.strength, entry.norms[layer], target)
-            alpha[layer, entry.row] += a
-            beta[layer, entry.row] += b
-            steered_layers.append(layer)
-        entries.append(entry)
+    """Validate terms and monitor options, compose the terms per direction and layer (composition.py), judge the
+    net effect (red-team rule) and its size (containment.py), and fill the (L, K) device coefficients."""
+    if len(terms) > MAX_TERMS:
+        field = terms[-1].field.rsplit("[", 1)[0]
+        raise InvalidArgumentError(field, f"at most {MAX_TERMS} steering terms (the server policy's included)")
+    resolved = [_resolve(registry, ft, num_layers) for ft in terms]
+    # float64 while composing and checking; the device tables are fp32 (a value beyond fp32 would become inf there,
+    # which the push bound refuses and the device check contains).
+    alpha = torch.zeros(num_layers, max_directions, dtype=torch.float64)
+    beta = torch.zeros(num_layers, max_directions, dtype=torch.float64)
+    for (row, layer), (net, fields) in combine(resolved).items():
+        check_gain(net.gain, fields[-1], f"layer {layer}")
+        alpha[layer, row] = 1.0 - net.gain
+        beta[layer, row] = net.shift
+    if resolved and not allow_red_team:
+        why = inducing(resolved, registry)
+        if why is not None:
+            raise PermissionDeniedError(f"{why}; the server does not allow red-teaming (--allow-red-team)")
+    if resolved and registry.residual_norms is not None:
+        check_push(beta, registry.residual_norms, resolved[-1].field.rsplit("[", 1)[0])
+    steered_layers = [layer for t in resolved for layer in t.layers]
+    entries = [t.entry for t in resolved]
     monitors: list[MonitorTarget] = []
     names = (monitor.directions or tuple(registry.names())) if monitor.enabled else ()
-    if len(set(names)) != len(names):
-        raise InvalidArgumentError(f"{field_prefix}monitor.directions", "directions repeat")
     for j, name in enumerate(names):
         entry = registry.get(name, f"{field_prefix}monitor.directions[{j}]" if monitor.directions else "")
         d = entry.direction
@@ -136,10 +113,27 @@ def make_plan(
             )
         )
         entries.append(entry)
-    if monitor.stop_threshold is not None and not math.isfinite(monitor.stop_threshold):
-        raise InvalidArgumentError(f"{field_prefix}monitor.stop_threshold", "must be finite")
     steered = bool(steered_layers)
-    return RequestPlan(alpha if steered else None, beta if steered else None, monitors, entries)
+    return RequestPlan(alpha.float() if steered else None, beta.float() if steered else None, monitors, entries)
+
+
+def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> ResolvedTerm:
+    f, term = ft.field, ft.term
+    validate_direction_name(term.direction, f"{f}.direction")
+    entry = registry.get(term.direction, f"{f}.direction")
+    if not isinstance(term.mode, SteeringMode):
+        raise InvalidArgumentError(f"{f}.mode", f"unknown mode {term.mode!r}")
+    if not math.isfinite(term.strength) or abs(term.strength) > MAX_STRENGTH:
+        raise InvalidArgumentError(f"{f}.strength", f"must be finite with |strength| <= {MAX_STRENGTH:g}")
+    d = entry.direction
+    layers = term.layers or _default_layers(d.layers, d.monitor_layer, term.mode)
+    for j, layer in enumerate(layers):
+        if not 0 <= layer < num_layers:
+            raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} is outside 0..{num_layers - 1}")
+        if layer in layers[:j]:
+            raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} appears twice")
+        registry.check_layer(entry, layer, f"{f}.layers[{j}]")
+    return ResolvedTerm(f, entry, term.mode, term.strength, tuple(layers))
 
 
 def _default_layers(layers: tuple[int, ...], monitor_layer: int, mode: SteeringMode) -> tuple[int, ...]:

@@ -7,10 +7,12 @@ freed when its last request ends, so in-flight requests never see a half-written
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .containment import check_calibration
 from .directions import Direction
 from .errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from .runtime import SteeringRuntime
@@ -30,15 +32,38 @@ class RegisteredDirection:
 
 
 class DirectionRegistry:
-    def __init__(self, runtime: SteeringRuntime, num_layers: int, hidden_size: int) -> None:
+    def __init__(
+        self,
+        runtime: SteeringRuntime,
+        num_layers: int,
+        hidden_size: int,
+        residual_norms: Sequence[float] | None = None,
+    ) -> None:
         self._runtime = runtime
         self._num_layers = num_layers
         self._hidden = hidden_size
+        # The model's measured residual norm per layer (containment bounds); None: no bounds (unit tests only).
+        self.residual_norms: list[float] | None = list(residual_norms) if residual_norms is not None else None
         self._by_name: dict[str, RegisteredDirection] = {}
         self._rows: dict[int, RegisteredDirection] = {}  # every row in use, live or retired
+        # (row a, row b) -> layer -> cosine of their vectors there, for the live entries (composition.inducing).
+        self._cos: dict[tuple[int, int], dict[int, float]] = {}
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def first(self) -> Direction | None:
+        """The first registered direction still present (the monitored one by convention)."""
+        return next(iter(self._by_name.values())).direction if self._by_name else None
+
+    def entries(self) -> list[RegisteredDirection]:
+        return [self._by_name[n] for n in self.names()]
+
+    def cosine(self, a: RegisteredDirection, b: RegisteredDirection, layer: int) -> float:
+        """Cosine of two live entries' vectors at `layer` (0 when either has none there)."""
+        if a is b:
+            return 1.0
+        return self._cos.get((a.row, b.row), {}).get(layer, 0.0)
 
     def list(self) -> list[Direction]:
         return [self._by_name[n].direction for n in self.names()]
@@ -51,18 +76,40 @@ class DirectionRegistry:
 
     def put(self, direction: Direction) -> Direction:
         direction = direction.validate(self._num_layers, self._hidden)
+        if self.residual_norms is not None:
+            check_calibration(direction, self.residual_norms)
         free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
+        old = self._by_name.get(direction.name)
+        if not free and old is not None and old.refs <= 0:
+            # Replacing a direction no request holds: its row is free now (nothing reads it for any request).
+            free = [old.row]
         if not free:
+            held = len(self._rows) - len(self._by_name)
             raise ResourceExhaustedError(
-                f"direction table full ({self._runtime.max_directions} rows, some held by running requests)"
+                f"direction table full: {len(self._by_name)} directions registered"
+                + (f" and {held} replaced ones held by running requests" if held else "")
+                + f" in {self._runtime.max_directions} rows; delete one first"
             )
         row = free[0]
         units = {layer: v / v.norm() for layer, v in direction.vectors.items()}
         self._runtime.write_direction(row, units)
         entry = RegisteredDirection(direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()})
-        old = self._by_name.get(direction.name)
+        if old is not None and old.row == row:  # the row is reused: the old entry no longer owns it
+            del self._rows[row]
+            old.retired = True
+            for key in [k for k in self._cos if row in k]:
+                del self._cos[key]
+            old = None
         self._by_name[direction.name] = entry
         self._rows[row] = entry
+        for other in self._by_name.values():
+            if other is not entry:
+                cos = {
+                    layer: float(units[layer] @ (other.direction.vectors[layer] / other.norms[layer]))
+                    for layer in units
+                    if layer in other.direction.vectors
+                }
+                self._cos[(row, other.row)] = self._cos[(other.row, row)] = cos
         self._runtime.live_rows = max(self._rows) + 1
         if old is not None:
             self._retire(old)
@@ -91,6 +138,8 @@ class DirectionRegistry:
     def _free(self, entry: RegisteredDirection) -> None:
         if self._rows.get(entry.row) is entry:
             del self._rows[entry.row]
+            for key in [k for k in self._cos if entry.row in k]:
+                del self._cos[key]
             self._runtime.clear_direction(entry.row)
             self._runtime.live_rows = max(self._rows, default=-1) + 1
 

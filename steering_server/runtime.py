@@ -16,7 +16,9 @@ exact zero update), a token that is not captured has capture slot 0. Host flags 
 forwards skip work; with CUDA graphs or compile every forward runs the full branch-free step.
 The batch buffers belong to the one batch in flight: batching runs synchronously (async batching stays off until
 an isolation check passes with it on, Engine rule 5). The loop thread is the only writer of slot rows and batch
-buffers; direction rows are written while the loop is paused.
+buffers. Direction rows are written by the event loop while forwards run, which is safe because a row is only ever
+written while no request references it (the registry gives a replaced direction a fresh row and frees the old one
+when its last request ends): the rows a batch steers or scores never change under it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from .sampling import RowPlan, noise_key, sample_rows
-from .steer import measure_and_steer
+from .steer import steer_contained
 
 __all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime"]
 
@@ -57,6 +59,8 @@ class RequestTrack:
     capture_count: int = 0
     captured_until: int = 0
     first_token_position: int = -1
+    # Containment: the first layer where a steered state of this request went non-finite (it fails alone).
+    overflow_layer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class SteeringRuntime:
         # eagerly after the replay, with the host's row plan): (R, vocab), allocated at the first deferred step.
         self.defer_sampling = False
         self.logits_buf: torch.Tensor | None = None  # (R, vocab) fp32, see defer_sampling_to_replay
+        # Per layer and request slot: steered tokens zeroed by containment (steer.steer_contained); reset per request.
+        self.overflow = torch.zeros(n_layers, max_slots + 1, device=device, dtype=torch.int32)
         self.max_batch_tokens = max_batch_tokens
         self.tracks: dict[str, RequestTrack] = {}  # written by the engine, read by the loop thread
         self.entries: list[BatchEntry] = []
@@ -150,12 +156,13 @@ class SteeringRuntime:
 
     # ---- hooks (loop thread, inside the forward) ----
     def _make_hook(self, layer: int) -> Callable[..., Any]:
-        unit, alpha, beta, acc, proj_out = (
+        unit, alpha, beta, acc, proj_out, overflow = (
             self.unit[layer],
             self.alpha[layer],
             self.beta[layer],
             self.acc[layer],
             self.proj[layer],
+            self.overflow[layer],
         )
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -173,7 +180,9 @@ class SteeringRuntime:
             if work.capture:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
-                steered, proj = measure_and_steer(x, self.token_slot[:n], unit[:k], alpha[:, :k], beta[:, :k])
+                slots = self.token_slot[:n]
+                steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k])
+                overflow.index_add_(0, slots, bad)
             elif work.monitor:
                 steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
             else:
@@ -227,6 +236,7 @@ class SteeringRuntime:
                 a, b = track.upload
                 self.alpha[:, track.slot].copy_(a)
                 self.beta[:, track.slot].copy_(b)
+                self.overflow[:, track.slot].zero_()
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
@@ -281,6 +291,7 @@ class SteeringRuntime:
         One device-to-host copy of the monitored (layer, direction) rows over the batch's tokens, then each
         request takes its slice of each row; a position already read (a re-prefill after a reset) is not read
         again."""
+        self._check_overflow()
         if not self._monitored:
             return
         n = self.num_tokens
@@ -300,6 +311,17 @@ class SteeringRuntime:
                 row = values[self._pairs[layer * n_dirs + k]]
                 track.readings.setdefault((k, layer), {}).update(zip(positions, row[a:b], strict=True))
             track.read_until = hi
+
+    def _check_overflow(self) -> None:
+        """Mark the steered requests of this batch whose states containment zeroed; their streams fail alone."""
+        steered = [e.track for e in self.entries if e.track is not None and e.track.slot]
+        if not steered:
+            return
+        flags = self.overflow[:, [t.slot for t in steered]].to("cpu")  # (L, requests): one small copy per step
+        for i, track in enumerate(steered):
+            layers = flags[:, i].nonzero()
+            if track.overflow_layer is None and layers.numel():
+                track.overflow_layer = int(layers[0, 0])
 
     # ---- sampling (inside the forward step, or right after a graph replay) ----
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
@@ -328,7 +350,7 @@ class SteeringRuntime:
         assert self.logits_buf is not None
         self.logits_buf[: logits.shape[0]].copy_(logits)
 
-    # ---- direction rows (caller holds the loop paused) ----
+    # ---- direction rows (the registry writes only rows no request references) ----
     def write_direction(self, row: int, unit_vectors: dict[int, torch.Tensor]) -> None:
         self.unit[:, row].zero_()
         for layer, v in unit_vectors.items():

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["measure_and_steer", "mode_coefficients"]
+__all__ = ["HEADROOM", "measure_and_steer", "mode_coefficients", "steer_contained"]
+
+# A steered state must keep this factor of headroom below its dtype's largest value: the layer above adds its own
+# output to it in that dtype (fp16: |x| <= 65504 / 8 = 8188).
+HEADROOM = 8.0
 
 
 def measure_and_steer(
@@ -37,6 +41,30 @@ def measure_and_steer(
     # Added in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
     steered = (h32 + coef @ unit_dirs).to(hidden.dtype)  # (tokens, hidden)
     return steered, proj
+
+
+def steer_contained(
+    hidden: torch.Tensor,
+    token_slot: torch.Tensor,
+    unit_dirs: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """measure_and_steer with containment (DESIGN.md "Trust model"): a steered token whose new state is not finite,
+    or leaves less than HEADROOM below the dtype's range, is zeroed instead, so that nothing non-finite reaches the
+    keys and values that packed attention multiplies by the zero weights of other requests (0 * inf is NaN).
+    Unsteered tokens (slot 0) are never changed: bit-identical as in measure_and_steer.
+
+    Returns the states (tokens, hidden) in hidden's dtype, the fp32 projections (tokens, K), and (tokens,) int32,
+    1 where a steered token was zeroed. Branch-free on values (CUDA graphs)."""
+    h32 = hidden.float()  # (tokens, hidden)
+    proj = h32 @ unit_dirs.T  # (tokens, K)
+    coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
+    new = h32 + coef @ unit_dirs  # (tokens, hidden) fp32
+    limit = torch.finfo(hidden.dtype).max / HEADROOM
+    ok = (new.abs().amax(dim=-1) <= limit) | (token_slot == 0)  # (tokens,); NaN compares False
+    steered = torch.where(ok.unsqueeze(-1), new, torch.zeros((), dtype=new.dtype, device=new.device))
+    return steered.to(hidden.dtype), proj, (~ok).to(torch.int32)
 
 
 def mode_coefficients(

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .detok import IncrementalDetokenizer
 from .engine_api import RequestStream
+from .errors import InvalidArgumentError
 from .planning import RequestPlan
 from .runtime import RequestTrack
 from .types import DirectionScores, GenerationResult, StopReason, TokenEvent
 
 __all__ = ["GenerationStream", "direction_scores"]
+
+log = logging.getLogger(__name__)
 
 
 class _End(enum.Enum):
@@ -102,6 +106,17 @@ class GenerationStream(RequestStream):
             return
         if error is not None:
             self.fail(RuntimeError(error))
+            return
+        if self.track.overflow_layer is not None:
+            log.warning("%s: steered states overflowed at layer %d", self.request_id, self.track.overflow_layer)
+            self.fail(
+                InvalidArgumentError(
+                    "steering",
+                    f"the steered hidden state overflowed (not finite, or near the dtype's range) at layer "
+                    f"{self.track.overflow_layer}; the request was stopped (other requests are unaffected): "
+                    "lower the strengths",
+                )
+            )
             return
         for token in generated[len(self.token_ids) :]:
             i = len(self.token_ids)

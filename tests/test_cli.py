@@ -232,3 +232,19 @@ def test_an_empty_admin_token_file_is_a_usage_error(tmp_path, caplog: pytest.Log
     empty.write_text("\n")
     assert main(["serve", "--port", "0", "--admin-token-file", str(empty)]) == 2
     assert "--admin-token-file" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--open-admin", "--host", "0.0.0.0"], "only allowed on a loopback address"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "--tls-key together"),
+        (["--tls-client-ca", "/nonexistent/ca.pem"], "--tls-key together"),
+        (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "/nonexistent/c.pem"),
+    ],
+)
+def test_role_and_tls_flags_that_cannot_work_are_refused(
+    flags: list[str], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["serve", "--port", "0", *flags]) == 2
+    assert message in caplog.text

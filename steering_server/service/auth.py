@@ -1,51 +1,105 @@
-"""Administrator credentials: changing directions or the policy needs a bearer token when the server has one.
+"""Roles (DESIGN.md "Roles", "Trust model"): applications, observers, administrators. Secure by default.
 
-Generating, scoring and comparing are for applications and need none (DESIGN.md "Roles"). Without a configured
-token every RPC is open, which is only safe on loopback or behind an authenticating proxy.
+    application    Generate, GenerateStream, Compare, Score, ListDirections, GetDirection (no vectors), GetSteering,
+                   ModelInfo, Tokenize: no credentials
+    observer       also reads vectors (GetDirection include_vectors) and, later, the live monitor feed:
+                   `authorization: Bearer <observer or admin token>`
+    administrator  PutDirection, DeleteDirection, SetSteering: `authorization: Bearer <admin token>`
+
+Without an admin token the administrative RPCs are refused (UNAUTHENTICATED), unless the server listens on loopback
+only and was started with --open-admin, which opens every role to every local caller (tests, a laptop).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 
-__all__ = ["ADMIN_METHODS", "AdminAuthInterceptor"]
+from ..errors import UnauthenticatedError
+
+__all__ = ["ADMIN_METHODS", "Access", "AuthInterceptor", "is_loopback"]
 
 ADMIN_METHODS = frozenset(
     f"/steering.v1.SteeringService/{name}" for name in ("PutDirection", "DeleteDirection", "SetSteering")
 )
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Answers UNAUTHENTICATED to an administrative RPC without `authorization: Bearer <token>`."""
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise ValueError("the admin token is empty")
-        self._expected = f"Bearer {token}".encode()
+
+@dataclass(frozen=True)
+class Access:
+    """Who may do what. Tokens are compared in constant time against the first `authorization` header."""
+
+    admin_token: str | None = None
+    observer_token: str | None = None
+    open_admin: bool = False  # every role for every caller: loopback-only servers (checked by SteeringServer)
+
+    def __post_init__(self) -> None:
+        for name in ("admin_token", "observer_token"):
+            if getattr(self, name) == "":
+                raise ValueError(f"the {name.replace('_', ' ')} is empty")
+
+    def check_admin(self, metadata: Sequence[tuple[str, Any]] | None) -> None:
+        if self.open_admin or self._holds(metadata, self.admin_token):
+            return
+        if self.admin_token is None:
+            raise UnauthenticatedError(
+                "administrative RPCs are disabled: start the server with --admin-token-file, or with --open-admin "
+                "on a loopback-only address"
+            )
+        raise UnauthenticatedError("administrator credentials required: send 'authorization: Bearer <token>'")
+
+    def check_observer(self, metadata: Sequence[tuple[str, Any]] | None) -> None:
+        if self.open_admin or self._holds(metadata, self.admin_token) or self._holds(metadata, self.observer_token):
+            return
+        raise UnauthenticatedError(
+            "reading vectors needs observer or administrator credentials: send 'authorization: Bearer <token>'"
+        )
+
+    @staticmethod
+    def _holds(metadata: Sequence[tuple[str, Any]] | None, token: str | None) -> bool:
+        if token is None:
+            return False
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                return hmac.compare_digest(given, f"Bearer {token}".encode())  # constant time
+        return False
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Answers UNAUTHENTICATED to an administrative RPC its caller may not make (before the body is parsed)."""
+
+    def __init__(self, access: Access) -> None:
+        self._access = access
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method not in ADMIN_METHODS or self._authorized(handler_call_details):
-            return await continuation(handler_call_details)
-        return grpc.unary_unary_rpc_method_handler(_refuse)
+        if handler_call_details.method in ADMIN_METHODS:
+            try:
+                self._access.check_admin(handler_call_details.invocation_metadata)
+            except UnauthenticatedError as exc:
+                message = str(exc)
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self._expected)  # constant time
-        return False
+                async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-
-async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "administrator credentials required: send 'authorization: Bearer <token>'"
-    )
+                return grpc.unary_unary_rpc_method_handler(refuse)
+        return await continuation(handler_call_details)

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -23,23 +25,44 @@ from steering_client._channel import MAX_MESSAGE_BYTES
 from ..config import EngineConfig
 from ..engine_api import EngineClient
 from ..types import EngineStats
-from .auth import AdminAuthInterceptor
+from .auth import Access, AuthInterceptor, is_loopback
 from .metrics import Metrics
 from .servicer import SteeringServicer
+from .status import safe_deserializer
 
-__all__ = ["SERVICE_NAME", "SteeringServer", "serve"]
+__all__ = ["SERVICE_NAME", "SteeringServer", "Tls", "serve"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SteeringService"].full_name  # "steering.v1.SteeringService"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Requests that carry text: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
+_MAX_BODY = {name: 2 * 1024 * 1024 for name in ("Generate", "GenerateStream", "Compare", "Score", "Tokenize")}
 
 StartEngine = Callable[[EngineConfig], Awaitable[EngineClient]]
 
 
+@dataclass(frozen=True)
+class Tls:
+    """PEM bytes: the server's certificate chain and key; with `client_ca`, clients must present a certificate it
+    signed (mutual TLS)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: str, key: str, client_ca: str | None = None) -> Tls:
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(client_ca).read_bytes() if client_ca else None)
+
+
 class SteeringServer:
-    """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`."""
+    """Create inside the running event loop, then `await start()`, `await attach(engine)`, `await stop()`.
+
+    Roles (auth.py): administrative RPCs need `admin_token`, or `open_admin` on a loopback `host` (refused on any
+    other address). With `tls` the port speaks only TLS (mutual TLS with `tls.client_ca`)."""
 
     def __init__(
         self,
@@ -47,26 +70,44 @@ class SteeringServer:
         port: int = 0,
         metrics_registry: CollectorRegistry | None = None,
         admin_token: str | None = None,
+        *,
+        observer_token: str | None = None,
+        open_admin: bool = False,
+        tls: Tls | None = None,
     ) -> None:
+        if open_admin and not is_loopback(host):
+            raise ValueError(f"--open-admin is only allowed on a loopback address, not {host!r}; use a token")
+        access = Access(admin_token, observer_token, open_admin)
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
         metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
-        self.servicer = SteeringServicer(metrics=metrics)
+        self.servicer = SteeringServicer(metrics=metrics, access=access)
         self.health = HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[AdminAuthInterceptor(admin_token)] if admin_token else [],
+            interceptors=[AuthInterceptor(access)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Checked by grpc before anything is parsed (a 16 MiB Score response froze the server for 56 s):
+                # the largest honest request is a direction table, 128 layers x 16384 floats = 8 MiB.
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not split the traffic
             ]
         )
-        pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, self._server)
+        _add_servicer(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._server)
         try:
-            self.port = self._server.add_insecure_port(f"{host}:{port}")  # the bound port when `port` is 0
+            address = f"{host}:{port}"
+            if tls is None:
+                self.port = self._server.add_insecure_port(address)  # the bound port when `port` is 0
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc reports a failed bind this way
             raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
 
@@ -83,9 +124,14 @@ class SteeringServer:
         await self._set_health(_SERVING if engine.healthy else _NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let running ones finish for `grace` seconds, then cancel them."""
+        """Refuse new calls, let running ones finish for `grace` seconds, then cancel them. While they finish the
+        port stays open: health answers NOT_SERVING and new calls UNAVAILABLE (a closed port looks like a crash)."""
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        self.servicer.draining = True
+        deadline = self._loop.time() + (grace or 0.0)
+        while self.servicer.in_flight and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self._server.stop(max(0.0, deadline - self._loop.time()) if grace is not None else None)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -112,6 +158,33 @@ class SteeringServer:
         return self._engine is not None and self._engine.healthy
 
 
+class _Handlers:
+    """Stands in for a server to collect the handlers the generated code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def _add_servicer(servicer: SteeringServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, with request parsing that cannot fail (status.safe_deserializer)."""
+    collected = _Handlers()
+    pb_grpc.add_SteeringServiceServicer_to_server(servicer, collected)
+    handlers = {
+        name: h._replace(  # type: ignore[attr-defined]
+            request_deserializer=safe_deserializer(h.request_deserializer, _MAX_BODY.get(name, MAX_REQUEST_BYTES))
+        )
+        for name, h in collected.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 async def serve(
     config: EngineConfig,
     host: str,
@@ -121,12 +194,18 @@ async def serve(
     grace: float = 10.0,
     on_serving: Callable[[int], None] | None = None,
     admin_token: str | None = None,
+    *,
+    observer_token: str | None = None,
+    open_admin: bool = False,
+    tls: Tls | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached. With `admin_token`, the administrative RPCs require it."""
+    bound port once the engine is attached. Roles and TLS: see SteeringServer."""
     registry = CollectorRegistry() if metrics_port is not None else None
-    server = SteeringServer(host, port, registry, admin_token)
+    server = SteeringServer(
+        host, port, registry, admin_token, observer_token=observer_token, open_admin=open_admin, tls=tls
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ Errors are turned into statuses by the `unary`/`streaming` wrappers (status.py),
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -14,6 +15,7 @@ from steering_client import pb, pb_grpc
 from ..engine_api import EngineClient
 from ..errors import UnavailableError
 from . import decode, encode
+from .auth import Access
 from .metrics import Metrics
 from .status import streaming, unary
 
@@ -25,8 +27,13 @@ Context: TypeAlias = grpc.aio.ServicerContext
 class SteeringServicer(pb_grpc.SteeringServiceServicer):
     """Serves `engine` once attached; until then every RPC answers UNAVAILABLE (the engine is starting)."""
 
-    def __init__(self, engine: EngineClient | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: EngineClient | None = None, metrics: Metrics | None = None, access: Access | None = None
+    ) -> None:
         self.metrics = metrics or Metrics()
+        self.access = access or Access()
+        self.in_flight = 0  # RPCs running (kept by the status wrappers)
+        self.draining = False  # stopping: new RPCs answer UNAVAILABLE while running ones finish
         self._engine = engine
         self._bounds: decode.Bounds | None = None
 
@@ -87,6 +94,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     @unary
     async def GetDirection(self, request: pb.GetDirectionRequest, context: Context) -> pb.Direction:
         name = decode.direction_name(request.name)
+        if request.include_vectors:
+            self.access.check_observer(context.invocation_metadata())
         return encode.direction(self.engine.get_direction(name), request.include_vectors)
 
     @unary
@@ -115,5 +124,10 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
-        ids = self.engine.tokenize(decode.tokenize_text(request.text, self.bounds))
-        return pb.TokenizeResponse(token_ids=ids, tokens=[self.engine.detokenize([i]) for i in ids])
+        text = decode.tokenize_text(request.text, self.bounds)
+        ids, tokens = await asyncio.to_thread(self._tokenize, text)  # up to 256k tokens: off the event loop
+        return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        ids = self.engine.tokenize(text)
+        return ids, [self.engine.detokenize([i]) for i in ids]

@@ -22,11 +22,12 @@ from ..errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     SteeringError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .metrics import Metrics
 
-__all__ = ["status_of", "streaming", "unary"]
+__all__ = ["Unparseable", "safe_deserializer", "status_of", "streaming", "unary"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,43 @@ _CODES: tuple[tuple[type[SteeringError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),  # EngineDeadError included
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 UnaryMethod = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 StreamMethod = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
+
+
+class Unparseable:
+    """What a request body that does not parse becomes (safe_deserializer), so the RPC wrappers can answer
+    INVALID_ARGUMENT: otherwise grpc answers UNKNOWN with the exception's name and logs a traceback per call."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def safe_deserializer(parse: Callable[[bytes], Any], max_bytes: int) -> Callable[[bytes], Any]:
+    """`parse` that never raises, and refuses a body over `max_bytes` before parsing it (parsing runs on the event
+    loop: a body that takes long to parse stalls every other call, health checks included)."""
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return Unparseable(ValueError(f"{len(data)} bytes is more than this method takes ({max_bytes})"))
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError: invalid UTF-8 in a string, a truncated field, wire-type mismatch
+            return Unparseable(exc)
+
+    return deserialize
+
+
+def _admit(servicer: Any, request: object) -> None:
+    if getattr(servicer, "draining", False):
+        raise UnavailableError("the server is shutting down")
+    if isinstance(request, Unparseable):
+        raise InvalidArgumentError("request", f"the message was not parsed: {str(request.error)[:200]}")
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -56,7 +88,9 @@ def unary(method: UnaryMethod[Req, Resp]) -> UnaryMethod[Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         started = time.monotonic()
+        self.in_flight += 1
         try:
+            _admit(self, request)
             response = await method(self, request, context)
         except grpc.aio.AbortError:
             raise  # a status was already set
@@ -66,6 +100,8 @@ def unary(method: UnaryMethod[Req, Resp]) -> UnaryMethod[Req, Resp]:
         except Exception as exc:
             await _abort(context, method.__name__, exc, started, self.metrics)
             raise  # unreachable: abort raises
+        finally:
+            self.in_flight -= 1
         self.metrics.observe(method.__name__, grpc.StatusCode.OK, time.monotonic() - started)
         return response
 
@@ -76,7 +112,9 @@ def streaming(method: StreamMethod[Req, Resp]) -> StreamMethod[Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
         started = time.monotonic()
+        self.in_flight += 1
         try:
+            _admit(self, request)
             async for message in method(self, request, context):
                 yield message
         except grpc.aio.AbortError:
@@ -87,6 +125,8 @@ def streaming(method: StreamMethod[Req, Resp]) -> StreamMethod[Req, Resp]:
         except Exception as exc:
             await _abort(context, method.__name__, exc, started, self.metrics)
             raise
+        finally:
+            self.in_flight -= 1
         self.metrics.observe(method.__name__, grpc.StatusCode.OK, time.monotonic() - started)
 
     return wrapper

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,25 @@ import torch
 from safetensors.torch import save as st_save
 from transformers import AutoConfig, AutoTokenizer
 
-from steering_server.direction_files import direction_from_bytes, direction_to_bytes, load_direction, save_direction
-from steering_server.directions import POOLINGS, Calibration, Direction, Provenance, validate_direction_name
+from steering_server.direction_files import (
+    _read_metadata,
+    direction_from_bytes,
+    direction_to_bytes,
+    load_direction,
+    save_direction,
+)
+from steering_server.directions import (
+    POOLINGS,
+    Calibration,
+    Direction,
+    Provenance,
+    Removal,
+    validate_direction_name,
+)
 from steering_server.errors import InvalidArgumentError
 from steering_server.provenance import config_hash, tokenizer_hash
 from steering_server.tiny_models import byte_tokenizer, tiny_config, tiny_model
+from steering_server.types import SteeringMode
 
 N_LAYERS, HIDDEN = 4, 16
 
@@ -158,14 +173,43 @@ def test_truncated_file() -> None:
         {"layers": "[0, 1]", "calibration": json.dumps({"token": 3})},
         {"layers": "[0, 1]", "monitor_layer": "middle"},
         {"layers": "[0, 1]", "n_examples": "many"},
+        # Issue 8, finding 5: each of these was stored and then broke ListDirections, or crashed the parser.
+        {"layers": "[0, 1]", "n_examples": str(1 << 32)},
+        {"layers": "[0, 1]", "n_examples": "-1"},
+        {"layers": "[0, 1]", "calibration": json.dumps({"token": {"mu": 0, "sigma": 1, "n": -1}})},
+        {"layers": "[0, 1]", "calibration": '{"token": {"mu": 1' + "0" * 400 + ', "sigma": 1}}'},
+        {"layers": "[0, 1]", "calibration": json.dumps({"token": {"mu": 0, "sigma": 1, "threshold": math.inf}})},
+        {"layers": "[0, 1]", "calibration": '{"token": ' * 50_000 + "1" + "}" * 50_000},
+        {"layers": "[0, 1]", "monitor_layer": str(1 << 40)},
+        {"layers": "[0, 1]", "removal": json.dumps({"mode": "ABLATE", "strength": 2})},
+        {"layers": "[0, 1]", "removal": json.dumps({"mode": "CLAMP", "strength": 1})},
+        {"layers": "[0, 1]", "removal": json.dumps({"mode": "SCALE", "strength": 1})},
+        {"layers": "[0, 1]", "removal": "ablate"},
+        {"layers": "[0, 1]", "description": "x" * 5000},
     ],
 )
 def test_bad_metadata_is_an_invalid_argument(meta: dict[str, str]) -> None:
-    """Uploads reach this parser (PutDirection): a malformed header must never surface as an internal error."""
+    """Uploads reach this parser (PutDirection): a malformed header must never surface as an internal error, and
+    each field is checked on its own, named in the message."""
     data = st_save({"direction": torch.stack([_vec(1), _vec(2)])}, metadata=meta)
     with pytest.raises(InvalidArgumentError) as e:
         direction_from_bytes(data, num_layers=N_LAYERS).validate(N_LAYERS, HIDDEN)
-    assert _field(e) == "safetensors"
+    field = _field(e)
+    assert field.startswith("safetensors") or field.startswith("direction."), field
+    bad_key = [k for k in meta if k != "layers"]
+    if bad_key:
+        assert bad_key[0] in field, field
+
+
+def test_removal_recipe_round_trips() -> None:
+    d = replace(_full_direction(), removal=Removal(SteeringMode.CLAMP, 0.0))
+    back = direction_from_bytes(direction_to_bytes(d))
+    assert back.removal == Removal(SteeringMode.CLAMP, 0.0)
+    meta = _read_metadata(direction_to_bytes(d))
+    assert json.loads(meta["removal"]) == {"mode": "CLAMP", "strength": 0.0}
+    # Absent: the literature's recipe, ABLATE 1.
+    plain = st_save({"direction": torch.stack([_vec(1), _vec(2)])}, metadata={"layers": "[0, 1]"})
+    assert direction_from_bytes(plain).removal == Removal(SteeringMode.ABLATE, 1.0)
 
 
 def test_table_rows_must_match_the_layers_metadata() -> None:
@@ -348,9 +392,11 @@ def test_validate_returns_fp32_contiguous_cpu_vectors() -> None:
         ({-1: _vec(0)}, -1, {}, "d.vectors[-1]"),
         ({}, 0, {}, "d.vectors"),
         ({0: _vec(0), 1: _vec(1)}, 2, {}, "d.monitor_layer"),
-        ({0: _vec(0)}, 0, {"per_sentence": Calibration(0.0, 1.0)}, "d.calibration"),
-        ({0: _vec(0)}, 0, {"token": Calibration(0.0, 0.0)}, "d.calibration"),
-        ({0: _vec(0)}, 0, {"token": Calibration(math.nan, 1.0)}, "d.calibration"),
+        ({0: _vec(0)}, 0, {"per_sentence": Calibration(0.0, 1.0)}, "d.calibration['per_sentence']"),
+        ({0: _vec(0)}, 0, {"token": Calibration(0.0, 0.0)}, "d.calibration['token']"),
+        ({0: _vec(0)}, 0, {"token": Calibration(math.nan, 1.0)}, "d.calibration['token']"),
+        ({0: _vec(0)}, 0, {"token": Calibration(0.0, 1.0, n=-1)}, "d.calibration['token'].n"),
+        ({0: _vec(0)}, 0, {"token": Calibration(0.0, 1.0, target_fpr=2.0)}, "d.calibration['token'].target_fpr"),
     ],
 )
 def test_validate_refuses_and_names_the_field(

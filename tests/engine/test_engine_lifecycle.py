@@ -51,7 +51,11 @@ async def _wait_idle(engine: Engine) -> None:
 
 
 async def test_canary_refuses_an_engine_whose_steering_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_module, "measure_and_steer", lambda h, *a: (h, torch.zeros(h.shape[0], a[1].shape[0])))
+    monkeypatch.setattr(
+        runtime_module,
+        "steer_contained",
+        lambda h, *a: (h, torch.zeros(h.shape[0], a[1].shape[0]), torch.zeros(h.shape[0], dtype=torch.int32)),
+    )
     with pytest.raises(RuntimeError, match="canary: steering did not change"):
         await start_engine(EngineConfig(limits=TEST_LIMITS), loaded=loaded_model())
 
@@ -193,7 +197,7 @@ async def test_request_validation_names_the_field() -> None:
         assert err.value.field == "sampling.max_new_tokens"
         with pytest.raises(InvalidArgumentError) as err:
             engine.generate_stream(GenerationRequest(Prompt(token_ids=tuple(range(1, 200)) * 6)))
-        assert err.value.field == "prompt"
+        assert err.value.field == "prompt_token_ids"
         assert (await engine.generate(_gen(n=2))).stop_reason == StopReason.MAX_TOKENS  # still serving
 
 

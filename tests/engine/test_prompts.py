@@ -8,7 +8,9 @@ from dataclasses import replace
 import pytest
 
 from steering_server.errors import InvalidArgumentError
-from steering_server.prompts import MAX_STOP_SEQUENCES, render_prompt, validate_sampling
+from steering_server.prompts import render_prompt
+from steering_server.rules import MAX_STOP_SEQUENCES
+from steering_server.rules import check_sampling as validate_sampling
 from steering_server.tiny_models import byte_tokenizer
 from steering_server.types import ChatMessage, EngineLimits, Prompt, SamplingParams
 
@@ -51,21 +53,25 @@ def test_messages_without_a_chat_template_are_refused() -> None:
     tok.chat_template = None
     with pytest.raises(InvalidArgumentError) as e:
         render_prompt(tok, Prompt(messages=(ChatMessage("user", "hi"),)), VOCAB)
-    assert e.value.field == "prompt.messages"
+    assert e.value.field == "messages"
 
 
+# Errors name the API's fields (prompt, messages, prompt_token_ids), whichever engine reports them.
 @pytest.mark.parametrize(
     ("prompt", "field"),
     [
         (Prompt(), "prompt"),
         (Prompt(text=""), "prompt"),
-        (Prompt(text="a", token_ids=(1,)), "prompt"),
-        (Prompt(text="a", messages=(ChatMessage("user", "b"),)), "prompt"),
-        (Prompt(messages=(ChatMessage("user", "b"),), token_ids=(1,)), "prompt"),
-        (Prompt(token_ids=(1, VOCAB)), "prompt.token_ids[1]"),
-        (Prompt(token_ids=(-1,)), "prompt.token_ids[0]"),
-        (Prompt(messages=(ChatMessage("user", "a"), ChatMessage("tool", "b"))), "prompt.messages[1].role"),
-        (Prompt(messages=(ChatMessage("", "a"),)), "prompt.messages[0].role"),
+        (Prompt(text="a", token_ids=(1,)), "prompt_token_ids"),
+        (Prompt(text="a", messages=(ChatMessage("user", "b"),)), "messages"),
+        (Prompt(messages=(ChatMessage("user", "b"),), token_ids=(1,)), "prompt_token_ids"),
+        (Prompt(token_ids=(1, VOCAB)), "prompt_token_ids[1]"),
+        (Prompt(token_ids=(-1,)), "prompt_token_ids[0]"),
+        (Prompt(messages=(ChatMessage("user", "a"), ChatMessage("tool", "b"))), "messages[1].role"),
+        (Prompt(messages=(ChatMessage("", "a"),)), "messages[0].role"),
+        (Prompt(messages=(ChatMessage("user", ""),) * 1025), "messages"),
+        (Prompt(token_ids=(1,) * 5000), "prompt_token_ids"),
+        (Prompt(text="x" * 64 * 4096 + "x"), "prompt"),
     ],
 )
 def test_bad_prompts(tok, prompt: Prompt, field: str) -> None:
@@ -76,8 +82,8 @@ def test_bad_prompts(tok, prompt: Prompt, field: str) -> None:
 
 def test_field_prefix_is_used(tok) -> None:
     with pytest.raises(InvalidArgumentError) as e:
-        render_prompt(tok, Prompt(token_ids=(VOCAB + 5,)), VOCAB, field="variants[2].prompt")
-    assert e.value.field == "variants[2].prompt.token_ids[0]"
+        render_prompt(tok, Prompt(token_ids=(VOCAB + 5,)), VOCAB, prefix="variants[2].")
+    assert e.value.field == "variants[2].prompt_token_ids[0]"
 
 
 # ---------------------------------------------------------------- validate_sampling

@@ -17,17 +17,29 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 
 import torch
+from torch import nn
 
+from steering_server.composition import FieldTerm
 from steering_server.directions import Calibration, Direction
 from steering_server.engine_api import EngineClient, RequestStream, collect, compare_result
 from steering_server.errors import (
     EngineDeadError,
     InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
+from steering_server.planning import effective_terms, make_plan
+from steering_server.provenance import check_provenance
+from steering_server.registry import DirectionRegistry
+from steering_server.rules import (
+    check_monitor,
+    check_prompt,
+    check_sampling,
+    check_score_response,
+    check_text_size,
+    check_variants,
+)
+from steering_server.runtime import SteeringRuntime
 from steering_server.types import (
     CompareRequest,
     CompareResult,
@@ -42,13 +54,12 @@ from steering_server.types import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
-    SteeringMode,
     SteeringPolicy,
     SteeringTerm,
     StopReason,
     TokenEvent,
-    Variant,
 )
+from steering_server.variants import default_variants, variant_ignores_policy
 
 __all__ = ["EOS", "HIDDEN", "LAYERS", "VOCAB", "FakeEngine", "make_direction"]
 
@@ -73,7 +84,19 @@ def _h(*parts: object) -> int:
 class FakeEngine(EngineClient):
     def __init__(self, limits: EngineLimits | None = None) -> None:
         self.limits = limits or EngineLimits(max_new_tokens=64, max_prompt_tokens=512, max_queued=512, max_variants=4)
-        self.directions: dict[str, Direction] = {"misalignment": make_direction("misalignment")}
+        # The real registry and request rules (planning, composition, containment, rules), over a device table of
+        # LAYERS identity layers: only the token and score generation below is fake.
+        self._runtime = SteeringRuntime(
+            nn.ModuleList([nn.Identity() for _ in range(LAYERS)]),
+            HIDDEN,
+            torch.device("cpu"),
+            max_directions=self.limits.max_directions,
+            max_slots=1,
+            max_batch_tokens=1,
+            max_rows=1,
+        )
+        self.registry = DirectionRegistry(self._runtime, LAYERS, HIDDEN, residual_norms=[RESIDUAL_NORM] * LAYERS)
+        self.registry.put(make_direction("misalignment"))
         self.policy = SteeringPolicy()
         self.active: dict[str, _FakeStream] = {}
         self.dead: BaseException | None = None
@@ -117,17 +140,23 @@ class FakeEngine(EngineClient):
     def detokenize(self, token_ids: list[int]) -> str:
         return bytes(t for t in token_ids if t < 256).decode("utf-8", errors="replace")
 
+    @property
+    def directions(self) -> dict[str, Direction]:
+        return {d.name: d for d in self.registry.list()}
+
     def generate_stream(self, request: GenerationRequest) -> RequestStream:
         self._check_accepting()
+        sampling = check_sampling(request.sampling, self.limits)
+        check_monitor(request.monitor)
         prompt = self._render(request.prompt)
-        if len(prompt) > self.limits.max_prompt_tokens:
-            raise InvalidArgumentError(
-                "prompt", f"{len(prompt)} tokens exceed the limit of {self.limits.max_prompt_tokens}"
-            )
-        if request.sampling.max_new_tokens > self.limits.max_new_tokens:
-            raise InvalidArgumentError("sampling.max_new_tokens", f"exceeds the limit of {self.limits.max_new_tokens}")
-        terms = self._effective(request.steering, request.ignore_policy)
-        monitored = self._monitored(request.monitor)
+        self._check_length(prompt, sampling.max_new_tokens)
+        return self._admit(request, prompt, "")
+
+    def _admit(self, request: GenerationRequest, prompt: list[int], prefix: str) -> _FakeStream:
+        if prefix:
+            check_monitor(request.monitor, prefix)
+        terms = self._plan(request.steering, request.ignore_policy, f"{prefix}steering")
+        monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
             raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
         stream = _FakeStream(
@@ -137,17 +166,22 @@ class FakeEngine(EngineClient):
         return stream
 
     async def compare(self, request: CompareRequest) -> CompareResult:
-        variants = request.variants or self._default_variants(request.monitor)
-        if len(variants) > self.limits.max_variants:
-            raise InvalidArgumentError("variants", f"{len(variants)} variants exceed the limit")
+        self._check_accepting()
+        check_variants(request.variants, self.limits)
+        sampling = check_sampling(request.sampling, self.limits)
+        check_monitor(request.monitor)
+        names = request.monitor.directions
+        monitored = self.registry.get(names[0], "monitor.directions[0]").direction if names else self.registry.first()
+        variants = request.variants or default_variants(self.policy, monitored)
+        prompt = self._render(request.prompt)
+        self._check_length(prompt, sampling.max_new_tokens)
         streams = []
         try:
             for i, v in enumerate(variants):  # admitted together, as the real engine batches them
-                self._check_terms(v.steering, f"variants[{i}].steering")
                 req = GenerationRequest(
-                    request.prompt, request.sampling, v.steering, request.monitor, ignore_policy=True
+                    request.prompt, sampling, v.steering, request.monitor, variant_ignores_policy(self.policy)
                 )
-                streams.append(self.generate_stream(req))
+                streams.append(self._admit(req, prompt, f"variants[{i}]."))
             results = [await collect(s) for s in streams]
         finally:
             for s in streams:
@@ -156,13 +190,16 @@ class FakeEngine(EngineClient):
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         self._check_accepting()
+        check_score_response(request, VOCAB)
+        check_monitor(request.monitor)
         prompt = self._render(request.prompt)
         if request.response_token_ids:
             response = list(request.response_token_ids)
         else:
+            check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms = self._effective(request.steering, request.ignore_policy)
-        monitored = self._monitored(request.monitor)
+        terms = self._plan(request.steering, request.ignore_policy, "steering")
+        monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
         scores = tuple(
@@ -178,33 +215,22 @@ class FakeEngine(EngineClient):
         return ScoreResult(len(prompt), tuple(response), scores)
 
     def list_directions(self) -> list[Direction]:
-        return list(self.directions.values())
+        return self.registry.list()
 
-    def get_direction(self, name: str, field: str = "name") -> Direction:
-        if name not in self.directions:
-            raise NotFoundError("direction", name, field)
-        return self.directions[name]
+    def get_direction(self, name: str) -> Direction:
+        return self.registry.get(name).direction
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
-        direction = direction.validate(LAYERS, HIDDEN)
-        if direction.provenance.model_id and direction.provenance.model_id != "fake/bytes":
-            if strict:
-                raise InvalidArgumentError("direction.provenance", "made for another model; refused under strict")
-            direction = direction.uncalibrated()
-        if direction.name not in self.directions and len(self.directions) >= self.limits.max_directions:
-            raise ResourceExhaustedError(f"the direction table is full ({self.limits.max_directions})")
-        self.directions[direction.name] = direction
-        return direction
+        return self.registry.put(check_provenance(direction, CONFIG_HASH, TOKENIZER_HASH, strict))
 
     def delete_direction(self, name: str) -> None:
-        self.get_direction(name, "name")
-        del self.directions[name]
+        self.registry.delete(name)
 
     def get_policy(self) -> SteeringPolicy:
         return self.policy
 
     def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
-        self._check_terms(policy.terms, "policy.terms")
+        self._terms_of(effective_terms((), policy, False))  # the engine's check, against the registry now
         self.policy = policy
         return policy
 
@@ -224,44 +250,40 @@ class FakeEngine(EngineClient):
             raise UnavailableError("the server is shutting down")
 
     def _render(self, prompt: Prompt) -> list[int]:
+        check_prompt(prompt, self.limits, VOCAB)
         if prompt.text is not None:
             return self.tokenize(prompt.text)
         if prompt.messages:
             return self.tokenize("".join(f"<|{m.role}|>{m.content}\n" for m in prompt.messages) + "<|assistant|>")
         return list(prompt.token_ids)
 
-    def _effective(self, steering: tuple[SteeringTerm, ...], ignore_policy: bool) -> tuple[SteeringTerm, ...]:
-        if ignore_policy and self.policy.enforced:
-            raise PermissionDeniedError("the server's steering policy is enforced: ignore_policy is not allowed")
-        self._check_terms(steering, "steering")
-        if self.policy.enforced:
-            return self.policy.terms + steering
-        if ignore_policy:
-            return steering
-        return steering or self.policy.terms
+    def _check_length(self, prompt: list[int], max_new_tokens: int) -> None:
+        if len(prompt) > self.limits.max_prompt_tokens:
+            raise InvalidArgumentError(
+                "prompt", f"{len(prompt)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
+            )
 
-    def _check_terms(self, terms: tuple[SteeringTerm, ...], field: str) -> None:
-        for i, t in enumerate(terms):
-            d = self.get_direction(t.direction, f"{field}[{i}].direction")
-            for layer in t.layers:
-                if layer not in d.vectors:
-                    raise InvalidArgumentError(f"{field}[{i}].layers", f"direction {d.name!r} has no layer {layer}")
-            if t.mode is SteeringMode.ADD and t.strength > 0 and not self.limits.allow_red_team:
-                raise PermissionDeniedError(
-                    f"{field}[{i}]: adding {t.direction!r} (inducing it) needs --allow-red-team"
-                )
+    def _plan(self, steering: tuple[SteeringTerm, ...], ignore_policy: bool, field: str) -> tuple[SteeringTerm, ...]:
+        """The real policy rule and plan (validation, composition, red-team rule, bounds); the terms it ran."""
+        return self._terms_of(effective_terms(steering, self.policy, ignore_policy, field))
 
-    def _monitored(self, monitor: MonitorOptions) -> list[Direction]:
+    def _terms_of(self, terms: tuple[FieldTerm, ...]) -> tuple[SteeringTerm, ...]:
+        make_plan(self.registry, terms, _NO_MONITOR, LAYERS, self.limits.max_directions, self.limits.allow_red_team)
+        return tuple(ft.term for ft in terms)
+
+    def _monitored(self, monitor: MonitorOptions, prefix: str) -> list[Direction]:
         if not monitor.enabled:
             return []
-        named = [self.get_direction(n, f"monitor.directions[{j}]") for j, n in enumerate(monitor.directions)]
-        return named or list(self.directions.values())
+        named = [
+            self.registry.get(n, f"{prefix}monitor.directions[{j}]").direction for j, n in enumerate(monitor.directions)
+        ]
+        return named or self.registry.list()
 
-    def _default_variants(self, monitor: MonitorOptions) -> tuple[Variant, ...]:
-        if self.policy.terms:
-            return (Variant("unsteered", ()), Variant("policy", self.policy.terms))
-        name = (monitor.directions or tuple(self.directions))[0]
-        return (Variant("unsteered", ()), Variant(f"ablate-{name}", (SteeringTerm(name, SteeringMode.ABLATE, 1.0),)))
+
+_NO_MONITOR = MonitorOptions(enabled=False)
+CONFIG_HASH = "fake-config"
+TOKENIZER_HASH = "fake-tokenizer"
+RESIDUAL_NORM = 10.0  # what the real engine measures per layer; the fake's vectors have norms near 3
 
 
 def _steer_start(terms: tuple[SteeringTerm, ...]) -> int:

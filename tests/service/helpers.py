@@ -20,7 +20,10 @@ __all__ = ["assert_no_unexpected_errors", "expect_status", "serving", "wait_unti
 
 @asynccontextmanager
 async def serving(engine: EngineClient, **options: Any) -> AsyncIterator[SteeringServer]:
-    """A server on an ephemeral loopback port with `engine` attached, stopped on exit."""
+    """A server on an ephemeral loopback port with `engine` attached, stopped on exit. Every role is open
+    (--open-admin) unless `options` configure tokens."""
+    if "admin_token" not in options and "observer_token" not in options:
+        options.setdefault("open_admin", True)
     srv = SteeringServer("127.0.0.1", 0, **options)
     await srv.start()
     await srv.attach(engine)

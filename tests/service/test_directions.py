@@ -71,7 +71,7 @@ async def test_put_from_another_model_drops_calibration_with_a_warning(client: A
         {1: torch.ones(HIDDEN)},
         monitor_layer=1,
         calibration={"token": Calibration(mu=0.0, sigma=1.0)},
-        provenance=Provenance(model_id="someone/else"),
+        provenance=Provenance(model_id="someone/else", config_hash="another-config"),  # hashes decide
     )
     reply = await client.put_direction(safetensors=direction_to_bytes(direction))
     assert not reply.direction.calibrated and "calibration dropped" in reply.warnings[0]

@@ -105,6 +105,12 @@ async def test_graceful_stop_lets_running_calls_finish(engine: FakeEngine, serve
         call = asyncio.ensure_future(client.generate("Tell me a story", max_new_tokens=20, seed=1))
         await wait_until(lambda: len(engine.active) == 1, "request admitted")
         stopping = asyncio.ensure_future(server.stop(grace=30))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            # Issue 8 finding 10: during the grace period health answers NOT_SERVING (it used to be unreachable).
+            health = health_pb2_grpc.HealthStub(channel)
+            await wait_until(lambda: server.servicer.draining, "draining")
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         async with AsyncSteeringClient(f"127.0.0.1:{server.port}") as other:
             for _ in range(6000):  # until the server refuses new calls: it is stopping
                 try:
