@@ -3,7 +3,8 @@
 Every term moves one direction's projection p = h.d (d unit) by an affine map, in raw projection units:
     ABLATE a:  p -> (1 - a) p
     ADD a:     p -> p + a |v|
-    CLAMP c:   p -> c_raw          (c_raw = mu + c sigma when calibrated, else c)
+    CLAMP c:   p -> c_raw          (c_raw = mu + c sigma when calibrated, else c; mu and sigma of the pooling of the
+                                    positions the term steers: `last_prompt` for prompt positions, else `token`)
 The terms on one direction at one layer act once, as the composition of their maps in order: the server policy's
 terms first, then the request's, each list in the order given. So ABLATE 1 after ABLATE 1 is ABLATE 1 (an app that
 asks for ablation on a server that enforces it gets ablation, not a reflection), and ADD then ABLATE removes the
@@ -13,8 +14,9 @@ different directions still act simultaneously on the pre-steering state.
 Inducing is judged on the effect, not on signs: for every registered direction R and layer, the terms on R and on
 every direction whose vector there has |cosine| >= COPY_COSINE with R's (uploaded near-copies and negated copies
 included) are composed in R's frame; the result induces R when it amplifies p (g > 1), or when it moves p towards
-a value above R's benign reference (its calibrated mean, or 0 uncalibrated): g = 1 and s > 0, or g < 1 and the
-fixed point s / (1 - g) above the reference. Pure ablation (s = 0, 0 <= g <= 1) never induces.
+a value above R's benign reference (its calibrated mean for the positions judged, or 0 uncalibrated): g = 1 and
+s > 0, or g < 1 and the fixed point s / (1 - g) above the reference. Pure ablation (s = 0, 0 <= g <= 1) never
+induces.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .directions import Calibration
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import SteeringMode, SteeringTerm
+from .types import SteeringMode, SteeringPositions, SteeringTerm
 
-__all__ = ["COPY_COSINE", "Affine", "FieldTerm", "ResolvedTerm", "combine", "inducing"]
+__all__ = ["COPY_COSINE", "Affine", "FieldTerm", "ResolvedTerm", "calibration", "calibration_pooling", "combine",
+           "inducing"]
 
 # Two unit vectors with |cosine| c: a push along one moves the other's projection by c times as much. At 0.5, half
 # of any push lands on the registered direction, so a near-copy cannot induce it more cheaply than twice the
@@ -64,13 +68,14 @@ class ResolvedTerm:
     mode: SteeringMode
     strength: float
     layers: tuple[int, ...]
+    pooling: str = "token"  # the calibration CLAMP targets are in (calibration_pooling of the term's positions)
 
     def map_at(self, layer: int) -> Affine:
         if self.mode == SteeringMode.ABLATE:
             return Affine(1.0 - self.strength, 0.0)
         if self.mode == SteeringMode.ADD:
             return Affine(1.0, self.strength * self.entry.norms[layer])
-        cal = self.entry.direction.calibration.get("token")
+        cal = calibration(self.entry, self.pooling)
         target = cal.mu + self.strength * cal.sigma if cal is not None else self.strength
         return Affine(0.0, target)
 
@@ -86,11 +91,23 @@ def combine(terms: list[ResolvedTerm]) -> dict[tuple[int, int], tuple[Affine, li
     return out
 
 
-def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry) -> str | None:
-    """A sentence naming the first registered direction the terms' net effect would induce, or None."""
+def calibration(entry: RegisteredDirection, pooling: str) -> Calibration | None:
+    """A direction's calibration for `pooling`, falling back to the per-token one."""
+    cals = entry.direction.calibration
+    return cals.get(pooling, cals.get("token"))
+
+
+def calibration_pooling(positions: SteeringPositions) -> str:
+    """Prompt positions are calibrated at the last prompt token; every other steering at answer tokens."""
+    return "last_prompt" if positions in (SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT) else "token"
+
+
+def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: str = "token") -> str | None:
+    """A sentence naming the first registered direction the terms' net effect would induce, or None. `pooling`:
+    the calibration of the positions judged (each direction's benign reference is its mean there)."""
     layers = sorted({layer for t in terms for layer in t.layers})
     for ref in registry.entries():
-        cal = ref.direction.calibration.get("token")
+        cal = calibration(ref, pooling)
         reference = cal.mu if cal is not None else 0.0
         for layer in layers:
             if layer not in ref.direction.vectors:

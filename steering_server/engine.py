@@ -108,7 +108,7 @@ class Engine(EngineClient):
             self.hidden_size,
             self.model.device,
             max_directions=self.limits.max_directions,
-            max_slots=self.limits.max_queued,
+            max_slots=3 * self.limits.max_queued,  # a request holds a slot per position class it steers apart
             max_batch_tokens=config.max_batch_tokens,
             max_rows=config.max_requests_per_batch,
         )
@@ -137,7 +137,8 @@ class Engine(EngineClient):
         self._policy = SteeringPolicy()
         self.state = StateDir(config.state_dir) if config.state_dir else None
         self._streams: dict[str, GenerationStream] = {}
-        self._free_slots = list(range(self.limits.max_queued, 0, -1))  # slot 0 is the unsteered slot
+        # Slot 0 is the unsteered slot; at most 3 slots per admitted request (RequestTrack.slots), so never short.
+        self._free_slots = list(range(3 * self.limits.max_queued, 0, -1))
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._healthy = False
@@ -285,11 +286,13 @@ class Engine(EngineClient):
                 f"{len(self._streams)} requests in flight (limit {self.limits.max_queued}); retry later"
             )
         request_id = f"r{next(self._ids)}"
-        slot = self._free_slots.pop() if plan.steered else 0
+        # Distinct tables (classes steered alike share one object, planning.RequestPlan), one slot each.
+        tables = [t for i, t in enumerate(plan.tables) if t is not None and all(t is not u for u in plan.tables[:i])]
+        slot_of = {id(t): self._free_slots.pop() for t in tables}
         track = RequestTrack(
             request_id=request_id,
             prompt_len=prompt_len,
-            slot=slot,
+            slots=tuple(slot_of[id(t)] if t is not None else 0 for t in plan.tables),  # type: ignore[arg-type]
             temperature=sampling.temperature,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
@@ -299,11 +302,7 @@ class Engine(EngineClient):
             capture_from=capture[1],
         )
         if plan.steered or capture[0]:
-            zeros = torch.zeros(self.num_layers, self.limits.max_directions)
-            track.upload = (
-                plan.alpha if plan.alpha is not None else zeros,
-                plan.beta if plan.beta is not None else zeros,
-            )
+            track.upload = [(slot_of[id(t)], t[0], t[1]) for t in tables]
         for entry in plan.entries:
             self.registry.acquire(entry)
         stream = GenerationStream(
@@ -343,8 +342,7 @@ class Engine(EngineClient):
             self.manager.cancel_request(stream.request_id)
         self.manager.forget_handler(stream.request_id)
         self.runtime.tracks.pop(stream.request_id, None)
-        if stream.track.slot:
-            self._free_slots.append(stream.track.slot)
+        self._free_slots.extend(stream.track.held_slots)
         for entry in stream.plan.entries:
             self.registry.release(entry)
         self.generated_tokens += len(stream.token_ids)
@@ -424,7 +422,7 @@ class Engine(EngineClient):
         free = [c for c in range(1, self.runtime.acc.shape[1]) if c not in used]
         if not free:
             raise ResourceExhaustedError("all activation accumulators are busy; retry later")
-        plan = RequestPlan(None, None, [], [])
+        plan = RequestPlan((None, None, None), [], [])
         stream = self._admit(
             plan,
             prompt_ids,

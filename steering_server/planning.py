@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .composition import FieldTerm, ResolvedTerm, combine, inducing
+from .composition import FieldTerm, ResolvedTerm, calibration_pooling, combine, inducing
 from .containment import MAX_STRENGTH, MAX_TERMS, check_gain, check_push
 from .directions import Calibration, validate_direction_name
 from .errors import InvalidArgumentError, PermissionDeniedError
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import MonitorOptions, SteeringMode, SteeringPolicy, SteeringTerm
+from .types import MonitorOptions, SteeringMode, SteeringPolicy, SteeringPositions, SteeringTerm
 
 __all__ = ["FieldTerm", "MonitorTarget", "RequestPlan", "effective_terms", "make_plan"]
 
@@ -34,16 +34,21 @@ class MonitorTarget:
         return cal.z(raw) if cal is not None else raw
 
 
+Table = tuple[torch.Tensor, torch.Tensor]  # (alpha (L, K), beta (L, K)) fp32 device coefficients
+
+
 @dataclass
 class RequestPlan:
-    alpha: torch.Tensor | None  # (L, K) or None when unsteered
-    beta: torch.Tensor | None
+    # Per position class (types.SteeringPositions.classes: prompt before its last token, the last prompt token,
+    # generated tokens): the coefficient table, or None where nothing steers. Classes with equal tables share one
+    # table object, so the engine gives them one slot.
+    tables: tuple[Table | None, Table | None, Table | None]
     monitors: list[MonitorTarget]
     entries: list[RegisteredDirection]  # every registry entry referenced (held until the request ends)
 
     @property
     def steered(self) -> bool:
-        return self.alpha is not None
+        return any(t is not None for t in self.tables)
 
 
 def effective_terms(
@@ -78,20 +83,15 @@ def make_plan(
         field = terms[-1].field.rsplit("[", 1)[0]
         raise InvalidArgumentError(field, f"at most {MAX_TERMS} steering terms (the server policy's included)")
     resolved = [_resolve(registry, ft, num_layers) for ft in terms]
-    # float64 while composing and checking; the device tables are fp32 (a value beyond fp32 would become inf there,
-    # which the push bound refuses and the device check contains).
-    alpha = torch.zeros(num_layers, max_directions, dtype=torch.float64)
-    beta = torch.zeros(num_layers, max_directions, dtype=torch.float64)
-    for (row, layer), (net, fields) in combine(resolved).items():
-        check_gain(net.gain, fields[-1], f"layer {layer}")
-        alpha[layer, row] = 1.0 - net.gain
-        beta[layer, row] = net.shift
-    if resolved and not allow_red_team:
-        why = inducing(resolved, registry)
-        if why is not None:
-            raise PermissionDeniedError(f"{why}; the server does not allow red-teaming (--allow-red-team)")
-    if resolved and registry.residual_norms is not None:
-        check_push(beta, registry.residual_norms, resolved[-1].field.rsplit("[", 1)[0])
+    # Each position class is planned on its own, with the terms that reach it: composition, the red-team rule and
+    # the push bound apply to what each position actually receives.
+    tables: list[Table | None] = []
+    for cls in range(3):
+        here = [t for t, ft in zip(resolved, terms, strict=True) if cls in _positions(ft).classes]
+        pooling = "last_prompt" if cls < 2 else "token"  # the benign reference of these positions
+        table = _table(here, registry, num_layers, max_directions, allow_red_team, pooling) if here else None
+        same = next((t for t in tables if t is not None and table is not None and _equal(t, table)), None)
+        tables.append(same or table)
     steered_layers = [layer for t in resolved for layer in t.layers]
     entries = [t.entry for t in resolved]
     monitors: list[MonitorTarget] = []
@@ -113,8 +113,42 @@ def make_plan(
             )
         )
         entries.append(entry)
-    steered = bool(steered_layers)
-    return RequestPlan(alpha.float() if steered else None, beta.float() if steered else None, monitors, entries)
+    return RequestPlan((tables[0], tables[1], tables[2]), monitors, entries)
+
+
+def _positions(ft: FieldTerm) -> SteeringPositions:
+    positions = ft.term.positions
+    if not isinstance(positions, SteeringPositions):
+        raise InvalidArgumentError(f"{ft.field}.positions", f"unknown positions {positions!r}")
+    return positions
+
+
+def _table(
+    resolved: list[ResolvedTerm], registry: DirectionRegistry, num_layers: int, max_directions: int,
+    allow_red_team: bool, pooling: str,
+) -> Table | None:
+    """Compose the terms per direction and layer, judge the net effect and its size; the (alpha, beta) table."""
+    # float64 while composing and checking; the device tables are fp32 (a value beyond fp32 would become inf there,
+    # which the push bound refuses and the device check contains).
+    alpha = torch.zeros(num_layers, max_directions, dtype=torch.float64)
+    beta = torch.zeros(num_layers, max_directions, dtype=torch.float64)
+    for (row, layer), (net, fields) in combine(resolved).items():
+        check_gain(net.gain, fields[-1], f"layer {layer}")
+        alpha[layer, row] = 1.0 - net.gain
+        beta[layer, row] = net.shift
+    if not allow_red_team:
+        why = inducing(resolved, registry, pooling)
+        if why is not None:
+            raise PermissionDeniedError(f"{why}; the server does not allow red-teaming (--allow-red-team)")
+    if registry.residual_norms is not None:
+        check_push(beta, registry.residual_norms, resolved[-1].field.rsplit("[", 1)[0])
+    if not any(t.layers for t in resolved):
+        return None
+    return alpha.float(), beta.float()
+
+
+def _equal(a: Table, b: Table) -> bool:
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> ResolvedTerm:
@@ -133,7 +167,7 @@ def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> Res
         if layer in layers[:j]:
             raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} appears twice")
         registry.check_layer(entry, layer, f"{f}.layers[{j}]")
-    return ResolvedTerm(f, entry, term.mode, term.strength, tuple(layers))
+    return ResolvedTerm(f, entry, term.mode, term.strength, tuple(layers), calibration_pooling(_positions(ft)))
 
 
 def _default_layers(layers: tuple[int, ...], monitor_layer: int, mode: SteeringMode) -> tuple[int, ...]:

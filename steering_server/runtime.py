@@ -34,7 +34,7 @@ from torch import nn
 from .sampling import RowPlan, noise_key, sample_rows
 from .steer import steer_contained
 
-__all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime"]
+__all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime", "position_class"]
 
 
 @dataclass
@@ -44,7 +44,8 @@ class RequestTrack:
 
     request_id: str
     prompt_len: int
-    slot: int = 0  # 0: unsteered
+    # Request slot per position class (position_class): 0 = unsteered there. Classes steered alike share a slot.
+    slots: tuple[int, int, int] = (0, 0, 0)
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -52,8 +53,9 @@ class RequestTrack:
     monitored: tuple[tuple[int, int], ...] = ()  # (direction row, layer) pairs to read
     capture_slot: int = 0  # 0: no capture
     capture_from: int = 0  # first absolute position captured
-    # Pending device writes, applied by the loop thread at its next batch: (alpha (L, K), beta (L, K)).
-    upload: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Pending device writes, applied by the loop thread at its next batch: (slot, alpha (L, K), beta (L, K)) per
+    # slot the request holds (an empty list still resets its capture accumulator).
+    upload: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
     readings: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
     read_until: int = 0  # first absolute position not yet read
     capture_count: int = 0
@@ -61,6 +63,24 @@ class RequestTrack:
     first_token_position: int = -1
     # Containment: the first layer where a steered state of this request went non-finite (it fails alone).
     overflow_layer: int | None = None
+
+    @property
+    def held_slots(self) -> list[int]:
+        """The distinct steered slots this request holds."""
+        return sorted({s for s in self.slots if s})
+
+    def slots_for(self, past: int, length: int) -> list[int]:
+        """The slot of each of `length` tokens from absolute position `past`."""
+        a, b, c = self.slots
+        if a == b == c:
+            return [a] * length
+        return [self.slots[position_class(p, self.prompt_len)] for p in range(past, past + length)]
+
+
+def position_class(position: int, prompt_len: int) -> int:
+    """0: a prompt token before the last, 1: the last prompt token, 2: a generated token (types.SteeringPositions).
+    Absolute positions: a request re-prefilled after a reset keeps its classes."""
+    return 0 if position < prompt_len - 1 else (1 if position == prompt_len - 1 else 2)
 
 
 @dataclass(frozen=True)
@@ -233,15 +253,16 @@ class SteeringRuntime:
                 caps.extend([0] * length)
                 continue
             if track.upload is not None:
-                a, b = track.upload
-                self.alpha[:, track.slot].copy_(a)
-                self.beta[:, track.slot].copy_(b)
-                self.overflow[:, track.slot].zero_()
+                for slot, a, b in track.upload:
+                    self.alpha[:, slot].copy_(a)
+                    self.beta[:, slot].copy_(b)
+                    self.overflow[:, slot].zero_()
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
-            steer |= track.slot != 0
-            slots.extend([track.slot] * length)
+            mine = track.slots_for(past, length)
+            steer |= any(mine)
+            slots.extend(mine)
             if track.capture_slot:
                 capture = True
                 # Positions already captured (a re-prefill after a reset) are not counted twice.
@@ -314,11 +335,11 @@ class SteeringRuntime:
 
     def _check_overflow(self) -> None:
         """Mark the steered requests of this batch whose states containment zeroed; their streams fail alone."""
-        steered = [e.track for e in self.entries if e.track is not None and e.track.slot]
+        steered = [(e.track, s) for e in self.entries if e.track is not None for s in e.track.held_slots]
         if not steered:
             return
-        flags = self.overflow[:, [t.slot for t in steered]].to("cpu")  # (L, requests): one small copy per step
-        for i, track in enumerate(steered):
+        flags = self.overflow[:, [s for _, s in steered]].to("cpu")  # (L, slots): one small copy per step
+        for i, (track, _) in enumerate(steered):
             layers = flags[:, i].nonzero()
             if track.overflow_layer is None and layers.numel():
                 track.overflow_layer = int(layers[0, 0])

@@ -29,6 +29,7 @@ __all__ = [
     "ServingSettings",
     "SteeringMode",
     "SteeringPolicy",
+    "SteeringPositions",
     "SteeringTerm",
     "StopReason",
     "TokenEvent",
@@ -43,6 +44,23 @@ class SteeringMode(enum.Enum):
     ABLATE = 1  # h <- h - a (h.d) d
     ADD = 2  # h <- h + a v
     CLAMP = 3  # h <- h - ((h.d) - c) d, c in calibrated z units when calibrated
+
+
+class SteeringPositions(enum.Enum):
+    """Which positions of a request a term steers. A persona is read at the last prompt token, before any answer
+    token (DESIGN.md "The science it serves"): steering only the prompt, or only that token, moves what the model
+    is about to do without editing the words it then writes."""
+
+    ALL = 1  # every position
+    PROMPT = 2  # the prompt's positions; generated tokens are not steered
+    LAST_PROMPT = 3  # the last prompt token only
+    GENERATED = 4  # generated tokens only
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """The position classes it covers: 0 = prompt before its last token, 1 = the last prompt token,
+        2 = generated tokens (steering_server.runtime.position_class)."""
+        return {1: (0, 1, 2), 2: (0, 1), 3: (1,), 4: (2,)}[self.value]
 
 
 class StopReason(enum.Enum):
@@ -86,6 +104,7 @@ class SteeringTerm:
     strength: float
     # Layers to steer; empty means the default: every layer of the direction at or above its monitor layer.
     layers: tuple[int, ...] = ()
+    positions: SteeringPositions = SteeringPositions.ALL
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,20 @@ class RefTerm:
     vector: torch.Tensor  # the stored, unnormalised vector v for this layer
     mode: str  # ABLATE | ADD | CLAMP
     strength: float  # a, or c in raw units for CLAMP
+    positions: str = "ALL"  # ALL | PROMPT | LAST_PROMPT | GENERATED
+
+
+def _applies(positions: str, position: int, prompt_len: int) -> bool:
+    """Whether a term with `positions` steers absolute `position` (written out here, not taken from the engine)."""
+    if positions == "ALL":
+        return True
+    if positions == "PROMPT":
+        return position < prompt_len
+    if positions == "LAST_PROMPT":
+        return position == prompt_len - 1
+    if positions == "GENERATED":
+        return position >= prompt_len
+    raise ValueError(positions)
 
 
 @dataclass(frozen=True)
@@ -31,21 +45,24 @@ class RefMonitor:
     vector: torch.Tensor
 
 
-def _steer(h: torch.Tensor, terms: list[RefTerm]) -> torch.Tensor:
-    """h (tokens, hidden) fp32; all projections read from the same pre-steering h, updates summed."""
+def _steer(h: torch.Tensor, terms: list[RefTerm], positions: list[int], prompt_len: int) -> torch.Tensor:
+    """h (tokens, hidden) fp32 at absolute `positions`; all projections read from the same pre-steering h, updates
+    summed, each term only where its positions say."""
     delta = torch.zeros_like(h)
     for t in terms:
         v = t.vector.float().to(h.device)
         d = v / v.norm()
         p = (h * d).sum(-1, keepdim=True)  # (tokens, 1)
         if t.mode == "ABLATE":
-            delta -= t.strength * p * d
+            update = -t.strength * p * d
         elif t.mode == "ADD":
-            delta += t.strength * v
+            update = (t.strength * v).expand_as(h)
         elif t.mode == "CLAMP":
-            delta -= (p - t.strength) * d
+            update = -(p - t.strength) * d
         else:
             raise ValueError(t.mode)
+        mask = torch.tensor([_applies(t.positions, q, prompt_len) for q in positions], device=h.device)
+        delta += update * mask[:, None]
     return h + delta
 
 
@@ -72,7 +89,7 @@ def reference_generate(
         min_new_tokens=max_new_tokens,
     ) as tracer:
         reads = list().save()
-        for _step in tracer.iter[:max_new_tokens]:
+        for step in tracer.iter[:max_new_tokens]:
             for layer in layers:  # in execution order: nnsight interleaves with the forward
                 out = envoy[layer].output
                 h = out[0]  # (tokens this step, hidden)
@@ -86,7 +103,9 @@ def reference_generate(
                 )
                 mine = [t for t in terms if t.layer == layer]
                 if mine:
-                    envoy[layer].output = _steer(hf, mine).to(h.dtype)[None]
+                    # Step 0 runs the prompt; step s > 0 the token at absolute position prompt_len + s - 1.
+                    where = list(range(len(prompt_ids))) if step == 0 else [len(prompt_ids) + step - 1]
+                    envoy[layer].output = _steer(hf, mine, where, len(prompt_ids)).to(h.dtype)[None]
         ids = tracer.result.save()
     readings: list[dict[int, float]] = [{} for _ in monitors]
     pos = {layer: 0 for layer in layers}

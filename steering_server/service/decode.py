@@ -36,6 +36,7 @@ from ..types import (
     SteeringTerm,
     Variant,
 )
+from .encode import POSITIONS_TO_PB
 
 __all__ = [
     "Bounds",
@@ -50,6 +51,7 @@ __all__ = [
 
 DEFAULT_MAX_NEW_TOKENS = 64
 _MODES = {pb.ABLATE: SteeringMode.ABLATE, pb.ADD: SteeringMode.ADD, pb.CLAMP: SteeringMode.CLAMP}
+_POSITIONS = {v: k for k, v in POSITIONS_TO_PB.items()}
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,11 @@ def _term(term: pb.SteeringTerm, field: str) -> SteeringTerm:
     if mode is None:
         raise InvalidArgumentError(f"{field}.mode", "must be ABLATE, ADD or CLAMP")
     strength = term.strength if term.HasField("strength") else 1.0
-    return SteeringTerm(direction=term.direction, mode=mode, strength=strength, layers=tuple(term.layers))
+    positions = _POSITIONS.get(term.positions)
+    if positions is None:
+        raise InvalidArgumentError(f"{field}.positions", f"unknown positions value {term.positions}")
+    return SteeringTerm(direction=term.direction, mode=mode, strength=strength, layers=tuple(term.layers),
+                        positions=positions)
 
 
 def _monitor(msg: pb.MonitorOptions) -> MonitorOptions:

@@ -18,6 +18,7 @@ from ..types import (
     ScoreResult,
     SteeringMode,
     SteeringPolicy,
+    SteeringPositions,
     SteeringTerm,
     StopReason,
     TokenEvent,
@@ -36,6 +37,13 @@ __all__ = [
 ]
 
 _MODES = {SteeringMode.ABLATE: pb.ABLATE, SteeringMode.ADD: pb.ADD, SteeringMode.CLAMP: pb.CLAMP}
+# The one table between the two enums (decode.py reads it backwards).
+POSITIONS_TO_PB = {
+    SteeringPositions.ALL: pb.ALL_POSITIONS,
+    SteeringPositions.PROMPT: pb.PROMPT_POSITIONS,
+    SteeringPositions.LAST_PROMPT: pb.LAST_PROMPT_POSITION,
+    SteeringPositions.GENERATED: pb.GENERATED_POSITIONS,
+}
 _STOP_REASONS = {
     StopReason.MAX_TOKENS: pb.MAX_TOKENS,
     StopReason.EOS_TOKEN: pb.EOS_TOKEN,
@@ -148,7 +156,8 @@ def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
 
 
 def _term(term: SteeringTerm) -> pb.SteeringTerm:
-    return pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength, layers=term.layers)
+    return pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength, layers=term.layers,
+                           positions=POSITIONS_TO_PB[term.positions])
 
 
 def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:

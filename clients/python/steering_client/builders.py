@@ -77,27 +77,50 @@ class ScoreOptions(_InputOptions, _MonitorOptions, total=False):
     ignore_policy: bool
 
 
-def ablate(direction: str, strength: float = 1.0, layers: Iterable[int] = ()) -> pb.SteeringTerm:
+# Positions a term steers, by the names the builders and the command line take.
+POSITIONS = {
+    "all": pb.ALL_POSITIONS,
+    "prompt": pb.PROMPT_POSITIONS,
+    "last_prompt": pb.LAST_PROMPT_POSITION,
+    "generated": pb.GENERATED_POSITIONS,
+}
+
+
+def _positions(name: str) -> pb.SteeringPositions:
+    if name not in POSITIONS:
+        raise ValueError(f"bad positions {name!r}: use {', '.join(POSITIONS)}")
+    return POSITIONS[name]
+
+
+def ablate(
+    direction: str, strength: float = 1.0, layers: Iterable[int] = (), positions: str = "all"
+) -> pb.SteeringTerm:
     """Remove `direction` (strength 1 removes it fully) at `layers` (default: at and above its monitor layer)."""
-    return pb.SteeringTerm(direction=direction, mode=pb.ABLATE, strength=strength, layers=list(layers))
+    return pb.SteeringTerm(direction=direction, mode=pb.ABLATE, strength=strength, layers=list(layers),
+                           positions=_positions(positions))
 
 
-def add(direction: str, strength: float, layers: Iterable[int] = ()) -> pb.SteeringTerm:
+def add(direction: str, strength: float, layers: Iterable[int] = (), positions: str = "all") -> pb.SteeringTerm:
     """Add `strength` times the stored vector (negative subtracts)."""
-    return pb.SteeringTerm(direction=direction, mode=pb.ADD, strength=strength, layers=list(layers))
+    return pb.SteeringTerm(direction=direction, mode=pb.ADD, strength=strength, layers=list(layers),
+                           positions=_positions(positions))
 
 
-def clamp(direction: str, value: float, layers: Iterable[int] = ()) -> pb.SteeringTerm:
-    """Set the projection onto `direction` to `value` (z units when the direction is calibrated)."""
-    return pb.SteeringTerm(direction=direction, mode=pb.CLAMP, strength=value, layers=list(layers))
+def clamp(direction: str, value: float, layers: Iterable[int] = (), positions: str = "all") -> pb.SteeringTerm:
+    """Set the projection onto `direction` to `value` (z units when the direction is calibrated: of its last prompt
+    token for prompt positions, of its answer tokens otherwise). `positions`: all, prompt, last_prompt or
+    generated."""
+    return pb.SteeringTerm(direction=direction, mode=pb.CLAMP, strength=value, layers=list(layers),
+                           positions=_positions(positions))
 
 
 def parse_steering(spec: str) -> pb.SteeringTerm:
-    """`NAME[:MODE[:STRENGTH[:LAYERS]]]`, e.g. `misalignment`, `misalignment:add:-2`, `m:clamp:0:4,5,6`.
-    MODE is ablate (default), add or clamp; STRENGTH defaults to 1; LAYERS is a comma-separated list."""
+    """`NAME[:MODE[:STRENGTH[:LAYERS[:POSITIONS]]]]`, e.g. `misalignment`, `misalignment:add:-2`,
+    `m:clamp:0:4,5,6`, `m:clamp:0::prompt`. MODE is ablate (default), add or clamp; STRENGTH defaults to 1; LAYERS
+    is a comma-separated list; POSITIONS is all (default), prompt, last_prompt or generated."""
     parts = spec.split(":")
-    if not parts[0] or len(parts) > 4:
-        raise ValueError(f"bad steering spec {spec!r}: expected NAME[:MODE[:STRENGTH[:LAYERS]]]")
+    if not parts[0] or len(parts) > 5:
+        raise ValueError(f"bad steering spec {spec!r}: expected NAME[:MODE[:STRENGTH[:LAYERS[:POSITIONS]]]]")
     mode_name = parts[1].upper() if len(parts) > 1 and parts[1] else "ABLATE"
     if mode_name not in ("ABLATE", "ADD", "CLAMP"):
         raise ValueError(f"bad steering mode {parts[1]!r} in {spec!r}: use ablate, add or clamp")
@@ -106,6 +129,8 @@ def parse_steering(spec: str) -> pb.SteeringTerm:
         term.strength = float(parts[2])
     if len(parts) > 3 and parts[3]:
         term.layers.extend(int(x) for x in parts[3].split(","))
+    if len(parts) > 4 and parts[4]:
+        term.positions = _positions(parts[4])
     return term
 
 

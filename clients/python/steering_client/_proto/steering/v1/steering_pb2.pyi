@@ -14,6 +14,13 @@ class SteeringMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADD: _ClassVar[SteeringMode]
     CLAMP: _ClassVar[SteeringMode]
 
+class SteeringPositions(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALL_POSITIONS: _ClassVar[SteeringPositions]
+    PROMPT_POSITIONS: _ClassVar[SteeringPositions]
+    LAST_PROMPT_POSITION: _ClassVar[SteeringPositions]
+    GENERATED_POSITIONS: _ClassVar[SteeringPositions]
+
 class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
@@ -27,6 +34,10 @@ STEERING_MODE_UNSPECIFIED: SteeringMode
 ABLATE: SteeringMode
 ADD: SteeringMode
 CLAMP: SteeringMode
+ALL_POSITIONS: SteeringPositions
+PROMPT_POSITIONS: SteeringPositions
+LAST_PROMPT_POSITION: SteeringPositions
+GENERATED_POSITIONS: SteeringPositions
 STOP_REASON_UNSPECIFIED: StopReason
 MAX_TOKENS: StopReason
 EOS_TOKEN: StopReason
@@ -60,16 +71,18 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SteeringTerm(_message.Message):
-    __slots__ = ("direction", "mode", "strength", "layers")
+    __slots__ = ("direction", "mode", "strength", "layers", "positions")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
     direction: str
     mode: SteeringMode
     strength: float
     layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, direction: _Optional[str] = ..., mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    positions: SteeringPositions
+    def __init__(self, direction: _Optional[str] = ..., mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ...) -> None: ...
 
 class MonitorOptions(_message.Message):
     __slots__ = ("directions", "token_scores", "stop_threshold", "disabled")
