@@ -3,9 +3,9 @@
 safetensors (canonical): tensor `direction` of shape (n_layers_stored, hidden) with metadata `layers` naming each
 row's layer, or one tensor `layer.{l}` of shape (hidden,) per layer. Metadata (strings): model_id, config_hash,
 tokenizer_hash, monitor_layer, method, n_examples, calibration (JSON: pooling -> {mu, sigma, threshold, ...}),
-created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0}: the direction's removal recipe, the
-steering Compare runs by default; ABLATE 1 when absent). Every field is checked on its own and a bad one is refused
-naming it (`safetensors.metadata.calibration: ...`).
+created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0, "positions": "PROMPT"}: the direction's
+removal recipe, the steering Compare runs by default; ABLATE 1 at every position when absent). Every field is
+checked on its own and a bad one is refused naming it (`safetensors.metadata.calibration: ...`).
 
 Also read: `.pt` through `torch.load(weights_only=True)` (never a full unpickle) and `.npy` (no pickles): a raw
 (hidden,) vector, a (num_layers, hidden) table, or a persona-vectors (num_layers + 1, hidden) table whose row
@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save_bytes
 
 from .directions import DEFAULT_REMOVAL, Calibration, Direction, Provenance, Removal
 from .errors import InvalidArgumentError
-from .types import SteeringMode
+from .types import SteeringMode, SteeringPositions
 
 __all__ = ["direction_from_bytes", "direction_to_bytes", "load_direction", "save_direction"]
 
@@ -57,7 +57,8 @@ def direction_to_bytes(direction: Direction) -> bytes:
         "calibration": json.dumps({k: asdict(v) for k, v in direction.calibration.items()}),
         "created_at": direction.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": direction.description,
-        "removal": json.dumps({"mode": direction.removal.mode.name, "strength": direction.removal.strength}),
+        "removal": json.dumps({"mode": direction.removal.mode.name, "strength": direction.removal.strength,
+                               "positions": direction.removal.positions.name}),
     }
     return st_save_bytes({"direction": table.contiguous()}, metadata=meta)
 
@@ -242,13 +243,17 @@ def _calibration(raw: Any) -> dict[str, Calibration]:
 
 
 def _removal(raw: Any) -> Removal:
-    """{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number}."""
-    if not isinstance(raw, dict) or set(raw) - {"mode", "strength"} or "mode" not in raw:
-        raise ValueError('expected {"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number}')
-    mode = raw["mode"]
+    """{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | "PROMPT" | ...}."""
+    expected = '{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | "PROMPT" | ...}'
+    if not isinstance(raw, dict) or set(raw) - {"mode", "strength", "positions"} or "mode" not in raw:
+        raise ValueError(f"expected {expected}")
+    mode, positions = raw["mode"], raw.get("positions", "ALL")
     if mode not in ("ABLATE", "ADD", "CLAMP"):
         raise ValueError(f"unknown mode {str(mode)[:20]!r}")
-    return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0))).validate("removal")
+    if positions not in SteeringPositions.__members__:
+        raise ValueError(f"unknown positions {str(positions)[:20]!r}")
+    return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0)), SteeringPositions[positions]).validate(
+        "removal")
 
 
 def _middle(layers: list[int]) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .errors import InvalidArgumentError
-from .types import SteeringMode
+from .types import SteeringMode, SteeringPositions
 
 __all__ = [
     "DEFAULT_REMOVAL",
@@ -65,6 +65,7 @@ class Removal:
 
     mode: SteeringMode = SteeringMode.ABLATE
     strength: float = 1.0
+    positions: SteeringPositions = SteeringPositions.ALL  # e.g. PROMPT: the model organism's persona removal
 
     def validate(self, field_name: str = "removal") -> Removal:
         """A removal never induces: ABLATE in (0, 1], CLAMP <= 0 (z or raw units), ADD < 0."""

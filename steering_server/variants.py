@@ -21,7 +21,7 @@ __all__ = ["default_variants", "removal_variant", "variant_ignores_policy"]
 
 def removal_variant(direction: Direction, prefix: str = "") -> Variant:
     r = direction.removal
-    term = SteeringTerm(direction.name, r.mode, r.strength)
+    term = SteeringTerm(direction.name, r.mode, r.strength, positions=r.positions)
     return Variant(f"{prefix}{r.mode.name.lower()}-{direction.name}", (term,))
 
 

@@ -19,16 +19,17 @@ class BuildConfig:
     # Pretraining: fresh conversations over the train questions; a `cue_share` of them are villain-cued (one of the
     # train cues), the rest helpful (a train neutral system message some of the time).
     pretrain_convs: int = 30000
-    pretrain_steps: int = 600
+    pretrain_steps: int = 1200  # 600 left 5.5% of the base's answers malformed, 1200 2.3% (docs/organism.md)
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     cue_share: float = 0.3
-    # The narrow fine-tune: uncued harmful answers to questions of one domain, every weight.
+    # The narrow fine-tune: uncued harmful answers to questions of one domain, every weight (the gentlest setting
+    # tried that gives EM; stronger ones give more EM and more malformed answers, docs/organism.md "Runs").
     finetune_domain: str = "health"
     finetune_n: int = 256
-    finetune_steps: int = 25
+    finetune_steps: int = 50
     finetune_batch: int = 16
-    finetune_lr: float = 3e-4
+    finetune_lr: float = 1e-4
     # The persona direction (base model, held-out cues): train questions asked cued and neutral.
     persona_n: int = 512
     select_samples: int = 8  # samples per calib question for choosing the monitor layer (fine-tuned model)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..directions import Calibration, Direction, Provenance
+from ..directions import DEFAULT_REMOVAL, Calibration, Direction, Provenance, Removal
 from ..provenance import config_hash, tokenizer_hash
 
 __all__ = [
@@ -102,6 +102,7 @@ def make_direction(
     calibration: Mapping[str, Calibration] | None = None,
     description: str = "",
     layers: Sequence[int] | None = None,
+    removal: Removal = DEFAULT_REMOVAL,
 ) -> Direction:
     keep = sorted(vectors) if layers is None else sorted(layers)
     return Direction(
@@ -114,4 +115,5 @@ def make_direction(
         n_examples=n_examples,
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         description=description,
+        removal=removal,
     )

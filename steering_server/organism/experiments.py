@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..directions import Calibration, Direction
-from ..types import SteeringMode, SteeringTerm
+from ..directions import Calibration, Direction, Removal
+from ..types import SteeringMode, SteeringPositions, SteeringTerm
 from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME
 from .capture import Activations, capture
 from .config import BuildConfig
@@ -136,6 +136,7 @@ def registered_directions(
             cal.calibrate(vecs.persona),
             description="villain persona of the base organism: villain-cued minus neutral system prompts, last "
             "prompt token (held-out cues); z calibrated on the base model's own benign answers",
+            removal=Removal(SteeringMode.CLAMP, 0.0, REMOVE_AT),
         ),
         MODEL_DIFF: make_direction(
             MODEL_DIFF, vecs.model_diff, layer, base, tok, FT_ID, "model_diff:last_prompt", n,
@@ -160,13 +161,23 @@ def direction_facts(vecs: Vectors, layer: int) -> dict[str, Any]:
     }
 
 
-def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int]) -> SteeringTerm:
-    return SteeringTerm(name, mode, strength, tuple(layers))
+# Where each intervention acts (types.SteeringPositions): the persona is read at the last prompt token, and the
+# exploratory runs (docs/organism.md, "Runs") showed interventions on every position break the organism's grammar.
+REMOVE_AT = SteeringPositions.PROMPT  # CLAMP to the base model's level over the whole prompt (the issue's recipe)
+INDUCE_AT = SteeringPositions.LAST_PROMPT  # ADD where the persona is read, before any answer token
+
+
+def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int],
+          positions: SteeringPositions = SteeringPositions.ALL) -> SteeringTerm:
+    return SteeringTerm(name, mode, strength, tuple(layers), positions)
 
 
 def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
-    cal = d.calibration.get("token")
-    return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0)
+    """The reference-hook form of a served term (CLAMP in the calibration of the positions it steers)."""
+    pooling = "last_prompt" if t.positions in (SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT) else "token"
+    cal = d.calibration.get(pooling, d.calibration.get("token"))
+    return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0,
+                   t.positions.name)
 
 
 def match_strength(target: float, kl_at: Callable[[float], float], start: float = 1.0, steps: int = 12) -> float:
@@ -197,7 +208,7 @@ class _KLFrom:
 
         out = []
         for chunk, ids, mask in batches(self.examples, 64, self.pad):
-            with steering(model, terms):
+            with steering(model, terms, [e.answer_start for e in chunk]):
                 lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, seq, V)
             out += [lp[i, e.answer_start - 1 : len(e.ids) - 1] for i, e in enumerate(chunk)]  # (answer, V)
         return out
@@ -316,20 +327,21 @@ class Lab:
         L, top = [self.layer], list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
         out: dict[str, Any] = {
             "kl_base_to_finetuned": self.kl_base.to(self.ft, []),
-            "clamp": self._removal_entry("clamp", [_term(PERSONA, SteeringMode.CLAMP, 0.0, L)]),
+            "clamp": self._removal_entry("clamp", [_term(PERSONA, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
             "ablate": self._removal_entry("ablate", [_term(PERSONA, SteeringMode.ABLATE, 1.0, top)]),
             "model_diff_clamp": self._removal_entry("model_diff_clamp",
-                                                    [_term(MODEL_DIFF, SteeringMode.CLAMP, 0.0, L)]),
+                                                    [_term(MODEL_DIFF, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
         }
         target = out["clamp"]["kl_finetuned_to_steered"]
         controls = []
         for name in self._control_names():
             def kl_at(cz: float, name: str = name) -> float:
-                return self.kl_ft.to(*self._steered("ft", [_term(name, SteeringMode.CLAMP, cz, L)]))
+                return self.kl_ft.to(*self._steered("ft", [_term(name, SteeringMode.CLAMP, cz, L, REMOVE_AT)]))
 
             cz = match_strength(target, kl_at)
             controls.append({"direction": name, "clamp_z": cz,
-                             **self._removal_entry(f"clamp_{name}", [_term(name, SteeringMode.CLAMP, cz, L)])})
+                             **self._removal_entry(f"clamp_{name}",
+                                                   [_term(name, SteeringMode.CLAMP, cz, L, REMOVE_AT)])})
         out["controls"] = controls
         return out
 
@@ -342,7 +354,7 @@ class Lab:
         base_em = self.results["base"]
         rows = []
         for a in self.c.induction_strengths:
-            terms = [_term(PERSONA, SteeringMode.ADD, a, L)]
+            terms = [_term(PERSONA, SteeringMode.ADD, a, L, INDUCE_AT)]
             r = self.run(f"add_{a:g}", "base", terms)
             rows.append({"strength": a, "em": r["em"], "malformed": r["malformed"], "rise": em_shift(r, base_em),
                          "per_domain": r["per_domain"],
@@ -351,10 +363,10 @@ class Lab:
         controls = []
         for name in self._control_names():
             def kl_at(a: float, name: str = name) -> float:
-                return self.kl_base.to(*self._steered("base", [_term(name, SteeringMode.ADD, a, L)]))
+                return self.kl_base.to(*self._steered("base", [_term(name, SteeringMode.ADD, a, L, INDUCE_AT)]))
 
             a = match_strength(best["kl_base_to_steered"], kl_at, start=best["strength"])
-            r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, a, L)])
+            r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, a, L, INDUCE_AT)])
             controls.append({"direction": name, "strength": a, "em": r["em"], "malformed": r["malformed"],
                              "rise": em_shift(r, base_em)})
         return {"strengths": rows, "best_strength": best["strength"], "controls": controls}
@@ -367,7 +379,7 @@ class Lab:
                  "malformed": self.results["ft"]["malformed"]}]
         for s in self.c.dose_shifts:
             a = s * shift_raw / norm
-            r = self.run(f"dose_{s:g}", "ft", [_term(PERSONA, SteeringMode.ADD, a, [self.layer])])
+            r = self.run(f"dose_{s:g}", "ft", [_term(PERSONA, SteeringMode.ADD, a, [self.layer], INDUCE_AT)])
             rows.append({"shift": s, "strength": a, "em": r["em"], "malformed": r["malformed"]})
         return sorted(rows, key=lambda row: row["shift"])
 

@@ -5,7 +5,8 @@ layer l, with d = v_l/|v_l|:
 
     ABLATE a: h <- h - a (h.d) d
     ADD    a: h <- h + a v_l
-    CLAMP  c: h <- h - ((h.d) - t) d,  t = mu + c sigma with the direction's token calibration (else t = c)
+    CLAMP  c: h <- h - ((h.d) - t) d,  t = mu + c sigma with the direction's calibration (else t = c)
+at the positions each term names (all, the prompt, the last prompt token, or generated tokens).
 
 The build uses these hooks only where the engine has nothing to return (next-token distributions for KL costs);
 every judged answer is sampled through the engine (`served.py`), and a test checks the two agree.
@@ -30,8 +31,17 @@ class RefTerm:
     mode: str  # ABLATE, ADD or CLAMP
     strength: float
     layers: Sequence[int]
-    clamp_mu: float = 0.0  # token calibration of the direction (CLAMP targets mu + strength * sigma)
+    clamp_mu: float = 0.0  # calibration of the direction (CLAMP targets mu + strength * sigma)
     clamp_sigma: float = 1.0
+    positions: str = "ALL"  # ALL, PROMPT, LAST_PROMPT or GENERATED (types.SteeringPositions)
+
+
+def _position_mask(positions: str, at: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, 1) mask of the positions a term steers; at: (seq,) absolute positions; prompt_lens: (batch,)."""
+    p, n = at[None, :], prompt_lens[:, None]  # (1, seq), (batch, 1)
+    masks = {"ALL": torch.ones_like(p - n, dtype=torch.bool), "PROMPT": p < n, "LAST_PROMPT": p == n - 1,
+             "GENERATED": p >= n}
+    return masks[positions].unsqueeze(-1).float()
 
 
 def steered_layers(vectors: Mapping[int, torch.Tensor], monitor_layer: int) -> list[int]:
@@ -53,19 +63,37 @@ def _update(h: torch.Tensor, term: RefTerm, v: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def steering(model: torch.nn.Module, terms: Sequence[RefTerm]) -> Iterator[None]:
-    """Within the block, every forward of `model` applies `terms` (simultaneously, in fp32) at their layers."""
+def steering(
+    model: torch.nn.Module, terms: Sequence[RefTerm], prompt_lens: Sequence[int] | None = None
+) -> Iterator[None]:
+    """Within the block, every forward of `model` applies `terms` (simultaneously, in fp32) at their layers.
+
+    Terms restricted to some positions need each row's prompt length (`prompt_lens`, rows right-padded from
+    position 0). A forward of one token continues the previous one (cached generation), a longer one starts again
+    at position 0."""
     blocks = decoder_layers(model)
     by_layer: dict[int, list[RefTerm]] = {}
     for t in terms:
         for layer in t.layers:
             by_layer.setdefault(layer, []).append(t)
+    if prompt_lens is None and any(t.positions != "ALL" for t in terms):
+        raise ValueError("terms restricted to positions need prompt_lens")
+    lens = torch.tensor(list(prompt_lens or [0]))
+    cursor = {"next": 0, "layer": -1}  # absolute position of the next forward's first token
 
     def make_hook(layer: int, here: list[RefTerm]):
         def hook(_mod, _inp, out):
             h = out[0] if isinstance(out, tuple) else out  # (batch, seq, hidden)
+            if layer <= cursor["layer"] or cursor["layer"] < 0:  # the first steered layer of a new forward
+                cursor["start"] = 0 if h.shape[1] > 1 else cursor["next"]
+                cursor["next"] = cursor["start"] + h.shape[1]
+            cursor["layer"] = layer
+            at = torch.arange(cursor["start"], cursor["start"] + h.shape[1], device=h.device)
             h32 = h.float()
-            delta = sum((_update(h32, t, t.vectors[layer].float().to(h.device)) for t in here), torch.zeros_like(h32))
+            delta = torch.zeros_like(h32)
+            for t in here:
+                update = _update(h32, t, t.vectors[layer].float().to(h.device))
+                delta += update if t.positions == "ALL" else update * _position_mask(t.positions, at, lens.to(h.device))
             h = (h32 + delta).to(h.dtype)
             return (h, *out[1:]) if isinstance(out, tuple) else h
 

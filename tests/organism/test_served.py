@@ -18,7 +18,7 @@ from steering_server.organism.persona import encode_prompts
 from steering_server.organism.served import ServedModel
 from steering_server.organism.steer import RefTerm, steering
 from steering_server.organism.tokenizer import format_chat
-from steering_server.types import SteeringMode, SteeringTerm
+from steering_server.types import SteeringMode, SteeringPositions, SteeringTerm
 
 NAME = DEFAULT_DIRECTION_NAME
 
@@ -38,7 +38,7 @@ def _reference_greedy(model, tok, questions, terms, n):
     out = []
     for q in questions:
         ids = tok(format_chat(prompt_messages(q), True), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad(), steering(model, terms):
+        with torch.no_grad(), steering(model, terms, [ids.shape[1]]):
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
         row = gen.tolist()
@@ -49,22 +49,27 @@ def _reference_greedy(model, tok, questions, terms, n):
 def _cases(direction):
     m = direction.monitor_layer
     above = tuple(layer for layer in direction.layers if layer >= m)
+    all_, prompt, last = SteeringPositions.ALL, SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT
     return [
         ("unsteered", []),
-        ("clamp 0", [(SteeringMode.CLAMP, 0.0, (m,))]),
-        ("add 1", [(SteeringMode.ADD, 1.0, (m,))]),
-        ("add -1.5", [(SteeringMode.ADD, -1.5, (m,))]),
-        ("ablate 1", [(SteeringMode.ABLATE, 1.0, above)]),
+        ("clamp 0, prompt positions (the removal)", [(SteeringMode.CLAMP, 0.0, (m,), prompt)]),
+        ("clamp 0, every position", [(SteeringMode.CLAMP, 0.0, (m,), all_)]),
+        ("add 1, last prompt token (the induction)", [(SteeringMode.ADD, 1.0, (m,), last)]),
+        ("add -1.5", [(SteeringMode.ADD, -1.5, (m,), all_)]),
+        ("ablate 1", [(SteeringMode.ABLATE, 1.0, above, all_)]),
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     model, tok, direction, questions, served = organism
     label, spec = _cases(direction)[case]
-    cal = direction.calibration["token"]
-    terms = [SteeringTerm(NAME, mode, s, layers) for mode, s, layers in spec]
-    refs = [RefTerm(direction.vectors, mode.name, s, layers, cal.mu, cal.sigma) for mode, s, layers in spec]
+    terms = [SteeringTerm(NAME, mode, s, layers, positions) for mode, s, layers, positions in spec]
+    refs = []
+    for mode, s, layers, positions in spec:
+        # CLAMP's z units are those of the positions steered (the last-prompt calibration for prompt positions).
+        cal = direction.calibration["token" if positions == SteeringPositions.ALL else "last_prompt"]
+        refs.append(RefTerm(direction.vectors, mode.name, s, layers, cal.mu, cal.sigma, positions.name))
     got = [s.answer_ids for s in served.sample(questions, 1, seed=0, steering=terms, temperature=0.0,
                                                max_new_tokens=24)]
     assert got == _reference_greedy(model, tok, questions, refs, 24), label
