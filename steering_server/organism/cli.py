@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default: 0 1 2 3 4")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--build", default=None, help="a canonical build's output directory: its seed is read from its "
+                   "report instead of retrained")
     s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
     s.set_defaults(func=run_seeds)
 
@@ -77,7 +79,7 @@ def run_seeds(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    report = seeds(preset(args.size), args.seeds, out)
+    report = seeds(preset(args.size), args.seeds, out, build=Path(args.build) if args.build else None)
     print(f"[organism seeds] E3 {'met' if report['E3']['met'] else 'NOT met'}; report: {out / 'seeds.md'}")
     if args.install:
         for name in ("seeds.md", "seeds.json"):

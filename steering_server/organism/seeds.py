@@ -38,12 +38,38 @@ def seed_em(c: BuildConfig, done: Callable[[str], None] = lambda _: None) -> dic
     return out
 
 
-def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def _known(out: Path, build: Path | None, config: BuildConfig) -> dict[int, dict[str, Any]]:
+    """Results that need no retraining: seeds already in OUT/seeds.json, and the seed of a canonical build's report
+    (its `em` section is the same measurement), each only when it was made with the same settings."""
+    known: dict[int, dict[str, Any]] = {}
+    settings = {k: v for k, v in to_jsonable(config.to_dict()).items() if k != "seed"}
+    prev = out / "seeds.json"
+    if prev.is_file():
+        saved = json.loads(prev.read_text())
+        if saved.get("settings") == settings:
+            known |= {int(s): em for s, em in saved["seeds"].items()}
+    if build is not None:
+        report = json.loads((build / "report.json").read_text())
+        cfg = report["config"]
+        if {k: v for k, v in cfg.items() if k != "seed"} != settings:
+            raise ValueError(f"{build / 'report.json'} was built with other settings than this run")
+        known[int(cfg["seed"])] = report["em"]
+    return known
+
+
+def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path, log: Callable[[str], None] = print,
+              build: Path | None = None) -> dict[str, Any]:
+    """E1 and E2 for each seed and E3 over them. Seeds already measured with the same settings (an earlier run into
+    `out`, or the canonical build in `build`) are read, not retrained."""
     out.mkdir(parents=True, exist_ok=True)
+    known = _known(out, build, base_config)
     per_seed: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for k, seed in enumerate(seeds):
+        if seed in known:
+            per_seed[seed] = known[seed]
+            log(f"[organism seeds] seed {seed}: measured before with the same settings, read")
+            continue
         c = replace(base_config, seed=seed)
 
         def done(stage: str, seed: int = seed, k: int = k) -> None:
@@ -57,7 +83,8 @@ def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path,
             f"fine-tuned {100 * per_seed[seed]['finetuned']['malformed']['value']:.1f}% base "
             f"{100 * per_seed[seed]['base']['malformed']['value']:.1f}%: "
             + ", ".join(f"{n} {'met' if v['met'] else 'NOT met'}" for n, v in crit.items()))
-    report: dict[str, Any] = {"seeds": per_seed,
+    settings = {k: v for k, v in to_jsonable(base_config.to_dict()).items() if k != "seed"}
+    report: dict[str, Any] = {"settings": settings, "seeds": per_seed,
               "E3": evaluate_seeds(per_seed), "total_s": round(time.perf_counter() - t0, 1)}
     (out / "seeds.json").write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
     lines = ["# Organism v2: emergent misalignment across seeds (criterion E3)", "",
