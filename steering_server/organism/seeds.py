@@ -38,11 +38,16 @@ def seed_em(c: BuildConfig, done: Callable[[str], None] = lambda _: None) -> dic
     return out
 
 
+def _settings(config: BuildConfig) -> dict[str, Any]:
+    """Everything a seed's result depends on but the seed, as saved in JSON."""
+    return {k: v for k, v in to_jsonable(config.to_dict()).items() if k != "seed"}
+
+
 def _known(out: Path, build: Path | None, config: BuildConfig) -> dict[int, dict[str, Any]]:
     """Results that need no retraining: seeds already in OUT/seeds.json, and the seed of a canonical build's report
     (its `em` section is the same measurement), each only when it was made with the same settings."""
     known: dict[int, dict[str, Any]] = {}
-    settings = {k: v for k, v in to_jsonable(config.to_dict()).items() if k != "seed"}
+    settings = _settings(config)
     prev = out / "seeds.json"
     if prev.is_file():
         saved = json.loads(prev.read_text())
@@ -77,15 +82,22 @@ def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path, log: Ca
             log(f"[organism seeds] seed {seed} ({k + 1}/{len(seeds)}) {stage}: {elapsed:.0f}s elapsed")
 
         per_seed[seed] = seed_em(c, done)
+        _write(out, base_config, per_seed, time.perf_counter() - t0)
         crit = em_criteria(per_seed[seed])
         log(f"[organism seeds] seed {seed}: EM shift {100 * per_seed[seed]['shift']['value']:.1f} pts "
             f"[{100 * per_seed[seed]['shift']['lo']:.1f}, {100 * per_seed[seed]['shift']['hi']:.1f}], malformed "
             f"fine-tuned {100 * per_seed[seed]['finetuned']['malformed']['value']:.1f}% base "
             f"{100 * per_seed[seed]['base']['malformed']['value']:.1f}%: "
             + ", ".join(f"{n} {'met' if v['met'] else 'NOT met'}" for n, v in crit.items()))
-    settings = {k: v for k, v in to_jsonable(base_config.to_dict()).items() if k != "seed"}
+    return _write(out, base_config, per_seed, time.perf_counter() - t0)
+
+
+def _write(out: Path, config: BuildConfig, per_seed: dict[int, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """seeds.json and seeds.md for the seeds measured so far (written after every seed, so a long run that is
+    stopped keeps what it measured)."""
+    settings = _settings(config)
     report: dict[str, Any] = {"settings": settings, "seeds": per_seed,
-              "E3": evaluate_seeds(per_seed), "total_s": round(time.perf_counter() - t0, 1)}
+              "E3": evaluate_seeds(per_seed), "total_s": round(seconds, 1)}
     (out / "seeds.json").write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
     lines = ["# Organism v2: emergent misalignment across seeds (criterion E3)", "",
              "| seed | EM base | EM fine-tuned | shift [95% CI] | malformed base / fine-tuned | E1 | E2 |",
