@@ -27,6 +27,10 @@ def test_steering_helpers() -> None:
     assert ablate("m") == pb.SteeringTerm(direction="m", mode=pb.ABLATE, strength=1.0)
     assert add("m", -2.0, [3]) == pb.SteeringTerm(direction="m", mode=pb.ADD, strength=-2.0, layers=[3])
     assert clamp("m", 0.5) == pb.SteeringTerm(direction="m", mode=pb.CLAMP, strength=0.5)
+    assert clamp("m", 0, positions="prompt").positions == pb.PROMPT_POSITIONS
+    assert add("m", 1, positions="last_prompt").positions == pb.LAST_PROMPT_POSITION
+    with pytest.raises(ValueError, match="positions"):
+        ablate("m", positions="everywhere")
 
 
 @pytest.mark.parametrize(
@@ -36,13 +40,15 @@ def test_steering_helpers() -> None:
         ("m:add:-2", pb.SteeringTerm(direction="m", mode=pb.ADD, strength=-2.0)),
         ("m:clamp:0:4,5", pb.SteeringTerm(direction="m", mode=pb.CLAMP, strength=0.0, layers=[4, 5])),
         ("m::0.5", pb.SteeringTerm(direction="m", mode=pb.ABLATE, strength=0.5)),
+        ("m:clamp:0::prompt", pb.SteeringTerm(direction="m", mode=pb.CLAMP, strength=0.0,
+                                              positions=pb.PROMPT_POSITIONS)),
     ],
 )
 def test_parse_steering(spec: str, expected: pb.SteeringTerm) -> None:
     assert parse_steering(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", ":add", "m:shift", "m:add:x", "m:add:1:a", "m:a:1:2:3"])
+@pytest.mark.parametrize("spec", ["", ":add", "m:shift", "m:add:x", "m:add:1:a", "m:add:1::somewhere", "m:a:1:2:3:4"])
 def test_parse_steering_refuses_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_steering(spec)

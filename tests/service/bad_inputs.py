@@ -94,6 +94,8 @@ def bad_inputs(hidden: int, num_layers: int, vocab: int, limits: EngineLimits) -
         BadInput("unspecified mode", "Generate", _gen(steering=[_term(mode=pb.STEERING_MODE_UNSPECIFIED)]), INVALID,
                  "steering[0].mode"),
         BadInput("unknown mode", "Generate", _gen(steering=[_term(mode=9)]), INVALID, "steering[0].mode"),
+        BadInput("unknown positions", "Generate", _gen(steering=[_term(positions=9)]), INVALID,
+                 "steering[0].positions"),
         BadInput("NaN strength", "Generate", _gen(steering=[_term(strength=math.nan)]), INVALID,
                  "steering[0].strength"),
         BadInput("infinite strength", "Generate", _gen(steering=[_term(strength=-math.inf)]), INVALID,
