@@ -93,8 +93,13 @@ class EngineClient(abc.ABC):
     def generate_stream(self, request: GenerationRequest) -> RequestStream:
         """Validate and admit (raising InvalidArgument/NotFound/ResourceExhausted/Unavailable synchronously)."""
 
+    async def open_stream(self, request: GenerationRequest) -> RequestStream:
+        """generate_stream for async callers: an engine may do its heavy preparation (tokenizing) off the event
+        loop here. Raises what generate_stream raises."""
+        return self.generate_stream(request)
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return await collect(self.generate_stream(request))
+        return await collect(await self.open_stream(request))
 
     @abc.abstractmethod
     async def compare(self, request: CompareRequest) -> CompareResult: ...

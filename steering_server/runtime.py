@@ -202,7 +202,7 @@ class SteeringRuntime:
             if work.steer:
                 slots = self.token_slot[:n]
                 steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k])
-                overflow.index_add_(0, slots, bad)
+                overflow.index_add_(0, slots, bad)  # slot 0's count is never read
             elif work.monitor:
                 steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
             else:

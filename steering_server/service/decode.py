@@ -19,7 +19,7 @@ from steering_client import pb
 
 from ..containment import MAX_TERMS
 from ..direction_files import direction_from_bytes
-from ..directions import POOLINGS, Calibration, Direction, validate_direction_name
+from ..directions import POOLINGS, Calibration, Direction, Removal, validate_direction_name
 from ..errors import InvalidArgumentError
 from ..rules import MAX_CHAT_MESSAGES, check_text_size
 from ..types import (
@@ -128,6 +128,14 @@ def put_direction(msg: pb.PutDirectionRequest, bounds: Bounds) -> Direction:
     else:
         direction = _direction_from_vectors(msg, monitor_layer, bounds)
     validate_direction_name(direction.name, "name")
+    if msg.HasField("removal"):
+        mode = _MODES.get(msg.removal.mode)
+        if mode is None:
+            raise InvalidArgumentError("removal.mode", "must be ABLATE, ADD or CLAMP")
+        positions = _POSITIONS.get(msg.removal.positions)
+        if positions is None:
+            raise InvalidArgumentError("removal.positions", f"unknown positions value {msg.removal.positions}")
+        direction = replace(direction, removal=Removal(mode, msg.removal.strength, positions).validate("removal"))
     return replace(direction, description=msg.description) if msg.description else direction
 
 

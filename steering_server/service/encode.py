@@ -107,6 +107,8 @@ def direction(d: Direction, include_vectors: bool = False) -> pb.Direction:
         n_examples=d.n_examples,
         created_at=d.created_at,
         description=d.description,
+        removal=pb.Removal(mode=_MODES[d.removal.mode], strength=d.removal.strength,
+                           positions=POSITIONS_TO_PB[d.removal.positions]),
     )
     for pooling, cal in d.calibration.items():
         message.calibration[pooling].CopyFrom(

@@ -66,7 +66,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         req = decode.generate_request(request, self.bounds)
-        stream = self.engine.generate_stream(req)
+        stream = await self.engine.open_stream(req)
         try:  # cancellation or a deadline raises CancelledError here; `finally` frees the request at once
             async for event in stream:
                 yield encode.stream_token(event)

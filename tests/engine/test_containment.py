@@ -122,7 +122,7 @@ async def test_a_request_that_overflows_fails_alone(dtype: torch.dtype) -> None:
         assert engine.stats().queued == 0
 
 
-def test_steer_contained_zeroes_only_bad_steered_tokens() -> None:
+def test_steer_contained_refuses_only_bad_updates() -> None:
     torch.manual_seed(0)
     for dtype in DTYPES:
         h = torch.randn(5, 16).to(dtype)
@@ -137,7 +137,8 @@ def test_steer_contained_zeroes_only_bad_steered_tokens() -> None:
         assert bad.tolist() == [0, 0, 1, 0, 0]
         assert torch.equal(steered[[0, 1, 3, 4]], expected[[0, 1, 3, 4]])  # the rest exactly as before
         assert torch.equal(steered[0], h[0]) and torch.equal(steered[3], h[3])  # unsteered: bit-identical
-        assert bool((steered[2] == 0).all())
+        assert torch.equal(steered[2], h[2])  # the refused update: the token keeps its finite state
+        assert bool(torch.isfinite(steered).all())
         assert torch.equal(proj, expected_proj)
 
 

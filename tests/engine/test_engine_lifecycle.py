@@ -30,6 +30,7 @@ from steering_server.types import (
     SteeringPolicy,
     SteeringTerm,
     StopReason,
+    Variant,
 )
 
 from .conftest import TEST_LIMITS, loaded_model, random_direction, running_engine
@@ -246,3 +247,25 @@ async def test_canary_reference_stops_at_eos_like_the_engine() -> None:
         prompt = [1, 5, 9, 13, 17, 21, 25, 29]
         free = plain_greedy(loaded.model, engine.runtime, prompt, 6, set())
         assert plain_greedy(loaded.model, engine.runtime, prompt, 6, {free[1]}) == free[:2]  # token 1 as EOS
+
+
+async def test_prompts_are_tokenized_off_the_event_loop() -> None:
+    """Finding 4: heavy tokenizing must not hold up the event loop (Generate, GenerateStream, Compare, Score)."""
+    import threading
+
+    from steering_server.types import ScoreRequest
+
+    async with running_engine() as engine:
+        threads: list[threading.Thread] = []
+        render = engine._render
+
+        def spy(request):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread())
+            return render(request)
+
+        engine._render = spy  # type: ignore[method-assign]
+        prompt = Prompt(text="Hello there")
+        await engine.generate(GenerationRequest(prompt, SamplingParams(max_new_tokens=2)))
+        await engine.compare(CompareRequest(prompt, SamplingParams(max_new_tokens=2), (Variant("a", ()),)))
+        await engine.score(ScoreRequest(prompt, response_text="hi"))
+        assert len(threads) == 3 and threading.main_thread() not in threads

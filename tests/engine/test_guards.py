@@ -4,11 +4,14 @@ are what their labels say."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from steering_server.composition import Affine, ResolvedTerm, combine
 from steering_server.directions import Calibration, Direction, Removal
@@ -181,3 +184,17 @@ async def test_smaller_contract_faults() -> None:
         assert await _tokens(engine, _term(ABLATE, 1, "b"))
         with pytest.raises(Exception, match="direction table full: 3 directions registered"):
             engine.put_direction(random_direction("d", loaded))
+
+
+async def test_a_start_up_direction_with_bad_metadata_stops_the_start(tmp_path: Path) -> None:
+    """Finding 5: given with --direction, such a file was stored and the server said SERVING with ListDirections
+    answering INTERNAL for good. Now it is refused, naming the field, before anything is served."""
+    loaded = loaded_model()
+    d = random_direction("d", loaded)
+    table = torch.stack([d.vectors[layer] for layer in d.layers])
+    path = tmp_path / "bad.safetensors"
+    meta = {"layers": json.dumps(list(d.layers)), "monitor_layer": "1", "n_examples": str(1 << 32)}
+    save_file({"direction": table}, str(path), metadata=meta)
+    with pytest.raises(InvalidArgumentError, match=r"safetensors.metadata.n_examples"):
+        async with running_engine(loaded, directions=(("d", str(path)),)):
+            pass

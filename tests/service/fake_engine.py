@@ -1,9 +1,12 @@
 """A deterministic in-process EngineClient for service tests: no model, same contract as the real engine.
 
 Tokens are UTF-8 bytes (ids 0-255) plus EOS (256). A generated token is a hash of (prompt, position, sampling
-settings, and the effective steering from a per-steering start position), so steered requests diverge from
-unsteered ones after a few tokens and nothing depends on batching. A score is a hash of (direction, the tokens up
-to the input position, steering below the monitor layer), so Score agrees with Generate by construction.
+settings, and the net steering effect, i.e. the real planner's device coefficients, from a per-effect start
+position), so steered requests diverge from unsteered ones after a few tokens, terms with the same net effect give
+the same tokens, and nothing depends on batching. A score is a hash of (direction, the tokens up to the input
+position, steering below the monitor layer), so Score agrees with Generate by construction here: that agreement is
+tested on the real engine (test_real_engine.py). Validation, the registry, the policy and the red-team rule are
+the real engine's code (rules, planning, composition, containment, variants).
 
 Hooks for the tests: `hold()` makes every generation wait after its first token until `release()`; `kill()`
 simulates the engine's death; `limits` sets the queue size.
@@ -155,12 +158,12 @@ class FakeEngine(EngineClient):
     def _admit(self, request: GenerationRequest, prompt: list[int], prefix: str) -> _FakeStream:
         if prefix:
             check_monitor(request.monitor, prefix)
-        terms = self._plan(request.steering, request.ignore_policy, f"{prefix}steering")
+        terms, effect = self._plan(request.steering, request.ignore_policy, f"{prefix}steering")
         monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
             raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
         stream = _FakeStream(
-            self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor
+            self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor, effect
         )
         self.active[stream.request_id] = stream
         return stream
@@ -198,7 +201,7 @@ class FakeEngine(EngineClient):
         else:
             check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms = self._plan(request.steering, request.ignore_policy, "steering")
+        terms, _ = self._plan(request.steering, request.ignore_policy, "steering")
         monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
@@ -263,13 +266,26 @@ class FakeEngine(EngineClient):
                 "prompt", f"{len(prompt)} tokens exceed max_prompt_tokens ({self.limits.max_prompt_tokens})"
             )
 
-    def _plan(self, steering: tuple[SteeringTerm, ...], ignore_policy: bool, field: str) -> tuple[SteeringTerm, ...]:
-        """The real policy rule and plan (validation, composition, red-team rule, bounds); the terms it ran."""
+    def _plan(
+        self, steering: tuple[SteeringTerm, ...], ignore_policy: bool, field: str
+    ) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...]]:
+        """The real policy rule and plan (validation, composition, red-team rule, bounds): the terms it ran, and
+        their net effect (the device coefficients), which is what the fake's tokens depend on, as the real ones do."""
         return self._terms_of(effective_terms(steering, self.policy, ignore_policy, field))
 
-    def _terms_of(self, terms: tuple[FieldTerm, ...]) -> tuple[SteeringTerm, ...]:
-        make_plan(self.registry, terms, _NO_MONITOR, LAYERS, self.limits.max_directions, self.limits.allow_red_team)
-        return tuple(ft.term for ft in terms)
+    def _terms_of(self, terms: tuple[FieldTerm, ...]) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...]]:
+        plan = make_plan(
+            self.registry, terms, _NO_MONITOR, LAYERS, self.limits.max_directions, self.limits.allow_red_team
+        )
+        effect: tuple[object, ...] = ()
+        if plan.alpha is not None and plan.beta is not None:
+            rows = {e.row: e.direction.name for e in plan.entries}  # rows are reused: key by name
+            effect = tuple(
+                (rows[k], layer, round(float(plan.alpha[layer, k]), 6), round(float(plan.beta[layer, k]), 6))
+                for layer, k in plan.alpha.nonzero().tolist() + plan.beta.nonzero().tolist()
+            )
+            effect = tuple(sorted(set(effect)))
+        return tuple(ft.term for ft in terms), effect
 
     def _monitored(self, monitor: MonitorOptions, prefix: str) -> list[Direction]:
         if not monitor.enabled:
@@ -286,11 +302,11 @@ TOKENIZER_HASH = "fake-tokenizer"
 RESIDUAL_NORM = 10.0  # what the real engine measures per layer; the fake's vectors have norms near 3
 
 
-def _steer_start(terms: tuple[SteeringTerm, ...]) -> int:
+def _steer_start(terms: tuple[object, ...]) -> int:
     return 1 + _h(terms) % 3 if terms else 1 << 30
 
 
-def _next_token(prompt: list[int], i: int, sampling: SamplingParams, terms: tuple[SteeringTerm, ...]) -> int:
+def _next_token(prompt: list[int], i: int, sampling: SamplingParams, terms: tuple[object, ...]) -> int:
     noise = (sampling.seed, sampling.temperature, sampling.top_p, sampling.top_k) if sampling.temperature > 0 else ()
     key = _h(tuple(prompt), i, noise, terms if i >= _steer_start(terms) else ())
     if i >= 3 and key % 17 == 0:
@@ -333,8 +349,10 @@ class _FakeStream(RequestStream):
         terms: tuple[SteeringTerm, ...],
         monitored: list[Direction],
         monitor: MonitorOptions,
+        effect: tuple[object, ...] = (),
     ) -> None:
         self.request_id = request_id
+        self._effect = effect
         self._engine = engine
         self._prompt = prompt
         self._sampling = sampling
@@ -388,7 +406,7 @@ class _FakeStream(RequestStream):
             if i > 0 and threshold is not None and any(v >= threshold for v in scores.values()):
                 self._finish(StopReason.MONITOR_ALERT, text[emitted:], text)
                 return
-            token = _next_token(self._prompt, i, self._sampling, self._terms)
+            token = _next_token(self._prompt, i, self._sampling, self._effect)
             self.tokens.append(token)
             if token == EOS:
                 self._queue.put_nowait(TokenEvent(i, token, "", scores))

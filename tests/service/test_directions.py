@@ -100,3 +100,16 @@ async def test_policy_roundtrip_and_effect(client: AsyncSteeringClient) -> None:
     assert steered.token_ids != plain.token_ids and opted_out.token_ids == plain.token_ids
     await client.set_steering([])
     assert (await client.generate("Tell me a story", max_new_tokens=20, seed=1)).token_ids == plain.token_ids
+
+
+async def test_removal_recipe_round_trips_and_drives_compare(client: AsyncSteeringClient) -> None:
+    """A direction declares its removal (proto `removal`, or safetensors metadata `removal`); Compare's default
+    second variant runs it."""
+    assert (await client.get_direction("misalignment")).removal == pb.Removal(mode=pb.ABLATE, strength=1.0)
+    vector = Direction("clampable", {2: torch.ones(HIDDEN)}, monitor_layer=2,
+                       calibration={"token": Calibration(mu=0.0, sigma=1.0)})
+    stored = await client.put_direction(safetensors=direction_to_bytes(vector), removal=pb.Removal(mode=pb.CLAMP))
+    assert stored.direction.removal == pb.Removal(mode=pb.CLAMP, strength=0.0)
+    assert (await client.get_direction("clampable")).removal.mode == pb.CLAMP
+    reply = await client.compare("Hi", max_new_tokens=4, monitor=["clampable"])
+    assert [v.name for v in reply.variants] == ["unsteered", "clamp-clampable"]

@@ -94,3 +94,25 @@ async def test_health_answers_while_hostile_requests_are_refused(
         await prober
     print(f"health: {len(latencies)} checks, max {max(latencies) * 1000:.1f} ms")
     assert latencies and max(latencies) < 1.0, f"health stalled: max {max(latencies):.3f} s"
+
+
+async def test_an_error_after_the_caller_left_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An abort racing a deadline: the call failed after its caller was gone (finding 10)."""
+    from steering_server.errors import InvalidArgumentError
+    from steering_server.service.servicer import SteeringServicer
+    from steering_server.service.status import unary
+
+    class Gone:
+        def cancelled(self) -> bool:
+            return True
+
+        async def abort(self, code: grpc.StatusCode, message: str) -> None:
+            raise AssertionError("aborted a call whose caller is gone")
+
+    @unary
+    async def failing(self: SteeringServicer, request: object, context: object) -> None:
+        raise InvalidArgumentError("prompt", "bad")
+
+    with pytest.raises(asyncio.CancelledError):
+        await failing(SteeringServicer(), object(), Gone())  # type: ignore[arg-type]
+    assert_no_unexpected_errors(caplog)

@@ -7,7 +7,7 @@ policy as it found them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -27,6 +27,7 @@ from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import EngineLimits
 
 from .bad_inputs import BadInput, bad_inputs
+from .contract import CONTRACT
 from .helpers import assert_no_unexpected_errors, expect_status, serving, wait_until
 from .test_validation import call_rpc
 
@@ -196,3 +197,8 @@ async def test_bad_input_is_refused_naming_the_field(
         reply = await stub.Generate(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_new_tokens=2)))
         assert reply.token_ids
     assert_no_unexpected_errors(caplog)
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])
+async def test_contract(client: AsyncSteeringClient, check: Callable[[AsyncSteeringClient], Any]) -> None:
+    await check(client)

@@ -11,6 +11,7 @@ import pytest
 from steering_client import AsyncSteeringClient, ablate, pb, pb_grpc
 
 from .bad_inputs import BadInput, bad_inputs
+from .contract import CONTRACT
 from .fake_engine import HIDDEN, LAYERS, VOCAB, FakeEngine
 from .helpers import assert_no_unexpected_errors, expect_status
 
@@ -54,3 +55,8 @@ async def test_a_full_queue_is_resource_exhausted_then_recovers(
 async def test_an_enforced_policy_cannot_be_ignored(client: AsyncSteeringClient) -> None:
     await client.set_steering([ablate("misalignment")], enforced=True)
     await expect_status(client.generate("Hi", ignore_policy=True), grpc.StatusCode.PERMISSION_DENIED)
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])
+async def test_contract(client: AsyncSteeringClient, check: Callable[[AsyncSteeringClient], Any]) -> None:
+    await check(client)

@@ -68,6 +68,7 @@ class PutDirectionOptions(TypedDict, total=False):
     monitor_layer: int
     description: str
     strict: bool
+    removal: pb.Removal  # the direction's removal recipe (Compare's default); unset: the file's, else ABLATE 1
 
 
 class ScoreOptions(_InputOptions, _MonitorOptions, total=False):
@@ -176,6 +177,7 @@ def put_direction_request(
     monitor_layer: int | None = None,
     description: str = "",
     strict: bool = False,
+    removal: pb.Removal | None = None,
 ) -> pb.PutDirectionRequest:
     """Exactly one of `vectors` ({layer: values}), `safetensors` (file bytes) or `path` (a .safetensors file)."""
     if path is not None:
@@ -187,6 +189,8 @@ def put_direction_request(
         request.safetensors = safetensors
     if monitor_layer is not None:
         request.monitor_layer = monitor_layer
+    if removal is not None:
+        request.removal.CopyFrom(removal)
     return request
 
 

@@ -294,7 +294,7 @@ class Provenance(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., config_hash: _Optional[str] = ..., tokenizer_hash: _Optional[str] = ...) -> None: ...
 
 class Direction(_message.Message):
-    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors")
+    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +314,7 @@ class Direction(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    REMOVAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     monitor_layer: int
@@ -326,7 +327,18 @@ class Direction(_message.Message):
     created_at: str
     description: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ...) -> None: ...
+    removal: Removal
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
+
+class Removal(_message.Message):
+    __slots__ = ("mode", "strength", "positions")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    mode: SteeringMode
+    strength: float
+    positions: SteeringPositions
+    def __init__(self, mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ...) -> None: ...
 
 class ListDirectionsRequest(_message.Message):
     __slots__ = ()
@@ -347,7 +359,7 @@ class GetDirectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
 class PutDirectionRequest(_message.Message):
-    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict")
+    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict", "removal")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +374,7 @@ class PutDirectionRequest(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    REMOVAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     safetensors: bytes
@@ -369,7 +382,8 @@ class PutDirectionRequest(_message.Message):
     calibration: _containers.MessageMap[str, Calibration]
     description: str
     strict: bool
-    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+    removal: Removal
+    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
 
 class PutDirectionResponse(_message.Message):
     __slots__ = ("direction", "warnings")
