@@ -32,7 +32,7 @@ from steering_server.directions import (
 from steering_server.errors import InvalidArgumentError
 from steering_server.provenance import config_hash, tokenizer_hash
 from steering_server.tiny_models import byte_tokenizer, tiny_config, tiny_model
-from steering_server.types import SteeringMode
+from steering_server.types import SteeringMode, SteeringPositions
 
 N_LAYERS, HIDDEN = 4, 16
 
@@ -202,11 +202,20 @@ def test_bad_metadata_is_an_invalid_argument(meta: dict[str, str]) -> None:
 
 
 def test_removal_recipe_round_trips() -> None:
-    d = replace(_full_direction(), removal=Removal(SteeringMode.CLAMP, 0.0))
+    d = replace(_full_direction(), removal=Removal(SteeringMode.CLAMP, 0.0, SteeringPositions.PROMPT))
     back = direction_from_bytes(direction_to_bytes(d))
-    assert back.removal == Removal(SteeringMode.CLAMP, 0.0)
+    assert back.removal == Removal(SteeringMode.CLAMP, 0.0, SteeringPositions.PROMPT)
     meta = _read_metadata(direction_to_bytes(d))
-    assert json.loads(meta["removal"]) == {"mode": "CLAMP", "strength": 0.0}
+    assert json.loads(meta["removal"]) == {"mode": "CLAMP", "strength": 0.0, "positions": "PROMPT"}
+    # Files written before positions existed steer every position.
+    old = st_save({"direction": torch.stack([_vec(1), _vec(2)])},
+                  metadata={"layers": "[0, 1]", "removal": json.dumps({"mode": "CLAMP", "strength": 0})})
+    assert direction_from_bytes(old).removal == Removal(SteeringMode.CLAMP, 0.0, SteeringPositions.ALL)
+    bad = st_save({"direction": torch.stack([_vec(1), _vec(2)])},
+                  metadata={"layers": "[0, 1]", "removal": json.dumps({"mode": "CLAMP", "positions": "SOME"})})
+    with pytest.raises(InvalidArgumentError) as e:
+        direction_from_bytes(bad)
+    assert "removal" in _field(e)
     # Absent: the literature's recipe, ABLATE 1.
     plain = st_save({"direction": torch.stack([_vec(1), _vec(2)])}, metadata={"layers": "[0, 1]"})
     assert direction_from_bytes(plain).removal == Removal(SteeringMode.ABLATE, 1.0)
