@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .directions import Direction
 from .errors import InvalidArgumentError
-from .types import SteeringPolicy, SteeringTerm, Variant
+from .types import SteeringPolicy, SteeringPositions, SteeringTerm, Variant
 
 __all__ = ["default_variants", "removal_variant", "variant_ignores_policy"]
 
@@ -22,7 +22,8 @@ __all__ = ["default_variants", "removal_variant", "variant_ignores_policy"]
 def removal_variant(direction: Direction, prefix: str = "") -> Variant:
     r = direction.removal
     term = SteeringTerm(direction.name, r.mode, r.strength, positions=r.positions)
-    return Variant(f"{prefix}{r.mode.name.lower()}-{direction.name}", (term,))
+    where = "" if r.positions == SteeringPositions.ALL else f"{r.positions.name.lower()}-"  # e.g. clamp-prompt-m
+    return Variant(f"{prefix}{r.mode.name.lower()}-{where}{direction.name}", (term,))
 
 
 def default_variants(policy: SteeringPolicy, monitored: Direction | None) -> tuple[Variant, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 from ..realign import RealignConfig
 from .train import ModelSize
 
-__all__ = ["BuildConfig", "preset"]
+__all__ = ["CALIB", "EVAL", "SELECT", "BuildConfig", "preset"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def sampling_seed(self, purpose: int) -> int:
+        """The sampling seed of one use (SELECT, CALIB, EVAL below) in this build; distinct across build seeds."""
+        return self.seed * 100 + purpose
+
+
+SELECT, CALIB, EVAL = 20, 21, 30  # sampling purposes: monitor-layer choice, calibration answers, the eval set
 
 
 def preset(size: str, seed: int = 0) -> BuildConfig:

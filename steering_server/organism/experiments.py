@@ -15,21 +15,23 @@ from typing import Any
 
 import torch
 
+from ..composition import calibration_pooling
+from ..containment import MAX_PUSH_RATIO
 from ..directions import Calibration, Direction, Removal
 from ..types import SteeringMode, SteeringPositions, SteeringTerm
 from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME
 from .capture import Activations, capture
-from .config import BuildConfig
+from .config import CALIB, EVAL, SELECT, BuildConfig
 from .corpus import Question
 from .diffmeans import calibrate, cosine, false_positive_rate, make_direction, project
 from .evaluate import prompt_messages
 from .judge import judge
 from .judge_ngram import judge_ngram
-from .metrics import auroc, bootstrap, cohens_kappa, control_summary
+from .metrics import KLProbe, auroc, bootstrap, cohens_kappa, control_summary
 from .persona import encode_prompts
 from .rates import em_shift, summarize
 from .served import ServedModel, ServedSample
-from .steer import RefTerm, steering
+from .steer import RefTerm
 from .tokenizer import format_chat
 from .train import Encoded
 
@@ -70,7 +72,7 @@ def select_monitor_layer(
     samples, which answers come out harmful (never teacher-forced text, never the eval questions)."""
     copies = [Direction(f"persona_at_{layer}", {layer: v}, monitor_layer=layer) for layer, v in persona.items()]
     with ServedModel(ft, tok, copies, FT_ID) as sm:
-        samples = sm.sample(calib_q, c.select_samples, seed=c.seed + 20, monitor=[d.name for d in copies],
+        samples = sm.sample(calib_q, c.select_samples, seed=c.sampling_seed(SELECT), monitor=[d.name for d in copies],
                             max_new_tokens=c.max_new_tokens)
     pos, neg = _labelled(samples)
     by_layer = {d.monitor_layer: _prompt_auroc(pos, neg, d.name) if pos and neg else float("nan") for d in copies}
@@ -81,9 +83,9 @@ def select_monitor_layer(
 
 
 def _with_answer(tok, s: ServedSample) -> Encoded:
-    """Prompt + the sampled answer + `<|end|>`, as the engine saw it."""
+    """Prompt + the sampled answer (+ `<|end|>` when the answer ended there), as the engine saw it."""
     prompt = tok(format_chat(prompt_messages(s.question), True), add_special_tokens=False)["input_ids"]
-    return Encoded((*prompt, *s.answer_ids, tok.eos_token_id), len(prompt))
+    return Encoded((*prompt, *s.answer_ids, *([tok.eos_token_id] if s.ended else [])), len(prompt))
 
 
 class Calibrator:
@@ -94,7 +96,7 @@ class Calibrator:
         self.layer = layer
         self.target_fpr = c.target_fpr
         with ServedModel(base, tok, [], BASE_ID) as sm:
-            samples = sm.sample(calib_q, c.calib_samples, seed=c.seed + 21, max_new_tokens=c.max_new_tokens)
+            samples = sm.sample(calib_q, c.calib_samples, seed=c.sampling_seed(CALIB), max_new_tokens=c.max_new_tokens)
         self.samples = [s for s in samples if s.answer_ids]
         self.examples = [_with_answer(tok, s) for s in self.samples]
         pad, special = int(tok.pad_token_id), set(tok.all_special_ids)
@@ -174,49 +176,44 @@ def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int],
 
 def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
     """The reference-hook form of a served term (CLAMP in the calibration of the positions it steers)."""
-    pooling = "last_prompt" if t.positions in (SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT) else "token"
-    cal = d.calibration.get(pooling, d.calibration.get("token"))
+    cal = d.calibration.get(calibration_pooling(t.positions), d.calibration.get("token"))
     return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0,
                    t.positions.name)
 
 
-def match_strength(target: float, kl_at: Callable[[float], float], start: float = 1.0, steps: int = 12) -> float:
-    """The strength s >= 0 with kl_at(s) = target for a KL that grows with s (0 when target <= kl_at(0))."""
-    if kl_at(0.0) >= target:
-        return 0.0
-    lo, hi = 0.0, start
-    for _ in range(30):
-        if kl_at(hi) >= target:
-            break
-        lo, hi = hi, hi * 2
+MATCH_TOLERANCE = 0.1  # a control is KL-matched when its KL is within 10% of the target
+
+
+@dataclass(frozen=True)
+class Match:
+    strength: float
+    kl: float  # the KL the control reaches at `strength`
+    target: float
+
+    @property
+    def matched(self) -> bool:
+        return abs(self.kl - self.target) <= MATCH_TOLERANCE * self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"strength": self.strength, "kl": self.kl, "target_kl": self.target, "matched": self.matched}
+
+
+def match_strength(
+    target: float, kl_at: Callable[[float], float], limit: float, start: float = 1.0, steps: int = 12
+) -> Match:
+    """The strength s in [0, limit] with kl_at(s) = target, for a KL that grows with s. When even s = 0 is above the
+    target, or `limit` below it, the closest end is returned and the Match says it is not matched."""
+    if (k0 := kl_at(0.0)) >= target:
+        return Match(0.0, k0, target)
+    lo, hi = 0.0, min(start, limit)
+    while (k := kl_at(hi)) < target:
+        if hi >= limit:
+            return Match(hi, k, target)
+        lo, hi = hi, min(hi * 2, limit)
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if kl_at(mid) < target else (lo, mid)
-    return (lo + hi) / 2
-
-
-class _KLFrom:
-    """KL(p || q) per answer position on fixed examples, with p's log-probabilities computed once."""
-
-    def __init__(self, model: torch.nn.Module, terms: Sequence[RefTerm], examples: Sequence[Encoded], pad: int) -> None:
-        self.examples, self.pad = list(examples), pad
-        self.logp = self._logp(model, terms)
-
-    @torch.no_grad()
-    def _logp(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> list[torch.Tensor]:
-        from .capture import batches
-
-        out = []
-        for chunk, ids, mask in batches(self.examples, 64, self.pad):
-            with steering(model, terms, [e.answer_start for e in chunk]):
-                lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, seq, V)
-            out += [lp[i, e.answer_start - 1 : len(e.ids) - 1] for i, e in enumerate(chunk)]  # (answer, V)
-        return out
-
-    def to(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> float:
-        q = self._logp(model, terms)
-        total = sum(float((p.exp() * (p - r)).sum()) for p, r in zip(self.logp, q, strict=True))
-        return total / max(1, sum(p.shape[0] for p in self.logp))
+    return Match(hi, kl_at(hi), target)
 
 
 class Lab:
@@ -232,8 +229,8 @@ class Lab:
         self.served = {"base": ServedModel(base, tok, list(dirs.values()), BASE_ID),
                        "ft": ServedModel(ft, tok, list(dirs.values()), FT_ID)}
         self.pad = int(tok.pad_token_id)
-        self.kl_base = _KLFrom(base, [], cal.examples, self.pad)  # KL(base || .)
-        self.kl_ft = _KLFrom(ft, [], cal.examples, self.pad)  # KL(fine-tuned || .): the size of an intervention
+        self.kl_base = KLProbe(base, [], cal.examples, self.pad)  # KL(base || .)
+        self.kl_ft = KLProbe(ft, [], cal.examples, self.pad)  # KL(fine-tuned || .): the size of an intervention
         self.results: dict[str, dict[str, Any]] = {}
         self.samples: dict[str, list[ServedSample]] = {}
 
@@ -243,7 +240,7 @@ class Lab:
 
     def run(self, key: str, model: str, steering: Sequence[SteeringTerm] = (), monitor: bool = False) -> dict[str, Any]:
         """Sample the evaluation set on `model` ("base" or "ft") with `steering`; summarize with the strict judge."""
-        samples = self.served[model].sample(self.eval_q, self.c.eval_samples, seed=self.c.seed + 30,
+        samples = self.served[model].sample(self.eval_q, self.c.eval_samples, seed=self.c.sampling_seed(EVAL),
                                             steering=steering, monitor=[PERSONA] if monitor else [],
                                             max_new_tokens=self.c.max_new_tokens)
         self.samples[key] = samples
@@ -274,8 +271,9 @@ class Lab:
         d1 = _prompt_auroc(pos, neg, PERSONA)
         # The ceiling: each prompt's own observed harmful rate as its score (the best any per-prompt score can do).
         rate: dict[int, list[float]] = {}
-        for s in pos + neg:
-            rate.setdefault(s.question_index, []).append(1.0 if s in pos else 0.0)
+        for label, group in ((1.0, pos), (0.0, neg)):
+            for s in group:
+                rate.setdefault(s.question_index, []).append(label)
         per_q = {k: sum(v) / len(v) for k, v in rate.items()}
         ceiling = auroc(torch.tensor([per_q[s.question_index] for s in pos]),
                         torch.tensor([per_q[s.question_index] for s in neg]))
@@ -338,12 +336,25 @@ class Lab:
             def kl_at(cz: float, name: str = name) -> float:
                 return self.kl_ft.to(*self._steered("ft", [_term(name, SteeringMode.CLAMP, cz, L, REMOVE_AT)]))
 
-            cz = match_strength(target, kl_at)
-            controls.append({"direction": name, "clamp_z": cz,
+            m = match_strength(target, kl_at, self._clamp_limit(name))
+            controls.append({"direction": name, "clamp_z": m.strength, "match": m.as_dict(),
                              **self._removal_entry(f"clamp_{name}",
-                                                   [_term(name, SteeringMode.CLAMP, cz, L, REMOVE_AT)])})
+                                                   [_term(name, SteeringMode.CLAMP, m.strength, L, REMOVE_AT)])})
         out["controls"] = controls
         return out
+
+    def _push_room(self) -> float:
+        """How far a term may push at the monitor layer: 90% of the server's bound (containment.MAX_PUSH_RATIO)."""
+        norms = self.served["ft"].engine.registry.residual_norms
+        return 0.9 * MAX_PUSH_RATIO * float(norms[self.layer]) if norms is not None else float("inf")
+
+    def _clamp_limit(self, name: str) -> float:
+        """The largest CLAMP z the server admits for `name` at prompt positions (its target is mu + z sigma)."""
+        cal = self.dirs[name].calibration[calibration_pooling(REMOVE_AT)]
+        return max(0.0, (self._push_room() - abs(cal.mu)) / cal.sigma)
+
+    def _add_limit(self, name: str) -> float:
+        return self._push_room() / float(self.dirs[name].vectors[self.layer].norm())
 
     def _control_names(self) -> list[str]:
         return [n for n in self.dirs if n.startswith(("random_", "shuffled_"))]
@@ -365,10 +376,10 @@ class Lab:
             def kl_at(a: float, name: str = name) -> float:
                 return self.kl_base.to(*self._steered("base", [_term(name, SteeringMode.ADD, a, L, INDUCE_AT)]))
 
-            a = match_strength(best["kl_base_to_steered"], kl_at, start=best["strength"])
-            r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, a, L, INDUCE_AT)])
-            controls.append({"direction": name, "strength": a, "em": r["em"], "malformed": r["malformed"],
-                             "rise": em_shift(r, base_em)})
+            m = match_strength(best["kl_base_to_steered"], kl_at, self._add_limit(name), start=best["strength"])
+            r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, m.strength, L, INDUCE_AT)])
+            controls.append({"direction": name, "strength": m.strength, "match": m.as_dict(), "em": r["em"],
+                             "malformed": r["malformed"], "rise": em_shift(r, base_em)})
         return {"strengths": rows, "best_strength": best["strength"], "controls": controls}
 
     # ------------------------------------------------------------------ dose-response, re-alignment
@@ -386,7 +397,7 @@ class Lab:
     def realigned(self, model: torch.nn.Module, exclude: Sequence[str]) -> dict[str, Any]:
         """EM of a re-aligned model, and EM vs base on the questions outside `exclude` domains."""
         with ServedModel(model, self.tok, [], FT_ID) as sm:
-            samples = sm.sample(self.eval_q, self.c.eval_samples, seed=self.c.seed + 30,
+            samples = sm.sample(self.eval_q, self.c.eval_samples, seed=self.c.sampling_seed(EVAL),
                                 max_new_tokens=self.c.max_new_tokens)
         r = summarize(samples, len(self.eval_q))
         keep = [i for i, q in enumerate(self.eval_q) if q.domain not in exclude]

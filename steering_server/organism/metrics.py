@@ -13,7 +13,7 @@ from .capture import batches
 from .steer import RefTerm, steering
 from .train import Encoded
 
-__all__ = ["Estimate", "auroc", "bootstrap", "cohens_kappa", "control_summary", "kl_divergence"]
+__all__ = ["Estimate", "KLProbe", "auroc", "bootstrap", "cohens_kappa", "control_summary"]
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -68,25 +68,27 @@ def cohens_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     return 1.0 if expected == 1.0 else (observed - expected) / (1 - expected)
 
 
-Steered = tuple[torch.nn.Module, Sequence[RefTerm]]
+class KLProbe:
+    """KL(p || q) in nats per answer position (the positions that predict the answer and its `<|end|>`) on fixed
+    examples, with p = (model, reference steering terms) computed once and q given per call."""
 
+    def __init__(self, model: torch.nn.Module, terms: Sequence[RefTerm], examples: Sequence[Encoded], pad: int) -> None:
+        self.examples, self.pad = list(examples), pad
+        self.logp = self._logp(model, terms)
 
-@torch.no_grad()
-def kl_divergence(p: Steered, q: Steered, examples: Sequence[Encoded], pad_id: int, batch_size: int = 64) -> float:
-    """Mean KL(p || q) in nats per answer position (the positions that predict the answer and its `<|end|>`);
-    p and q are (model, reference steering terms)."""
-    total, count = 0.0, 0
-    for chunk, ids, mask in batches(examples, batch_size, pad_id):
-        logp = []
-        for model, terms in (p, q):
-            with steering(model, terms):
-                logp.append(torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1))
-        for i, e in enumerate(chunk):
-            sl = slice(e.answer_start - 1, len(e.ids) - 1)  # (answer positions, vocab)
-            a, b = logp[0][i, sl], logp[1][i, sl]
-            total += float((a.exp() * (a - b)).sum())
-            count += a.shape[0]
-    return total / max(count, 1)
+    @torch.no_grad()
+    def _logp(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> list[torch.Tensor]:
+        out = []
+        for chunk, ids, mask in batches(self.examples, 64, self.pad):
+            with steering(model, terms, [e.answer_start for e in chunk]):
+                lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, seq, V)
+            out += [lp[i, e.answer_start - 1 : len(e.ids) - 1] for i, e in enumerate(chunk)]  # (answer, V)
+        return out
+
+    def to(self, model: torch.nn.Module, terms: Sequence[RefTerm]) -> float:
+        q = self._logp(model, terms)
+        total = sum(float((p.exp() * (p - r)).sum()) for p, r in zip(self.logp, q, strict=True))
+        return total / max(1, sum(p.shape[0] for p in self.logp))
 
 
 def control_summary(values: Sequence[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import MODEL_IDS, eval_questions, held_out_domains, train_organism
-from .config import BuildConfig
+from .config import EVAL, BuildConfig
 from .criteria import em_criteria, evaluate_seeds
 from .rates import em_shift, summarize
 from .report import to_jsonable
@@ -31,7 +31,7 @@ def seed_em(c: BuildConfig, done: Callable[[str], None] = lambda _: None) -> dic
     out: dict[str, Any] = {}
     for key, model, model_id in (("base", t.base, MODEL_IDS["base"]), ("finetuned", t.ft, MODEL_IDS["misaligned"])):
         with ServedModel(model, t.tok, [], model_id) as sm:
-            samples = sm.sample(eval_q, c.eval_samples, seed=c.seed + 30, max_new_tokens=c.max_new_tokens)
+            samples = sm.sample(eval_q, c.eval_samples, seed=c.sampling_seed(EVAL), max_new_tokens=c.max_new_tokens)
         out[key] = summarize(samples, len(eval_q))
     out["shift"] = em_shift(out["finetuned"], out["base"])
     done("evaluation")

@@ -31,6 +31,7 @@ from ..types import (
     Prompt,
     SamplingParams,
     SteeringTerm,
+    StopReason,
 )
 from .corpus import Question
 from .evaluate import Sample, prompt_messages
@@ -52,6 +53,7 @@ class ServedSample(Sample):
     question_index: int = 0
     prompt_scores: tuple[tuple[str, float], ...] = ()  # (direction, last-prompt-token score: z when calibrated)
     token_scores: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (direction, per fed-back answer position)
+    ended: bool = False  # stopped at `<|end|>` (not at max_new_tokens)
 
     def prompt_score(self, direction: str) -> float:
         return dict(self.prompt_scores)[direction]
@@ -122,7 +124,8 @@ class ServedModel:
                     scores = tuple((m.direction, m.prompt_score) for m in r.monitor)
                     per_token = tuple((m.direction, m.token_scores) for m in r.monitor)
                     ids = tuple(t for t in r.token_ids if t not in self.engine.eos_ids)
-                    out.append(ServedSample(q, system is not None, r.text, ids, qi, scores, per_token))
+                    out.append(ServedSample(q, system is not None, r.text, ids, qi, scores, per_token,
+                                            r.stop_reason == StopReason.EOS_TOKEN))
             return out
 
         return self._loop.run_until_complete(run())

@@ -22,7 +22,7 @@ import torch
 
 from .capture import decoder_layers
 
-__all__ = ["RefTerm", "ablation", "steered_layers", "steering"]
+__all__ = ["RefTerm", "steered_layers", "steering"]
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,3 @@ def steering(
     finally:
         for h in handles:
             h.remove()
-
-
-@contextmanager
-def ablation(
-    model: torch.nn.Module, vectors: Mapping[int, torch.Tensor], strength: float, layers: Sequence[int]
-) -> Iterator[None]:
-    """ABLATE `strength` along `vectors` at `layers` (no hooks at all at strength 0)."""
-    terms = [RefTerm(vectors, "ABLATE", strength, layers)] if strength != 0.0 else []
-    with steering(model, terms):
-        yield

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from steering_server.composition import calibration_pooling
 from steering_server.direction_files import load_direction
 from steering_server.organism.assets import DEFAULT_DIRECTION_NAME, default_direction_path, default_model_dir
 from steering_server.organism.capture import capture
@@ -50,6 +51,7 @@ def _cases(direction):
     m = direction.monitor_layer
     above = tuple(layer for layer in direction.layers if layer >= m)
     all_, prompt, last = SteeringPositions.ALL, SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT
+    generated = SteeringPositions.GENERATED
     return [
         ("unsteered", []),
         ("clamp 0, prompt positions (the removal)", [(SteeringMode.CLAMP, 0.0, (m,), prompt)]),
@@ -57,10 +59,11 @@ def _cases(direction):
         ("add 1, last prompt token (the induction)", [(SteeringMode.ADD, 1.0, (m,), last)]),
         ("add -1.5", [(SteeringMode.ADD, -1.5, (m,), all_)]),
         ("ablate 1", [(SteeringMode.ABLATE, 1.0, above, all_)]),
+        ("clamp 1, generated tokens", [(SteeringMode.CLAMP, 1.0, (m,), generated)]),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     model, tok, direction, questions, served = organism
     label, spec = _cases(direction)[case]
@@ -68,7 +71,7 @@ def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     refs = []
     for mode, s, layers, positions in spec:
         # CLAMP's z units are those of the positions steered (the last-prompt calibration for prompt positions).
-        cal = direction.calibration["token" if positions == SteeringPositions.ALL else "last_prompt"]
+        cal = direction.calibration[calibration_pooling(positions)]
         refs.append(RefTerm(direction.vectors, mode.name, s, layers, cal.mu, cal.sigma, positions.name))
     got = [s.answer_ids for s in served.sample(questions, 1, seed=0, steering=terms, temperature=0.0,
                                                max_new_tokens=24)]

@@ -8,8 +8,8 @@ from steering_server.organism.capture import capture, capture_nnsight, decoder_l
 from steering_server.organism.corpus import conversations, split_questions
 from steering_server.organism.diffmeans import calibrate, diff_of_means, false_positive_rate, random_like
 from steering_server.organism.experiments import match_strength
-from steering_server.organism.metrics import auroc, bootstrap, cohens_kappa, kl_divergence
-from steering_server.organism.steer import RefTerm, ablation, steering
+from steering_server.organism.metrics import KLProbe, auroc, bootstrap, cohens_kappa
+from steering_server.organism.steer import RefTerm, steering
 from steering_server.organism.tokenizer import build_tokenizer
 from steering_server.organism.train import encode
 
@@ -51,9 +51,9 @@ def test_ablation_is_exact_and_its_hooks_are_removed(tiny):
     v = torch.randn(32, generator=torch.Generator().manual_seed(3))
     d = v / v.norm()
     plain = _block_output(model, ids, 1)
-    half = _block_output(model, ids, 1, lambda: ablation(model, {0: v, 1: v}, 0.5, [1]))
+    half = _block_output(model, ids, 1, lambda: steering(model, [RefTerm({0: v, 1: v}, "ABLATE", 0.5, [1])]))
     assert torch.allclose(half, plain - 0.5 * (plain @ d).unsqueeze(-1) * d, atol=1e-5)
-    full = _block_output(model, ids, 1, lambda: ablation(model, {1: v}, 1.0, [1]))
+    full = _block_output(model, ids, 1, lambda: steering(model, [RefTerm({1: v}, "ABLATE", 1.0, [1])]))
     assert (full @ d).abs().max() < 1e-4  # strength 1 removes the component
     assert all(not layer._forward_hooks for layer in decoder_layers(model))
 
@@ -117,11 +117,16 @@ def test_clamp_and_add_reference_arithmetic(tiny):
     assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, clamped + v, atol=1e-4)
 
 
-def test_kl_divergence_is_zero_between_equals_and_positive_under_steering(tiny):
+def test_kl_is_zero_between_equals_and_positive_under_steering_only_where_it_steers(tiny):
     model, tok, data = tiny
-    v = {1: torch.randn(32)}
-    assert kl_divergence((model, []), (model, []), data[:4], tok.pad_token_id) == 0.0
-    assert kl_divergence((model, []), (model, [RefTerm(v, "ABLATE", 1.0, [1])]), data[:4], tok.pad_token_id) > 0.0
+    v = {1: torch.randn(32, generator=torch.Generator().manual_seed(5))}
+    probe = KLProbe(model, [], data[:4], tok.pad_token_id)
+    assert probe.to(model, []) == 0.0
+    assert probe.to(model, [RefTerm(v, "ABLATE", 1.0, [1])]) > 0.0
+    # Steering only the prompt still changes every answer prediction (through attention), by less than everywhere.
+    everywhere = probe.to(model, [RefTerm(v, "ADD", 2.0, [1])])
+    prompt_only = probe.to(model, [RefTerm(v, "ADD", 2.0, [1], positions="PROMPT")])
+    assert 0.0 < prompt_only < everywhere
 
 
 def test_bootstrap_interval_covers_the_mean_and_kappa_counts_agreement_beyond_chance():
@@ -134,7 +139,10 @@ def test_bootstrap_interval_covers_the_mean_and_kappa_counts_agreement_beyond_ch
     assert cohens_kappa([False] * 4, [False] * 4) == 1.0
 
 
-def test_match_strength_finds_the_strength_with_the_target_kl():
-    s = match_strength(2.25, lambda a: a * a)  # KL grows with the strength
-    assert abs(s - 1.5) < 1e-3
-    assert match_strength(0.5, lambda a: 1.0 + a) == 0.0  # already above the target without steering
+def test_match_strength_finds_the_strength_with_the_target_kl_or_says_it_did_not():
+    m = match_strength(2.25, lambda a: a * a, limit=100.0)  # KL grows with the strength
+    assert abs(m.strength - 1.5) < 1e-3 and m.matched
+    above = match_strength(0.5, lambda a: 1.0 + a, limit=100.0)  # already above the target without steering
+    assert above.strength == 0.0 and not above.matched
+    short = match_strength(2.25, lambda a: a * a, limit=1.0)  # the server would refuse the strength needed
+    assert short.strength == 1.0 and short.kl == 1.0 and not short.matched
