@@ -278,14 +278,16 @@ class FakeEngine(EngineClient):
             self.registry, terms, _NO_MONITOR, LAYERS, self.limits.max_directions, self.limits.allow_red_team
         )
         effect: tuple[object, ...] = ()
-        if plan.alpha is not None and plan.beta is not None:
-            rows = {e.row: e.direction.name for e in plan.entries}  # rows are reused: key by name
-            effect = tuple(
-                (rows[k], layer, round(float(plan.alpha[layer, k]), 6), round(float(plan.beta[layer, k]), 6))
-                for layer, k in plan.alpha.nonzero().tolist() + plan.beta.nonzero().tolist()
+        rows = {e.row: e.direction.name for e in plan.entries}  # rows are reused: key by name
+        for cls, table in enumerate(plan.tables):  # per position class (planning.RequestPlan)
+            if table is None:
+                continue
+            alpha, beta = table
+            effect += tuple(
+                (cls, rows[k], layer, round(float(alpha[layer, k]), 6), round(float(beta[layer, k]), 6))
+                for layer, k in alpha.nonzero().tolist() + beta.nonzero().tolist()
             )
-            effect = tuple(sorted(set(effect)))
-        return tuple(ft.term for ft in terms), effect
+        return tuple(ft.term for ft in terms), tuple(sorted(set(effect)))
 
     def _monitored(self, monitor: MonitorOptions, prefix: str) -> list[Direction]:
         if not monitor.enabled:
