@@ -87,7 +87,9 @@ class _SteeringProcessor(ContinuousBatchProcessor):
                 # position_offset was already advanced past this batch's tokens
                 past = fs.state.position_offset - fs.query_length
                 batch.append((fs.state.request_id, past, fs.query_length, fs.has_new_token))
-            self.runtime.begin_batch(batch)
+            # On the compute stream, like the forward that reads them: the packed table's copy is asynchronous.
+            with stream_context(self.inputs_and_outputs.compute_stream):
+                self.runtime.begin_batch(batch)
         return ready
 
     def update_batch(self) -> None:
