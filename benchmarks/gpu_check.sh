@@ -10,7 +10,8 @@
 #   2. steered+monitored vs unsteered vs hooks off vs padded generate at 1 and 64 requests, CUDA graphs on:
 #      Qwen2.5-0.5B shape                                                                 <= 110 s
 #      Qwen2.5-7B shape (decode ms/token at 1 request vs the ~3.6 ms HBM bound)           <= 190 s
-# Every heading and number is printed (no tail): the run tool returns the last 12,000 characters.
+# Every heading and benchmark number is printed (only the pytest dots are cut to their last 25 lines): the run
+# tool returns the last 12,000 characters.
 set -uo pipefail
 START=$(date +%s)
 step() { echo; echo "=== $1 (t=$(( $(date +%s) - START ))s)"; }
