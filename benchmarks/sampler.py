@@ -14,10 +14,31 @@ from collections.abc import Callable
 
 import torch
 
-from steering_server.sampling import RowPlan, noise_key, sample_rows
+from steering_server.sampling import RowPlan, noise_key, sample_rows, uniform_noise
 
 
-def _case(rows: int, vocab: int, temperature: float, top_k: int, top_p: float) -> Callable[[], torch.Tensor]:
+def full_sort(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    """The sampler before issue 9, for comparison: a full-vocabulary sort and noise for every row, greedy too."""
+    vocab = logits.shape[1]
+    greedy = logits.argmax(dim=-1)
+    z = logits / temperature.clamp_min(1e-6)[:, None]
+    sorted_z, order = z.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab)[None, :]
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
+    in_top_k = rank < k[:, None]
+    probs = sorted_z.masked_fill(~in_top_k, float("-inf")).softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1.0))
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, vocab)))
+    score = torch.where(keep, sorted_z + gumbel.gather(1, order), torch.full_like(sorted_z, float("-inf")))
+    return torch.where(temperature > 0, order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0], greedy)
+
+
+def _case(
+    rows: int, vocab: int, temperature: float, top_k: int, top_p: float, old: bool = False
+) -> Callable[[], torch.Tensor]:
     logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
     t = torch.full((rows,), temperature)
     k = torch.full((rows,), top_k, dtype=torch.int64)
@@ -25,6 +46,8 @@ def _case(rows: int, vocab: int, temperature: float, top_k: int, top_p: float) -
     keys = torch.tensor([noise_key(1, i) for i in range(rows)], dtype=torch.int64)
     plan = RowPlan.from_params(t.tolist(), k.tolist(), p.tolist())  # the engine builds it on the host, once
     order = torch.tensor(plan.order, dtype=torch.int64)
+    if old:
+        return lambda: full_sort(logits, t, k, p, keys)
     return lambda: sample_rows(logits, t, k, p, keys, plan, order)
 
 
@@ -43,6 +66,8 @@ def main() -> None:
         "sampled, top-p 0.9": _case(a.rows, a.vocab, 1.0, 0, 0.9),
         "sampled, top-k 50 + top-p 0.9": _case(a.rows, a.vocab, 1.0, 50, 0.9),
         "sampled, no filter": _case(a.rows, a.vocab, 1.0, 0, 1.0),
+        "before: greedy (full sort)": _case(a.rows, a.vocab, 0.0, 0, 1.0, old=True),
+        "before: top-p 0.9 (full sort)": _case(a.rows, a.vocab, 1.0, 0, 0.9, old=True),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():

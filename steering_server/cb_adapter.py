@@ -29,6 +29,7 @@ from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
 from transformers.generation.continuous_batching.utils import stream_context
 
+from .cpu_attention import install_cpu_decode_attention
 from .runtime import SteeringRuntime
 from .types import ServingSettings
 
@@ -87,7 +88,9 @@ class _SteeringProcessor(ContinuousBatchProcessor):
                 # position_offset was already advanced past this batch's tokens
                 past = fs.state.position_offset - fs.query_length
                 batch.append((fs.state.request_id, past, fs.query_length, fs.has_new_token))
-            self.runtime.begin_batch(batch)
+            # On the compute stream, like the forward that reads them: the packed table's copy is asynchronous.
+            with stream_context(self.inputs_and_outputs.compute_stream):
+                self.runtime.begin_batch(batch)
         return ready
 
     def update_batch(self) -> None:
@@ -124,6 +127,7 @@ class BatchingManager(ContinuousBatchingManager):
             # same numbers ~5x faster (a quarter of a 32-request step here). On CUDA a masked grouped sdpa can fall
             # back to the math kernel, so this stays CPU-only. Process-wide; it only changes how sdpa is called.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+            install_cpu_decode_attention()  # decode-only batches: per-request attention, not a block-diagonal mask
         # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
         compiled = (
             CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)

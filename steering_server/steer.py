@@ -38,9 +38,10 @@ def measure_and_steer(
     """
     h32 = hidden.float()  # (tokens, hidden); no copy when already fp32
     proj = h32 @ unit_dirs.T  # (tokens, K)
-    coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
-    # Added in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
-    steered = (h32 + coef @ unit_dirs).to(hidden.dtype)  # (tokens, hidden)
+    # beta - alpha * proj per token, fused: (tokens, K)
+    coef = torch.addcmul(beta.index_select(0, token_slot), alpha.index_select(0, token_slot), proj, value=-1.0)
+    # h + coef @ d, fused, in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
+    steered = torch.addmm(h32, coef, unit_dirs).to(hidden.dtype)  # (tokens, hidden)
     return steered, proj
 
 

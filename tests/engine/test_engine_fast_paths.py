@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from steering_server.cb_adapter import choose_attn_implementation
 from steering_server.config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 
@@ -65,7 +66,9 @@ async def test_model_info_reports_the_cache_and_batching_it_got() -> None:
         s = engine.model_info().serving
         assert (s.page_size, s.max_requests_per_batch, s.max_batch_tokens) == (16, 8, 64)
         assert 2048 <= s.kv_cache_tokens == s.num_blocks * 16 < 2048 + 1024  # rounded up to whole sectors
-        assert s.attn_implementation == "sdpa" and not s.compiled and not s.cuda_graphs
+        assert s.attn_implementation == choose_attn_implementation(engine.model.device) and not s.compiled
+        if DEVICE == "cpu":
+            assert s.attn_implementation == "sdpa" and not s.cuda_graphs
 
 
 async def test_the_default_kv_cache_fits_the_cpu() -> None:
