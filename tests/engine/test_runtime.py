@@ -38,7 +38,7 @@ def test_the_packed_table_is_written_in_place_and_padding_tokens_are_unsteered()
     rt, _ = _runtime()
     assert rt._host is rt.table  # on the CPU the host table is the device table: no copy at all
     address = rt.table.data_ptr()
-    rt.tracks["a"] = RequestTrack("a", prompt_len=3, slot=2, temperature=0.5, top_k=7, top_p=0.9, seed=1)
+    rt.tracks["a"] = RequestTrack("a", prompt_len=3, slots=(2, 2, 2), temperature=0.5, top_k=7, top_p=0.9, seed=1)
     rt.tracks["b"] = RequestTrack("b", prompt_len=2)
     rt.begin_batch([("a", 0, 3, True), ("b", 0, 2, True)])
     assert rt.token_slot[:6].tolist() == [2, 2, 2, 0, 0, 0]  # past the batch: slot 0 (padding is unsteered)
@@ -74,7 +74,7 @@ def test_hooks_off_is_all_zero_tables_not_a_branch_in_the_hook() -> None:
     rt, layers = _runtime()
     rt.skip_idle_work = False  # the graph/compile path: the full step on every forward
     rt.alpha[:, 1, 0] = 1.0  # slot 1 ablates direction row 0 at every layer
-    rt.tracks["s"] = RequestTrack("s", prompt_len=2, slot=1, monitored=((0, 1),))
+    rt.tracks["s"] = RequestTrack("s", prompt_len=2, slots=(1, 1, 1), monitored=((0, 1),))
     x = torch.randn(2, H, generator=torch.Generator().manual_seed(2))
     rt.active = False
     rt.begin_batch([("s", 0, 2, True)])
@@ -84,3 +84,19 @@ def test_hooks_off_is_all_zero_tables_not_a_branch_in_the_hook() -> None:
     out = _forward(layers, x)
     assert not torch.equal(out, x)
     assert (out @ rt.unit[L - 1, 0]).abs().max() < 1e-5  # the direction is gone after the last layer
+
+
+def test_each_token_takes_the_slot_of_its_position_class_also_after_a_reset() -> None:
+    rt, _ = _runtime()
+    # Slots per class: prompt before its last token, the last prompt token, generated tokens.
+    rt.tracks["p"] = RequestTrack("p", prompt_len=4, slots=(1, 2, 3))
+    rt.begin_batch([("p", 0, 4, True)])  # the prompt: three body tokens and the last one
+    assert rt.token_slot[:4].tolist() == [1, 1, 1, 2]
+    rt.begin_batch([("p", 4, 1, True)])  # decoding: generated positions
+    assert rt.token_slot[:1].tolist() == [3]
+    rt.begin_batch([("p", 0, 6, True)])  # re-prefilled after a reset: classes follow absolute positions
+    assert rt.token_slot[:6].tolist() == [1, 1, 1, 2, 3, 3]
+    assert rt.tracks["p"].held_slots == [1, 2, 3]
+    rt.tracks["q"] = RequestTrack("q", prompt_len=3, slots=(0, 5, 0))  # the last prompt token only
+    rt.begin_batch([("q", 0, 3, True)])
+    assert rt.token_slot[:3].tolist() == [0, 0, 5] and rt.tracks["q"].held_slots == [5]
