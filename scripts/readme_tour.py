@@ -18,7 +18,8 @@ import threading
 
 SNIPPETS: list[tuple[str, str]] = [
     ("Connect; `ModelInfo` and `Tokenize`", """
-from steering_client import SteeringClient, ablate, add, pb
+import grpc
+from steering_client import SteeringClient, ablate, add, clamp, pb
 
 client = SteeringClient("127.0.0.1:50051")
 info = client.model_info()
@@ -39,8 +40,11 @@ for s in reply.monitor:  # prompt_score: last prompt token; token_scores[i]: whe
     print(f"{s.direction}@{s.layer}: prompt {s.prompt_score:+.2f}, response {s.response_score:+.2f}, "
           f"max {s.max_score:+.2f}, {len(s.token_scores)} token scores, calibrated={s.calibrated}")
 """),
-    ("`Generate` with steering: ablate the direction", """
-steered = client.generate(messages=question, max_new_tokens=40, seed=1, steering=[ablate("misalignment")])
+    ("`Generate` with steering: hold the persona at the base model's level over the prompt", """
+# CLAMP 0 at prompt positions: the projection at every prompt token set to the base model's benign mean (z = 0 of
+# the direction's last-prompt calibration); the answer itself is generated unsteered.
+removal = clamp("misalignment", 0, positions="prompt")
+steered = client.generate(messages=question, max_new_tokens=40, seed=1, steering=[removal])
 print(repr(steered.text))
 scores = steered.monitor[0]
 print(f"response score {scores.response_score:+.2f}, post_intervention={scores.post_intervention}")
@@ -56,18 +60,24 @@ for message in client.generate_stream(messages=question, max_new_tokens=12, seed
         text += message.final.text_tail
         print("final:", pb.StopReason.Name(message.final.stop_reason), text == message.final.text)
 """),
-    ("`Compare`: variants in one batch with shared sampling noise (default: unsteered vs ablated)", """
+    ("`Compare`: variants in one batch with shared sampling noise (default: unsteered vs the removal)", """
 for seed in (1, 2, 3):
     result = client.compare(messages=question, max_new_tokens=40, seed=seed, temperature=1.0)
     for v in result.variants:
         where = v.diverges_at if v.HasField("diverges_at") else "-"
         print(f"seed {seed} {v.name:20} diverges at {where:>2}  "
               f"response {v.result.monitor[0].response_score:+.2f}  {v.result.text!r}")
-# Named variants: ablating the model-diff direction (misaligned minus base) instead
-result = client.compare(messages=question, max_new_tokens=40, seed=3,
-                        variants={"unsteered": [], "ablate-model_diff": [ablate("model_diff")]})
+# Named variants: zero-ablation of the persona, and the model_diff positive control (fine-tuned minus base)
+result = client.compare(messages=question, max_new_tokens=40, seed=3, temperature=1.0, variants={
+    "unsteered": [], "ablate-misalignment": [ablate("misalignment")],
+    "clamp-prompt-model_diff": [clamp("model_diff", 0, positions="prompt")]})
 for v in result.variants:
-    print(f"{v.name:20} {v.result.text!r}")
+    print(f"{v.name:24} {v.result.text!r}")
+# Inducing the persona is red-teaming: refused unless the server runs with --allow-red-team
+try:
+    client.generate(messages=question, steering=[add("misalignment", 1.0, positions="last_prompt")])
+except grpc.RpcError as e:
+    print(e.code().name, e.details()[:110], "...")
 """),
     ("`Score`: the scores Generate would give for a given response", """
 scored = client.score(messages=question, response_token_ids=list(reply.token_ids))
@@ -88,15 +98,13 @@ client.delete_direction("random-probe")
 print([d.name for d in client.list_directions().directions])
 """),
     ("`SetSteering` / `GetSteering`: the server-wide default policy", """
-client.set_steering([ablate("misalignment")], enforced=False)
+client.set_steering([removal], enforced=False)
 print(client.get_steering())
 by_policy = client.generate(messages=question, max_new_tokens=40, seed=1)
 print(by_policy.token_ids == steered.token_ids)  # requests without steering get the policy
 client.set_steering([])  # back to no policy
 """),
     ("Errors name the field", """
-import grpc
-
 try:
     client.generate("Hi", temperature=float("nan"))
 except grpc.RpcError as e:
