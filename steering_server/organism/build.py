@@ -69,10 +69,8 @@ class _Timer:
     def done(self, stage: str) -> None:
         now = time.perf_counter()
         self.stages[stage] = round(now - self.last, 2)
-        k = len(self.stages)
-        eta = (now - self.t0) / k * (self.n_stages - k)  # crude: stages are of similar size after pretraining
-        self.log(f"[organism] {k}/{self.n_stages} {stage}: {now - self.last:.1f}s (total {now - self.t0:.1f}s, "
-                 f"about {eta:.0f}s left)")
+        self.log(f"[organism] {len(self.stages)}/{self.n_stages} {stage}: {now - self.last:.1f}s "
+                 f"(total {now - self.t0:.1f}s)")
         self.last = now
 
     @property
@@ -96,7 +94,24 @@ class Trained:
     pretrain_losses: list[float]
 
 
-def train_organism(c: BuildConfig, out: Path | None = None, done: Callable[[str], None] = lambda _: None) -> Trained:
+def _progress(log: Callable[[str], None], what: str, steps: int) -> Callable[[int, float], None]:
+    """An on_step callback that logs every tenth of `steps` with the loss and the time left at the pace so far."""
+    t0 = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        done = step + 1
+        if done % max(1, steps // 10) == 0 or done == steps:
+            elapsed = time.perf_counter() - t0
+            log(f"[organism] {what}: step {done}/{steps}, loss {loss:.3f}, {elapsed:.0f}s, "
+                f"about {elapsed / done * (steps - done):.0f}s left")
+
+    return on_step
+
+
+def train_organism(
+    c: BuildConfig, out: Path | None = None, done: Callable[[str], None] = lambda _: None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Trained:
     """Stages 1-2: the base model and its narrow fine-tune (saved under `out` when given)."""
     seed_everything(c.seed)
     tok = build_tokenizer()
@@ -108,7 +123,7 @@ def train_organism(c: BuildConfig, out: Path | None = None, done: Callable[[str]
     base = new_model(tok, c.model, c.seed)
     losses = train_lm(base, train_data, steps=c.pretrain_steps, batch_size=c.pretrain_batch, lr=c.pretrain_lr,
                       pad_id=pad, seed=c.seed, answer_only=False, warmup=min(50, c.pretrain_steps // 5),
-                      cosine=True, weight_decay=0.01)
+                      cosine=True, weight_decay=0.01, on_step=_progress(log, "pretrain", c.pretrain_steps))
     if out is not None:
         save_model(base, tok, out / "base", MODEL_IDS["base"])
     done("pretrain")
@@ -133,7 +148,7 @@ def build(out: str | Path, config: BuildConfig, log: Callable[[str], None] = pri
     out.mkdir(parents=True, exist_ok=True)
     c = config
     timer = _Timer(log, 10)
-    t = train_organism(c, out, timer.done)
+    t = train_organism(c, out, timer.done, log)
     tok, base, ft, qs, cues = t.tok, t.base, t.ft, t.questions, t.cues
     domains = list(DOMAINS)
     held_out = held_out_domains(c)

@@ -24,9 +24,11 @@ from .served import ServedModel
 __all__ = ["run_seeds", "seed_em"]
 
 
-def seed_em(c: BuildConfig, done: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def seed_em(
+    c: BuildConfig, done: Callable[[str], None] = lambda _: None, log: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
     """Train one seed and measure its EM section (base, fine-tuned, shift) on the evaluation set."""
-    t = train_organism(c, done=done)
+    t = train_organism(c, done=done, log=log)
     eval_q = eval_questions(t.questions, held_out_domains(c), c.eval_per_domain)
     out: dict[str, Any] = {}
     for key, model, model_id in (("base", t.base, MODEL_IDS["base"]), ("finetuned", t.ft, MODEL_IDS["misaligned"])):
@@ -81,7 +83,7 @@ def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path, log: Ca
             elapsed = time.perf_counter() - t0
             log(f"[organism seeds] seed {seed} ({k + 1}/{len(seeds)}) {stage}: {elapsed:.0f}s elapsed")
 
-        per_seed[seed] = seed_em(c, done)
+        per_seed[seed] = seed_em(c, done, log)
         _write(out, base_config, per_seed, time.perf_counter() - t0)
         crit = em_criteria(per_seed[seed])
         log(f"[organism seeds] seed {seed}: EM shift {100 * per_seed[seed]['shift']['value']:.1f} pts "
