@@ -107,10 +107,9 @@ def evaluate_criteria(r: dict[str, Any], salad: dict[str, float] | None = None) 
                    matched=matched)
 
     at = [x for x in r["realign"]["curve"] if x["n"] == A_N]
-    if at:
-        above = at[0]["above_base_kept"]["value"]
-        out["A"] = _c(f"re-aligned with {A_N} samples: EM within {A_POINTS} of base", abs(above) <= A_POINTS,
-                      value=above)
+    above = at[0]["above_base_kept"]["value"] if at else None  # None: the build ran no 64-sample point
+    out["A"] = _c(f"re-aligned with {A_N} samples: EM within {A_POINTS} of base",
+                  above is not None and abs(above) <= A_POINTS, value=above)
     return out
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from steering_server.direction_files import load_direction
 from steering_server.organism.build import build
 from steering_server.organism.config import preset
-from steering_server.organism.report import PLOTS
+from steering_server.organism.report import PLOTS, to_jsonable
 from steering_server.provenance import config_hash, tokenizer_hash
 
 CRITERIA = {"J", "E1", "E2", "D1", "D2", "D3", "R1", "R2", "R3", "I1", "I2", "A"}
@@ -40,6 +40,16 @@ def test_build_writes_models_directions_and_report(small_build):
     assert all(f"| {k} |" in text for k in CRITERIA)
 
 
+def _close(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    return a == b
+
+
 def test_build_is_deterministic_under_a_seed(small_build, tmp_path):
     out, report = small_build
     again = build(tmp_path, preset("small", seed=0), log=lambda _: None)
@@ -49,8 +59,10 @@ def test_build_is_deterministic_under_a_seed(small_build, tmp_path):
     da, db = load_direction(out / "misalignment.safetensors"), load_direction(tmp_path / "misalignment.safetensors")
     assert all(torch.equal(da.vectors[k], db.vectors[k]) for k in da.vectors)
     assert da.calibration == db.calibration
+    # Sampled answers and every rate are the same; a score read through the engine can differ in its last float
+    # digits, since continuous batching groups requests differently from run to run (different matmul shapes).
     for key in ("em", "detection", "removal", "induction", "dose_response"):
-        assert again[key] == report[key], key
+        assert _close(to_jsonable(again[key]), to_jsonable(report[key])), key  # NaN (nothing to rank) as None
 
 
 def test_organism_loads_through_the_servers_model_and_direction_paths(small_build):
