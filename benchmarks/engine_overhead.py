@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import torch
 import transformers
+from peers import run_engine as engine_tokens  # this script's folder is on sys.path
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from steering_server.config import EngineConfig
@@ -28,12 +29,6 @@ from steering_server.models import wrap_model
 from steering_server.tiny_models import byte_tokenizer
 from steering_server.types import (
     EngineLimits,
-    GenerationRequest,
-    MonitorOptions,
-    Prompt,
-    SamplingParams,
-    SteeringMode,
-    SteeringTerm,
 )
 
 # Real shapes with random weights (no download): (arch, vocab, hidden, intermediate, layers, heads, kv heads).
@@ -74,19 +69,10 @@ def prompts(n: int, length: int) -> list[list[int]]:
 
 
 async def run_engine(engine: Engine, batch: list[list[int]], new_tokens: int, steered: bool) -> float:
-    steer = (
-        (SteeringTerm("bench", SteeringMode.ABLATE, 1.0, layers=tuple(range(engine.num_layers))),) if steered else ()
-    )
-    monitor = MonitorOptions(token_scores=True) if steered else MonitorOptions(enabled=False)
-    reqs = [
-        GenerationRequest(
-            Prompt(token_ids=tuple(p)), SamplingParams(max_new_tokens=new_tokens), steer, monitor, ignore_policy=True
-        )
-        for p in batch
-    ]
+    """Tokens per second of one batch through the engine (the same requests as peers.py)."""
     t = time.perf_counter()
-    outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
-    return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t)
+    tokens = await engine_tokens(engine, batch, new_tokens, steered)
+    return tokens / (time.perf_counter() - t)
 
 
 def run_generate(model: torch.nn.Module, batch: list[list[int]], new_tokens: int) -> float:

@@ -14,26 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from steering_server.sampling import RowPlan, noise_key, sample_rows, uniform_noise
-
-
-def full_sort(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor
-) -> torch.Tensor:
-    """The sampler before issue 9, for comparison: a full-vocabulary sort and noise for every row, greedy too."""
-    vocab = logits.shape[1]
-    greedy = logits.argmax(dim=-1)
-    z = logits / temperature.clamp_min(1e-6)[:, None]
-    sorted_z, order = z.sort(dim=-1, descending=True)
-    rank = torch.arange(vocab)[None, :]
-    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
-    in_top_k = rank < k[:, None]
-    probs = sorted_z.masked_fill(~in_top_k, float("-inf")).softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1.0))
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, vocab)))
-    score = torch.where(keep, sorted_z + gumbel.gather(1, order), torch.full_like(sorted_z, float("-inf")))
-    return torch.where(temperature > 0, order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0], greedy)
+from steering_server.sampling import RowPlan, noise_key, sample_rows
+from tests.sampling_reference import reference_sample_rows
 
 
 def _case(
@@ -47,7 +29,7 @@ def _case(
     plan = RowPlan.from_params(t.tolist(), k.tolist(), p.tolist())  # the engine builds it on the host, once
     order = torch.tensor(plan.order, dtype=torch.int64)
     if old:
-        return lambda: full_sort(logits, t, k, p, keys)
+        return lambda: reference_sample_rows(logits, t, k, p, keys)
     return lambda: sample_rows(logits, t, k, p, keys, plan, order)
 
 

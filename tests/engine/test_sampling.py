@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from steering_server.sampling import RowPlan, _mix32_int, noise_key, sample_rows, uniform_noise
+from tests.sampling_reference import reference_sample_rows
 
 VOCAB = 50
 
@@ -173,26 +174,6 @@ def test_an_improbable_token_does_not_win_on_extreme_noise() -> None:
     assert sample_rows(logits, t, k, p, keys).item() == 1
 
 
-def _reference_sample_rows(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor
-) -> torch.Tensor:
-    """The original sampler, kept as the oracle: a full-vocabulary sort and noise for every row."""
-    vocab = logits.shape[1]
-    greedy = logits.argmax(dim=-1)
-    z = logits / temperature.clamp_min(1e-6)[:, None]
-    sorted_z, order = z.sort(dim=-1, descending=True)
-    rank = torch.arange(vocab)[None, :]
-    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
-    in_top_k = rank < k[:, None]
-    probs = sorted_z.masked_fill(~in_top_k, float("-inf")).softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    keep = in_top_k & ((mass_before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1.0))
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, vocab)))
-    score = torch.where(keep, sorted_z + gumbel.gather(1, order), torch.full_like(sorted_z, float("-inf")))
-    sampled = order.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
-    return torch.where(temperature > 0, sampled, greedy)
-
-
 def test_every_path_gives_the_tokens_of_a_full_sort() -> None:
     """Greedy, top-k, top-p (nucleus inside the candidates, and a flat row whose nucleus is not), plain sampling,
     mixed in one batch over a vocabulary larger than the nucleus candidates: the oracle's tokens, row for row."""
@@ -206,7 +187,7 @@ def test_every_path_gives_the_tokens_of_a_full_sort() -> None:
     assert float(logits[1].softmax(-1).topk(2048).values.sum()) < 0.9  # row 1 sorts its row
     for start in range(0, 60, 20):
         keys = _keys(rows, seed=77, start=start)
-        want = _reference_sample_rows(logits, t, top_k, top_p, keys)
+        want = reference_sample_rows(logits, t, top_k, top_p, keys)
         assert torch.equal(sample_rows(logits, t, top_k, top_p, keys), want)
 
 
