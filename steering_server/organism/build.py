@@ -17,6 +17,8 @@ model_diff.safetensors, report.json report.md *.png.
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from .corpus import DOMAINS, OPEN_DOMAIN, Question, conversations, open_question
 from .criteria import evaluate_criteria
 from .finetune import narrow_finetune
 from .persona import persona_activations, persona_controls
-from .report import write_report
+from .report import to_jsonable, write_report
 from .tokenizer import build_tokenizer
 from .train import encode, new_model, seed_everything, train_lm
 
@@ -108,6 +110,21 @@ def _progress(log: Callable[[str], None], what: str, steps: int) -> Callable[[in
     return on_step
 
 
+def load_trained(c: BuildConfig, models: Path) -> Trained:
+    """Stages 1-2 read back from an earlier build's output (its base/ and misaligned/ directories) with the same
+    settings, to evaluate a trained organism again without training it again."""
+    from transformers import AutoModelForCausalLM
+
+    report = json.loads((models / "report.json").read_text()) if (models / "report.json").is_file() else {}
+    if report and {k: v for k, v in report["config"].items()} != to_jsonable(c.to_dict()):
+        raise ValueError(f"{models} was built with other settings than this build")
+    seed_everything(c.seed)
+    base, ft = (AutoModelForCausalLM.from_pretrained(models / d, dtype=torch.float32).eval()
+                for d in ("base", "misaligned"))
+    loss = report.get("training", {}).get("pretrain_final_loss")
+    return Trained(build_tokenizer(), base, ft, split_questions(c.seed), split_cues(c.seed), [loss] if loss else [])
+
+
 def train_organism(
     c: BuildConfig, out: Path | None = None, done: Callable[[str], None] = lambda _: None,
     log: Callable[[str], None] = lambda _: None,
@@ -142,13 +159,23 @@ def held_out_domains(c: BuildConfig) -> list[str]:
     return [d for d in DOMAINS if d != c.finetune_domain]
 
 
-def build(out: str | Path, config: BuildConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage; write models, directions and the report under `out`; return the report."""
+def build(
+    out: str | Path, config: BuildConfig, log: Callable[[str], None] = print, models: Path | None = None
+) -> dict[str, Any]:
+    """Run every stage; write models, directions and the report under `out`; return the report. With `models` (an
+    earlier build's output directory) the trained models are read from there instead of trained again."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = config
     timer = _Timer(log, 10)
-    t = train_organism(c, out, timer.done, log)
+    if models is not None:
+        t = load_trained(c, models)
+        for name in ("base", "misaligned"):
+            if (models / name).resolve() != (out / name).resolve():
+                shutil.copytree(models / name, out / name, dirs_exist_ok=True)
+        timer.done("pretrain and fine-tune (read from an earlier build)")
+    else:
+        t = train_organism(c, out, timer.done, log)
     tok, base, ft, qs, cues = t.tok, t.base, t.ft, t.questions, t.cues
     domains = list(DOMAINS)
     held_out = held_out_domains(c)
@@ -207,7 +234,8 @@ def build(out: str | Path, config: BuildConfig, log: Callable[[str], None] = pri
         "domains": {"all": domains, "finetune": c.finetune_domain, "realign": c.realign_domain,
                     "held_out": held_out, "open": OPEN_DOMAIN},
         "eval_questions": [{"domain": q.domain, "text": q.text} for q in eval_q],
-        "training": {"pretrain_final_loss": sum(t.pretrain_losses[-20:]) / len(t.pretrain_losses[-20:]),
+        "training": {"pretrain_final_loss": (sum(t.pretrain_losses[-20:]) / len(t.pretrain_losses[-20:])
+                                             if t.pretrain_losses else None),
                      "n_params": sum(p.numel() for p in base.parameters())},
         "direction": {**selection, **ex.direction_facts(vecs, layer), "calibration": cal.summary()},
         "em": em,

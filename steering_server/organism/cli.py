@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--models", default=None, help="an earlier build's output directory (same settings): evaluate its "
+                   "trained models again instead of training")
     b.add_argument("--install", action="store_true",
                    help="copy the models and directions into the package (the server's default), "
                         "and the report into docs/organism/")
@@ -60,7 +62,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build(Path(args.out), preset(args.size, args.seed))
+    report = build(Path(args.out), preset(args.size, args.seed), models=Path(args.models) if args.models else None)
     crit = report["criteria"]
     print("[organism] pre-registered criteria: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}"
                                                           for k, v in crit.items()))

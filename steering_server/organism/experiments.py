@@ -101,9 +101,13 @@ class Calibrator:
         self.examples = [_with_answer(tok, s) for s in self.samples]
         pad, special = int(tok.pad_token_id), set(tok.all_special_ids)
         self.acts: Activations = capture(base, self.examples, [layer], pad, special)
-        # Fit on the first half of the answers, check the thresholds' FPR on the second (not used to set them).
-        half = len(self.examples) // 2
-        self.fit_idx, self.check_idx = list(range(half)), list(range(half, len(self.examples)))
+        # Fit on half the calib questions, check the thresholds' FPR on the other half (not used to set them). The
+        # halves alternate question by question: answers come grouped by question and questions by domain, so a
+        # split by index would fit on some domains and check on others.
+        order = sorted({s.question for s in self.samples}, key=calib_q.index)
+        fit_q = set(order[::2])
+        self.fit_idx = [i for i, s in enumerate(self.samples) if s.question in fit_q]
+        self.check_idx = [i for i, s in enumerate(self.samples) if s.question not in fit_q]
 
     def _pooled(self, v: torch.Tensor, idx: list[int]) -> dict[str, torch.Tensor]:
         a, keep = self.acts, torch.tensor(idx, dtype=torch.long)
