@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--build", default=None, help="a canonical build's output directory: its seed is read from its "
                    "report instead of retrained")
+    s.add_argument("--no-train", action="store_true", help="train nothing: tabulate the seeds already measured")
     s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
     s.set_defaults(func=run_seeds)
 
@@ -81,7 +82,8 @@ def run_seeds(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    report = seeds(preset(args.size), args.seeds, out, build=Path(args.build) if args.build else None)
+    report = seeds(preset(args.size), args.seeds, out, build=Path(args.build) if args.build else None,
+                   train=not args.no_train)
     print(f"[organism seeds] E3 {'met' if report['E3']['met'] else 'NOT met'}; report: {out / 'seeds.md'}")
     if args.install:
         for name in ("seeds.md", "seeds.json"):

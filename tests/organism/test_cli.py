@@ -54,3 +54,13 @@ def test_seeds_command_writes_the_e3_table(tmp_path):
     assert set(saved["seeds"]) == {"0", "1"} and set(saved["E3"]["per_seed"]) == {"0", "1"}
     assert isinstance(saved["E3"]["met"], bool)
     assert "| 1 |" in (tmp_path / "seeds.md").read_text()
+
+
+def test_seeds_reads_what_was_measured_and_counts_a_missing_seed_as_not_met(small_build, tmp_path):
+    out, report = small_build
+    args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "0", "1", "--build", str(out),
+                                 "--out", str(tmp_path), "--no-train"])
+    assert args.func(args) == 0
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert set(saved["seeds"]) == {"0"} and saved["E3"]["missing"] == [1, 2, 3, 4] and not saved["E3"]["met"]
+    assert saved["seeds"]["0"]["shift"] == json.loads((out / "report.json").read_text())["em"]["shift"]
