@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -33,7 +33,7 @@ from .cpu_attention import install_cpu_decode_attention
 from .runtime import SteeringRuntime
 from .types import ServingSettings
 
-__all__ = ["BatchingManager", "GenerationOutput", "choose_attn_implementation", "is_failed", "is_finished"]
+__all__ = ["BatchingManager", "Progress", "choose_attn_implementation", "progress"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,20 @@ def choose_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def is_finished(output: GenerationOutput) -> bool:
-    return output.is_finished()
+@dataclass(frozen=True)
+class Progress:
+    """What the engine learns about one request from the batching manager: a plain record, so no transformers type
+    crosses into the engine (an upgrade that changes GenerationOutput breaks here, and the seam test names it)."""
+
+    tokens: list[int]  # every token generated so far
+    finished: bool
+    failed: bool
+    error: str | None
 
 
-def is_failed(output: GenerationOutput) -> bool:
-    return output.status == RequestStatus.FAILED
+def progress(output: GenerationOutput) -> Progress:
+    failed = output.status == RequestStatus.FAILED
+    return Progress(output.generated_tokens, failed or output.is_finished(), failed, output.error)  # no copy
 
 
 class _SteeringRunner(ModelRunner):
@@ -230,11 +238,11 @@ class BatchingManager(ContinuousBatchingManager):
         return len(sched.active_requests), len(sched.waiting_requests) + queued
 
     def submit(
-        self, request_id: str, input_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]
+        self, request_id: str, input_ids: list[int], max_new_tokens: int, handler: Callable[[Progress], None]
     ) -> bool:
         """Register the handler first (results go only to handlers registered before the request is added), then
-        add the request. False when the manager is not accepting (Engine rule 7)."""
-        self.register_result_handler(request_id, handler)
+        add the request. False when the manager is not accepting (Engine rule 7). The handler gets `Progress`."""
+        self.register_result_handler(request_id, lambda output: handler(progress(output)))
         added = self.add_request(input_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True)
         if added is None:
             with self.output_router._lock:

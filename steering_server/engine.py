@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
-from .cb_adapter import BatchingManager, GenerationOutput, is_failed
+from .cb_adapter import BatchingManager, Progress
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .containment import measure_residual_norms
 from .directions import Direction
@@ -334,14 +334,14 @@ class Engine(EngineClient):
         self._streams[request_id] = stream
         self.runtime.tracks[request_id] = track
 
-        def handler(output: GenerationOutput) -> None:
-            if is_failed(output):
+        def handler(output: Progress) -> None:
+            if output.failed:
                 if self.manager.is_dying() and not self._stopping:
                     stream.fail(EngineDeadError(f"the engine stopped: {output.error}"))
                 else:
                     stream.on_output([], True, output.error or "request failed")
             else:
-                stream.on_output(output.generated_tokens, output.is_finished(), None)
+                stream.on_output(output.tokens, output.finished, None)
 
         if not self.manager.submit(request_id, prompt_ids, sampling.max_new_tokens, handler):
             self._close_stream(stream, needs_cancel=False)
