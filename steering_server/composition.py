@@ -120,9 +120,15 @@ def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: st
                 c = registry.cosine(t.entry, ref, layer)
                 if abs(c) < COPY_COSINE:
                     continue
-                m = t.map_at(layer)
-                # In R's frame p_t ~ sign(c) p_R: a gain is unchanged, a shift changes sign with the copy.
-                net = net.then(Affine(m.gain, math.copysign(1.0, c) * m.shift))
+                m, sign = t.map_at(layer), math.copysign(1.0, c)
+                # In R's frame, measured from each direction's benign level: p_t - mu_t ~ sign(c) (p_R - mu_R). A
+                # gain is unchanged; a shift changes sign with the copy and is taken from the copy's own benign level,
+                # so clamping a near-copy to its own benign mean is a removal, not a push (p -> g p + s on the copy
+                # is p_R -> g p_R + mu_R (1 - g) + sign(c) ((g - 1) mu_t + s) on R; s itself when t is R).
+                cal_t = calibration(t.entry, pooling)
+                mu_t = cal_t.mu if cal_t is not None else 0.0
+                shift = reference * (1 - m.gain) + sign * ((m.gain - 1) * mu_t + m.shift)
+                net = net.then(Affine(m.gain, shift))
                 fields.append(t.field)
             if fields and _induces(net, reference):
                 via = ", ".join(fields)

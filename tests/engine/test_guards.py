@@ -139,6 +139,24 @@ async def test_uploaded_copies_cannot_bypass_the_guard() -> None:
             engine.set_policy(SteeringPolicy((_term(ADD, -1, "helpfulness"),), enforced=True))
 
 
+async def test_a_near_copy_clamped_to_its_own_benign_level_is_a_removal() -> None:
+    """A near-copy with its own calibration (the organism's model_diff beside its persona direction): CLAMP 0 on it
+    sets the copy to its own benign mean, which is not a push along the registered direction; CLAMP +5 is."""
+    loaded = loaded_model()
+    async with running_engine(loaded, limits=NO_RED_TEAM) as engine:
+        d = _calibrated(random_direction("d", loaded))  # benign mean -5 (sigma 2)
+        g = torch.Generator().manual_seed(4)
+        near = Direction("near", {k: v + 0.3 * v.norm() * torch.randn(v.shape, generator=g) / v.shape[0] ** 0.5
+                                  for k, v in d.vectors.items()}, d.monitor_layer,
+                         calibration={"token": Calibration(mu=40.0, sigma=3.0)})  # far above d's benign mean
+        engine.put_direction(d)
+        engine.put_direction(near)
+        assert await _tokens(engine, _term(CLAMP, 0, "near"))
+        assert await _tokens(engine, _term(CLAMP, -1, "near"))
+        with pytest.raises(PermissionDeniedError, match=INDUCES_D):
+            engine.generate_stream(_req(_term(CLAMP, 5, "near")))
+
+
 async def test_compare_labels_say_what_runs() -> None:
     """Finding 8: under an enforced policy "unsteered" ran the policy and "policy" ran it twice."""
     loaded = loaded_model()

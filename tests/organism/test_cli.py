@@ -57,7 +57,7 @@ def test_seeds_command_writes_the_e3_table(tmp_path):
 
 
 def test_seeds_reads_what_was_measured_and_counts_a_missing_seed_as_not_met(small_build, tmp_path):
-    out, report = small_build
+    out, _report = small_build
     args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "0", "1", "--build", str(out),
                                  "--out", str(tmp_path), "--no-train"])
     assert args.func(args) == 0
