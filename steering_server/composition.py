@@ -125,9 +125,11 @@ def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: st
                 # gain is unchanged; a shift changes sign with the copy and is taken from the copy's own benign level,
                 # so clamping a near-copy to its own benign mean is a removal, not a push (p -> g p + s on the copy
                 # is p_R -> g p_R + mu_R (1 - g) + sign(c) ((g - 1) mu_t + s) on R; s itself when t is R).
+                # Pure ablation (shift 0) stays pure ablation in every frame: removing a direction or a copy of it
+                # is the literature's removal recipe, never judged a push.
                 cal_t = calibration(t.entry, pooling)
                 mu_t = cal_t.mu if cal_t is not None else 0.0
-                shift = reference * (1 - m.gain) + sign * ((m.gain - 1) * mu_t + m.shift)
+                shift = 0.0 if m.shift == 0 else reference * (1 - m.gain) + sign * ((m.gain - 1) * mu_t + m.shift)
                 net = net.then(Affine(m.gain, shift))
                 fields.append(t.field)
             if fields and _induces(net, reference):
