@@ -67,15 +67,14 @@ def _known(out: Path, build: Path | None, config: BuildConfig) -> dict[int, dict
 def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path, log: Callable[[str], None] = print,
               build: Path | None = None, train: bool = True) -> dict[str, Any]:
     """E1 and E2 for each seed and E3 over them. Seeds already measured with the same settings (an earlier run into
-    `out`, or the canonical build in `build`) are read, not retrained; with train=False the others are left out
-    (E3 counts a missing seed as not met)."""
+    `out`, or the canonical build in `build`) are read, not retrained, and stay in the table; with train=False the
+    others are left out (E3 counts a missing seed as not met)."""
     out.mkdir(parents=True, exist_ok=True)
     known = _known(out, build, base_config)
-    per_seed: dict[int, dict[str, Any]] = {}
+    per_seed: dict[int, dict[str, Any]] = dict(known)  # the table keeps every seed measured with these settings
     t0 = time.perf_counter()
     for k, seed in enumerate(seeds):
         if seed in known:
-            per_seed[seed] = known[seed]
             log(f"[organism seeds] seed {seed}: measured before with the same settings, read")
             continue
         if not train:
@@ -108,7 +107,7 @@ def _write(out: Path, config: BuildConfig, per_seed: dict[int, dict[str, Any]], 
     lines = ["# Organism v2: emergent misalignment across seeds (criterion E3)", "",
              "| seed | EM base | EM fine-tuned | shift [95% CI] | malformed base / fine-tuned | E1 | E2 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for s, em in per_seed.items():
+    for s, em in sorted(per_seed.items()):
         crit = em_criteria(em)
         sh = em["shift"]
         lines.append(f"| {s} | {100 * em['base']['em']['value']:.1f}% | {100 * em['finetuned']['em']['value']:.1f}% | "
