@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+# The TLS tests make their certificates with the openssl command (Debian package `openssl`).
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q tests

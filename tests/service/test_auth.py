@@ -4,7 +4,6 @@ loopback only with --open-admin. TLS and mutual TLS with certificates made here 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,10 +119,8 @@ def _certificates(tmp: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in tmp.iterdir() if p.suffix in (".pem", ".key")}
 
 
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the certificates")
 
 
-@needs_openssl
 async def test_tls_and_mutual_tls(engine: FakeEngine, tmp_path: Path) -> None:
     c = _certificates(tmp_path)
     trusted = grpc.ssl_channel_credentials(root_certificates=c["ca.pem"])
