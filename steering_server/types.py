@@ -12,9 +12,13 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = [
+    "Alert",
+    "AlertAction",
+    "AlertRule",
     "ChatMessage",
     "CompareRequest",
     "CompareResult",
+    "ConditionScope",
     "DirectionScores",
     "EngineLimits",
     "EngineStats",
@@ -27,6 +31,7 @@ __all__ = [
     "ScoreRequest",
     "ScoreResult",
     "ServingSettings",
+    "SteeringCondition",
     "SteeringMode",
     "SteeringPolicy",
     "SteeringPositions",
@@ -61,6 +66,19 @@ class SteeringPositions(enum.Enum):
         """The position classes it covers: 0 = prompt before its last token, 1 = the last prompt token,
         2 = generated tokens (steering_server.runtime.position_class)."""
         return {1: (0, 1, 2), 2: (0, 1), 3: (1,), 4: (2,)}[self.value]
+
+
+class ConditionScope(enum.Enum):
+    """Which score a condition or an alert rule watches."""
+
+    PROMPT = 1  # the score at the last prompt token (last_prompt calibration)
+    RUNNING = 2  # the score at each fed-back generated token (token calibration)
+
+
+class AlertAction(enum.Enum):
+    RECORD = 1  # record the alert and go on
+    STOP = 2  # stop with MONITOR_ALERT
+    STEER = 3  # apply the rule's steering from then on (conditional steering)
 
 
 class StopReason(enum.Enum):
@@ -98,6 +116,17 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class SteeringCondition:
+    """Conditional steering (CAST): a term steers a request only once its score on `direction` reaches `threshold`
+    (z units when calibrated). PROMPT: decided at the last prompt token, then the generated tokens are steered.
+    RUNNING: latched at the first fed-back generated token whose score reaches it, steered from that token on."""
+
+    direction: str
+    threshold: float
+    scope: ConditionScope = ConditionScope.PROMPT
+
+
+@dataclass(frozen=True)
 class SteeringTerm:
     direction: str
     mode: SteeringMode
@@ -105,6 +134,32 @@ class SteeringTerm:
     # Layers to steer; empty means the default: every layer of the direction at or above its monitor layer.
     layers: tuple[int, ...] = ()
     positions: SteeringPositions = SteeringPositions.ALL
+    condition: SteeringCondition | None = None  # None: always steers
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """A server-wide alert rule (SteeringPolicy.alerts). `threshold` None: the direction's calibrated threshold for
+    the scope's pooling. STEER applies `steering` (empty: the direction's removal recipe) conditioned on the rule."""
+
+    direction: str
+    action: AlertAction
+    threshold: float | None = None
+    scope: ConditionScope = ConditionScope.RUNNING
+    steering: tuple[SteeringTerm, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert a request raised. `token_index` is i of token_scores[i] for RUNNING, None for PROMPT."""
+
+    direction: str
+    scope: ConditionScope
+    score: float
+    threshold: float
+    action: AlertAction
+    token_index: int | None = None
+    source: str = "policy"  # "policy" (an AlertRule) or "request" (MonitorOptions.stop_threshold)
 
 
 @dataclass(frozen=True)
@@ -163,6 +218,7 @@ class GenerationResult:
     # Text that no TokenEvent carried (held back while it could still begin a stop string): a stream's deltas
     # followed by text_tail equal `text`.
     text_tail: str = ""
+    alerts: tuple[Alert, ...] = ()  # in the order they fired
 
 
 @dataclass(frozen=True)
@@ -246,6 +302,7 @@ class SteeringPolicy:
 
     terms: tuple[SteeringTerm, ...] = ()
     enforced: bool = False
+    alerts: tuple[AlertRule, ...] = ()  # applied to every request, ignore_policy included (monitoring)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,18 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[StopReason]
     MONITOR_ALERT: _ClassVar[StopReason]
     ERROR: _ClassVar[StopReason]
+
+class ConditionScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMPT_SCORE: _ClassVar[ConditionScope]
+    RUNNING_SCORE: _ClassVar[ConditionScope]
+
+class AlertAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_ACTION_UNSPECIFIED: _ClassVar[AlertAction]
+    RECORD: _ClassVar[AlertAction]
+    STOP: _ClassVar[AlertAction]
+    STEER: _ClassVar[AlertAction]
 STEERING_MODE_UNSPECIFIED: SteeringMode
 ABLATE: SteeringMode
 ADD: SteeringMode
@@ -45,6 +57,12 @@ STOP_SEQUENCE: StopReason
 CANCELLED: StopReason
 MONITOR_ALERT: StopReason
 ERROR: StopReason
+PROMPT_SCORE: ConditionScope
+RUNNING_SCORE: ConditionScope
+ALERT_ACTION_UNSPECIFIED: AlertAction
+RECORD: AlertAction
+STOP: AlertAction
+STEER: AlertAction
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -71,18 +89,62 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SteeringTerm(_message.Message):
-    __slots__ = ("direction", "mode", "strength", "layers", "positions")
+    __slots__ = ("direction", "mode", "strength", "layers", "positions", "condition")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     direction: str
     mode: SteeringMode
     strength: float
     layers: _containers.RepeatedScalarFieldContainer[int]
     positions: SteeringPositions
-    def __init__(self, direction: _Optional[str] = ..., mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ...) -> None: ...
+    condition: SteeringCondition
+    def __init__(self, direction: _Optional[str] = ..., mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ..., condition: _Optional[_Union[SteeringCondition, _Mapping]] = ...) -> None: ...
+
+class SteeringCondition(_message.Message):
+    __slots__ = ("direction", "threshold", "scope")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    threshold: float
+    scope: ConditionScope
+    def __init__(self, direction: _Optional[str] = ..., threshold: _Optional[float] = ..., scope: _Optional[_Union[ConditionScope, str]] = ...) -> None: ...
+
+class AlertRule(_message.Message):
+    __slots__ = ("direction", "threshold", "scope", "action", "steering")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    STEERING_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    threshold: float
+    scope: ConditionScope
+    action: AlertAction
+    steering: _containers.RepeatedCompositeFieldContainer[SteeringTerm]
+    def __init__(self, direction: _Optional[str] = ..., threshold: _Optional[float] = ..., scope: _Optional[_Union[ConditionScope, str]] = ..., action: _Optional[_Union[AlertAction, str]] = ..., steering: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("direction", "scope", "score", "threshold", "action", "token_index", "source")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    scope: ConditionScope
+    score: float
+    threshold: float
+    action: AlertAction
+    token_index: int
+    source: str
+    def __init__(self, direction: _Optional[str] = ..., scope: _Optional[_Union[ConditionScope, str]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., action: _Optional[_Union[AlertAction, str]] = ..., token_index: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class MonitorOptions(_message.Message):
     __slots__ = ("directions", "token_scores", "stop_threshold", "disabled")
@@ -143,7 +205,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., steering: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ..., monitor: _Optional[_Union[MonitorOptions, _Mapping]] = ..., ignore_policy: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "token_ids", "stop_reason", "usage", "monitor", "request_id", "seed", "text_tail")
+    __slots__ = ("text", "token_ids", "stop_reason", "usage", "monitor", "request_id", "seed", "text_tail", "alerts")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +214,7 @@ class GenerateResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEXT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     stop_reason: StopReason
@@ -160,7 +223,8 @@ class GenerateResponse(_message.Message):
     request_id: str
     seed: int
     text_tail: str
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., monitor: _Optional[_Iterable[_Union[DirectionScores, _Mapping]]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., text_tail: _Optional[str] = ...) -> None: ...
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., monitor: _Optional[_Iterable[_Union[DirectionScores, _Mapping]]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., text_tail: _Optional[str] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
 
 class TokenEvent(_message.Message):
     __slots__ = ("index", "token_id", "text_delta", "scores")
@@ -404,12 +468,14 @@ class DeleteDirectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SteeringPolicy(_message.Message):
-    __slots__ = ("terms", "enforced")
+    __slots__ = ("terms", "enforced", "alerts")
     TERMS_FIELD_NUMBER: _ClassVar[int]
     ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     terms: _containers.RepeatedCompositeFieldContainer[SteeringTerm]
     enforced: bool
-    def __init__(self, terms: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ..., enforced: _Optional[bool] = ...) -> None: ...
+    alerts: _containers.RepeatedCompositeFieldContainer[AlertRule]
+    def __init__(self, terms: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ..., enforced: _Optional[bool] = ..., alerts: _Optional[_Iterable[_Union[AlertRule, _Mapping]]] = ...) -> None: ...
 
 class GetSteeringRequest(_message.Message):
     __slots__ = ()
