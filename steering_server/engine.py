@@ -20,7 +20,7 @@ from .cb_adapter import BatchingManager, Progress
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .containment import measure_residual_norms
 from .directions import Direction
-from .engine_api import EngineClient, collect, compare_result
+from .engine_api import CompareStreams, EngineClient, collect
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -39,7 +39,6 @@ from .state import StateDir, StateError
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
-    CompareResult,
     EngineStats,
     GenerationRequest,
     GenerationResult,
@@ -362,7 +361,7 @@ class Engine(EngineClient):
             self.registry.release(entry)
         self.generated_tokens += len(stream.token_ids)
 
-    async def compare(self, request: CompareRequest) -> CompareResult:
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
         self._check_accepting()
         check_variants(request.variants, self.limits)
         sampling = check_sampling(request.sampling, self.limits)
@@ -382,11 +381,11 @@ class Engine(EngineClient):
                     ignore_policy=variant_ignores_policy(self._policy),
                 )
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
-            results = [await collect(s) for s in streams]
-        finally:
+        except BaseException:
             for s in streams:
                 s.cancel()
-        return compare_result(variants, results)
+            raise
+        return CompareStreams(variants, tuple(streams))
 
     def _monitored_direction(self, monitor: MonitorOptions) -> Direction | None:
         if monitor.directions:
