@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -35,8 +35,10 @@ __all__ = ["MAX_BODY_BYTES", "Backend", "create_app"]
 STATIC = Path(__file__).parent / "static"
 # As gRPC's text RPCs: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
 MAX_BODY_BYTES = 2 * 1024 * 1024
+_DISCONNECT_POLL_S = 0.25
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON = dict[str, Any]
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -116,7 +118,10 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
                 _compare_events(opened, seed, started), media_type="text/event-stream", headers=_SSE_HEADERS
             )
         try:
-            results = [await collect(s) for s in opened.streams]
+            results = await _unless_gone(request, asyncio.gather(*(collect(s) for s in opened.streams)))
+        except asyncio.CancelledError:
+            _cancelled("Compare", started)
+            raise
         except Exception as exc:
             return _fail("Compare", exc, started)
         finally:
@@ -175,7 +180,10 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             events = _generation_events(stream, chunks, seed, decoded.include_usage, rpc, started)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
-            result = await collect(stream)
+            result = await _unless_gone(request, collect(stream))
+        except asyncio.CancelledError:
+            _cancelled(rpc, started)
+            raise
         except Exception as exc:
             return _fail(rpc, exc, started)
         _ok(rpc, started, result)
@@ -290,6 +298,21 @@ async def _merged(streams: tuple[RequestStream, ...]) -> AsyncIterator[tuple[int
     finally:
         for t in tasks:
             t.cancel()
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; cancelled (freeing its requests) once the client has gone. uvicorn does not cancel a
+    handler whose client left, and a finished-but-unread generation would hold an admission slot until its end."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise asyncio.CancelledError
+    finally:
+        task.cancel()
 
 
 async def _json_body(request: Request) -> JSON:

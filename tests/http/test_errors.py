@@ -92,3 +92,21 @@ async def test_steering_reaches_the_engine_and_changes_the_tokens(fake_http: htt
         **body, "steering": [{"direction": "misalignment", "mode": "add", "strength": -3}]})).json()
     assert plain["steering"]["token_ids"] != steered["steering"]["token_ids"]
     assert plain["steering"]["seed"] == 5
+
+
+async def test_a_client_that_goes_away_frees_its_request(fake: FakeEngine, fake_served: Served) -> None:
+    """Streamed or not, a request whose client left is cancelled at once (it would hold an admission slot)."""
+    fake.hold()  # nothing finishes while the client is connected
+    for stream in (True, False):
+        async with httpx.AsyncClient(base_url=fake_served.url, timeout=60) as client:
+            call = asyncio.ensure_future(
+                client.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 50, "stream": stream})
+            )
+            while not fake.active:
+                await asyncio.sleep(0.01)
+            call.cancel()  # the connection closes
+        for _ in range(500):
+            if not fake.active:
+                break
+            await asyncio.sleep(0.01)
+        assert not fake.active, f"stream={stream}: the request was not freed"
