@@ -81,8 +81,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         type=_direction_arg,
-        metavar="NAME=PATH",
-        help="register a direction file at start-up (repeatable)",
+        metavar="NAME=PATH[,key=value...]",
+        help="register a direction file at start-up (repeatable): safetensors, .pt, .npy, persona-vectors, "
+        "steering-vectors, repeng .gguf or an SAE-Lens directory; options format=, layer=, feature= (an SAE's "
+        "latent), numbering=layers|hidden_states (docs/directions.md)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")

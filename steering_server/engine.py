@@ -312,7 +312,7 @@ class Engine(EngineClient):
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             seed=sampling.seed,
-            monitored=tuple((m.entry.row, m.layer) for m in plan.monitors),
+            monitored=tuple((m.row, m.layer) for m in plan.monitors),
             capture_slot=capture[0],
             capture_from=capture[1],
         )
@@ -475,9 +475,11 @@ class Engine(EngineClient):
             self.state.delete_direction(name)
 
     def load_direction_file(self, name: str, path: str) -> Direction:
-        from .direction_files import load_direction
+        """`path`: a file or SAE directory, optionally with `,format=...,layer=...,feature=...,numbering=...`
+        (direction_imports.split_direction_spec): the one loader PutDirection and realign use too."""
+        from .direction_imports import load_direction_spec
 
-        return self._register(load_direction(path, name=name, num_layers=self.num_layers))
+        return self._register(load_direction_spec(path, name, self.num_layers))
 
     def register_builtin_directions(self) -> None:
         """The shipped organism's directions (the monitored one first), when the built-in model is served."""
