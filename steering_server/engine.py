@@ -428,7 +428,7 @@ class Engine(EngineClient):
             stream.cancel()
         n_scored = max(0, len(response) - 1)  # the last response token is never fed back during generation
         scores = direction_scores(stream.plan, stream.track, n_scored, request.monitor.token_scores)
-        return ScoreResult(len(prompt_ids), tuple(response), scores)
+        return ScoreResult(len(prompt_ids), tuple(response), scores, steered=stream.plan.steered)
 
     async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
         """Mean hidden state per layer over positions >= from_position of one prefill, read in the hooks before
@@ -612,6 +612,7 @@ class Engine(EngineClient):
             queued=len(self._streams),
             forward_passes=self.runtime.forward_passes,
             generated_tokens=self.generated_tokens,
+            waiting=waiting,
         )
 
 

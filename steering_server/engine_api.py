@@ -42,6 +42,11 @@ class RequestStream(abc.ABC):
     @abc.abstractmethod
     def cancel(self) -> None: ...
 
+    def final(self) -> GenerationResult | None:
+        """The result once the request has ended (finished or cancelled), without waiting; None before that and
+        when it failed. Lets a caller that is being cancelled still account for the tokens (service metrics)."""
+        return None
+
 
 async def collect(stream: RequestStream) -> GenerationResult:
     """Run a stream to its end and return its result."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import torch
@@ -56,6 +57,7 @@ from steering_server.types import (
     ModelInfo,
     MonitorOptions,
     Prompt,
+    RequestTiming,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -203,7 +205,7 @@ class FakeEngine(EngineClient):
         else:
             check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms, _ = self._plan(request.steering, request.ignore_policy, "steering")
+        terms, effect = self._plan(request.steering, request.ignore_policy, "steering")
         monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
@@ -217,7 +219,7 @@ class FakeEngine(EngineClient):
             for d in monitored
         )
         await asyncio.sleep(0)
-        return ScoreResult(len(prompt), tuple(response), scores)
+        return ScoreResult(len(prompt), tuple(response), scores, steered=bool(effect))
 
     def list_directions(self) -> list[Direction]:
         return self.registry.list()
@@ -418,6 +420,9 @@ class _FakeStream(RequestStream):
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self.tokens: list[int] = []
         self.done = False
+        self._admitted = time.monotonic()
+        self._scheduled: float | None = None
+        self._token_times: list[float] = []
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:  # type: ignore[override]
@@ -431,6 +436,11 @@ class _FakeStream(RequestStream):
 
     async def result(self) -> GenerationResult:
         return await asyncio.shield(self._result)
+
+    def final(self) -> GenerationResult | None:
+        if self._result.done() and self._result.exception() is None:
+            return self._result.result()
+        return None
 
     def cancel(self) -> None:
         if not self.done:
@@ -454,6 +464,8 @@ class _FakeStream(RequestStream):
                 await self._engine._released.wait()
             if self.done:
                 return
+            if self._scheduled is None:
+                self._scheduled = time.monotonic()
             self._engine.forward_passes += 1
             ids = self._prompt + self.tokens
             scores = {d.name: _score(d, ids, len(ids) - 1, self._terms) for d in self._monitored}
@@ -463,6 +475,7 @@ class _FakeStream(RequestStream):
                 return
             token = _next_token(self._prompt, i, self._sampling, self._effect)
             self.tokens.append(token)
+            self._token_times.append(time.monotonic())
             if token == EOS:
                 self._queue.put_nowait(TokenEvent(i, token, "", scores))
                 self._finish(StopReason.EOS_TOKEN, text[emitted:], text)
@@ -505,6 +518,8 @@ class _FakeStream(RequestStream):
                 monitor=monitor,
                 request_id=self.request_id,
                 text_tail=tail,
+                steered=bool(self._effect),
+                timing=RequestTiming(self._admitted, self._scheduled, tuple(self._token_times), time.monotonic()),
             )
         )
         self._queue.put_nowait(None)
