@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from . import direction_cli
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .directions import validate_direction_name
 from .errors import InvalidArgumentError, SteeringError
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    direction_cli.register(commands)
     _register_organism(commands)
     return parser
 

@@ -10,16 +10,18 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
 import torch
 
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, Progress
+from .compute_job import run_compute
+from .compute_types import ComputeEvent, ComputeRequest
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .containment import measure_residual_norms
-from .directions import Direction
+from .directions import Direction, Provenance
 from .engine_api import EngineClient, collect, compare_result
 from .errors import (
     EngineDeadError,
@@ -29,7 +31,7 @@ from .errors import (
     UnavailableError,
 )
 from .models import LoadedModel, load_model
-from .planning import RequestPlan, effective_terms, make_plan
+from .planning import MonitorTarget, RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
@@ -45,6 +47,7 @@ from .types import (
     GenerationResult,
     ModelInfo,
     MonitorOptions,
+    Prompt,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -451,6 +454,49 @@ class Engine(EngineClient):
         finally:
             stream.cancel()
         return self.runtime.acc[:, free[0]].to("cpu", copy=True) / max(1, stream.track.capture_count)
+
+    async def read_projection(
+        self, vector: torch.Tensor, layer: int, ids: list[int], prompt_len: int
+    ) -> tuple[float, list[float]]:
+        """Raw monitor readings of an unregistered `vector` (hidden,) at `layer` for one unsteered prefill of
+        prompt + response `ids`, read as Score reads a registered direction: (the last prompt token, each response
+        token but the last). The vector holds a scratch row of the direction table for this one request."""
+        self._check_accepting()
+        entry = self.registry.put_scratch({layer: vector.float()})
+        try:
+            plan = RequestPlan((None, None, None), [MonitorTarget("", entry, layer, None, None, None, False)], [entry])
+            stream = self._admit(plan, ids, prompt_len, SamplingParams(max_new_tokens=1), _NO_MONITOR)
+            await collect(stream)
+        finally:
+            self.registry.release(entry)
+        scores = direction_scores(plan, stream.track, max(0, len(ids) - prompt_len - 1), True)[0]
+        return scores.prompt_score, list(scores.token_scores)
+
+    async def generate_ids(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy, unsteered (no policy) answer token ids, end-of-sequence excluded (ComputeDirection's persona
+        answers: the model's own)."""
+        self._check_accepting()
+        self._check_length(prompt_ids, max_new_tokens)
+        plan = RequestPlan((None, None, None), [], [])
+        stream = self._admit(plan, prompt_ids, len(prompt_ids), SamplingParams(max_new_tokens=max_new_tokens),
+                             _NO_MONITOR)
+        ids = list((await collect(stream)).token_ids)
+        while ids and ids[-1] in self.eos_ids:
+            ids.pop()
+        return ids
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        self._check_accepting()
+        return run_compute(request, self)
+
+    def render_prompt(self, prompt: Prompt, prefix: str) -> list[int]:
+        return render_prompt(self.tokenizer, prompt, self.vocab_size, prefix, self.limits)
+
+    def encode_response(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def provenance(self) -> Provenance:
+        return Provenance(self.loaded.model_id, self.config_hash, self.tokenizer_hash)
 
     # ------------------------------------------------------------------ registry and policy
     def list_directions(self) -> list[Direction]:

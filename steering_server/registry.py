@@ -142,6 +142,25 @@ class DirectionRegistry:
         log.info("direction %s registered in row %d (layers %s)", direction.name, row, list(direction.layers))
         return direction
 
+    def put_scratch(self, vectors: dict[int, torch.Tensor]) -> RegisteredDirection:
+        """A row outside the name table for one internal reading (ComputeDirection's calibration reads): it has no
+        name, so no other request can monitor or steer it. Held once for the caller: `release` it to free the row.
+        `vectors`: layer -> (hidden,), fp32, non-zero."""
+        free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
+        if not free:
+            raise ResourceExhaustedError(
+                f"direction table full ({self._runtime.max_directions} rows): no row for a computed direction's "
+                "readings; delete a direction or retry later"
+            )
+        row = free[0]
+        self._runtime.write_direction(row, {layer: v / v.norm() for layer, v in vectors.items()})
+        scratch = Direction("scratch", dict(vectors), monitor_layer=next(iter(vectors)))
+        entry = RegisteredDirection(scratch, row, {layer: float(v.norm()) for layer, v in vectors.items()}, refs=1,
+                                    retired=True)
+        self._rows[row] = entry
+        self._runtime.live_rows = max(self._rows) + 1
+        return entry
+
     def delete(self, name: str) -> None:
         entry = self._by_name.pop(name, None)
         if entry is None:

@@ -15,7 +15,7 @@ from steering_client import pb, pb_grpc
 
 from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
-from . import decode, encode
+from . import compute_codec, decode, encode
 from .auth import Access
 from .metrics import Metrics
 from .status import streaming, unary
@@ -121,6 +121,17 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         self.engine.delete_direction(name)
         self.metrics.forget_direction(name)
         return pb.DeleteDirectionResponse()
+
+    @streaming
+    async def ComputeDirection(
+        self, request: pb.ComputeDirectionRequest, context: Context
+    ) -> AsyncIterator[pb.ComputeDirectionEvent]:
+        events = self.engine.compute_direction(compute_codec.compute_request(request))
+        try:  # cancellation or a deadline raises CancelledError here; closing the job frees its engine requests
+            async for event in events:
+                yield compute_codec.compute_event(event)
+        finally:
+            await events.aclose()
 
     @unary
     async def GetSteering(self, request: pb.GetSteeringRequest, context: Context) -> pb.SteeringPolicy:

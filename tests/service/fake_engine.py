@@ -18,13 +18,15 @@ import asyncio
 import hashlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import torch
 from torch import nn
 
 from steering_server.composition import FieldTerm
-from steering_server.directions import Calibration, Direction
+from steering_server.compute_job import run_compute
+from steering_server.compute_types import ComputeEvent, ComputeRequest
+from steering_server.directions import Calibration, Direction, Provenance
 from steering_server.engine_api import EngineClient, RequestStream, collect, compare_result
 from steering_server.errors import (
     EngineDeadError,
@@ -247,6 +249,45 @@ class FakeEngine(EngineClient):
         for stream in list(self.active.values()):
             stream.cancel()
 
+    # ---- ComputeDirection: the real job (compute_job.py) over fake activations (_hidden)
+    num_layers = LAYERS
+    hidden_size = HIDDEN
+    max_context = 4096
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        self._check_accepting()
+        return run_compute(request, self)
+
+    def render_prompt(self, prompt: Prompt, prefix: str) -> list[int]:
+        check_prompt(prompt, self.limits, VOCAB, prefix)
+        return self._render(prompt)
+
+    def encode_response(self, text: str) -> list[int]:
+        return self.tokenize(text)
+
+    def provenance(self) -> Provenance:
+        return Provenance("fake/bytes", CONFIG_HASH, TOKENIZER_HASH)
+
+    async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
+        self._check_accepting()
+        self.forward_passes += 1
+        return _hidden(prompt_ids)[:, from_position:].mean(1)
+
+    async def read_projection(
+        self, vector: torch.Tensor, layer: int, ids: list[int], prompt_len: int
+    ) -> tuple[float, list[float]]:
+        self._check_accepting()
+        self.forward_passes += 1
+        proj = (_hidden(ids)[layer] @ (vector / vector.norm())).tolist()  # (positions,)
+        return proj[prompt_len - 1], proj[prompt_len : len(ids) - 1]
+
+    async def generate_ids(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        result = await self.generate(
+            GenerationRequest(Prompt(token_ids=tuple(prompt_ids)), SamplingParams(max_new_tokens=max_new_tokens),
+                              monitor=_NO_MONITOR, ignore_policy=not self.policy.enforced)
+        )
+        return [t for t in result.token_ids if t != EOS]
+
     # ---- internals
     def _check_accepting(self) -> None:
         if self.dead is not None:
@@ -304,6 +345,18 @@ _NO_MONITOR = MonitorOptions(enabled=False)
 CONFIG_HASH = "fake-config"
 TOKENIZER_HASH = "fake-tokenizer"
 RESIDUAL_NORM = 10.0  # what the real engine measures per layer; the fake's vectors have norms near 3
+
+
+_EMBED = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(11))  # (vocab, hidden)
+
+
+def _hidden(ids: list[int]) -> torch.Tensor:
+    """Fake residual states (layers, positions, hidden): layer l adds (l + 1) / LAYERS of the mean embedding of
+    the tokens so far to a token's own (a stand-in for attention), so a token that marks examples moves their states
+    along its embedding at every layer, and the last prompt token reads the whole prompt."""
+    e = _EMBED[torch.tensor(ids)]  # (positions, hidden)
+    context = e.cumsum(0) / torch.arange(1, len(ids) + 1)[:, None]  # (positions, hidden)
+    return torch.stack([e + (layer + 1) / LAYERS * context for layer in range(LAYERS)])
 
 
 def _steer_start(terms: tuple[object, ...]) -> int:
