@@ -126,6 +126,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             return _fail("Compare", exc, started)
         finally:
             opened.cancel()
+            _count("Compare", opened.streams, started)
         _ok("Compare", started)
         return JSONResponse(encode.compare_response(compare_result(opened.variants, results), seed))
 
@@ -154,10 +155,13 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
         return JSONResponse(body, status_code=status)
 
-    def _ok(rpc: str, started: float, result: GenerationResult | None = None) -> None:
-        if result is not None:
-            backend.metrics.generation(result)
+    def _ok(rpc: str, started: float) -> None:
         backend.metrics.observe(f"http.{rpc}", StatusCode.OK, time.monotonic() - started)
+
+    def _count(rpc: str, streams: tuple[RequestStream, ...], started: float) -> None:
+        # Tokens and scores of every generation that ended, a cancelled one's too (as the gRPC servicer counts).
+        for s in streams:
+            backend.metrics.generation(f"http.{rpc}", s.final(), started)
 
     def _cancelled(rpc: str, started: float) -> None:
         backend.metrics.observe(f"http.{rpc}", StatusCode.CANCELLED, time.monotonic() - started)
@@ -186,7 +190,9 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             raise
         except Exception as exc:
             return _fail(rpc, exc, started)
-        _ok(rpc, started, result)
+        finally:
+            _count(rpc, (stream,), started)
+        _ok(rpc, started)
         whole = encode.chat_completion if chat else encode.completion
         return JSONResponse(whole(result, seed, model_id, response_id, int(time.time())))
 
@@ -201,7 +207,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             if include_usage:
                 yield _sse(chunks.usage(result))
             yield "data: [DONE]\n\n"
-            _ok(rpc, started, result)
+            _ok(rpc, started)
         except asyncio.CancelledError:  # the client went away: `finally` frees the request at once
             _cancelled(rpc, started)
             raise
@@ -211,6 +217,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             yield _sse(body)
         finally:
             stream.cancel()
+            _count(rpc, (stream,), started)
 
     async def _compare_events(opened: CompareStreams, seed: int, started: float) -> AsyncIterator[str]:
         names = [v.name for v in opened.variants]
@@ -238,6 +245,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             yield _sse(body)
         finally:
             opened.cancel()
+            _count("Compare", opened.streams, started)
 
     return app
 
