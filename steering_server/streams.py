@@ -37,9 +37,11 @@ def direction_scores(
     out = []
     p0 = track.prompt_len
     for m in plan.monitors:
-        readings = track.readings.get((m.entry.row, m.layer), {})
-        prompt_raw = readings.get(p0 - 1, math.nan)
-        raw_tokens = [readings.get(p0 + i, math.nan) for i in range(n_scored)]
+        readings = track.readings.get((m.row, m.layer), {})
+        # Values per position (the projection, or an SAE feature's activation), pooled as values: response_mean is
+        # the mean of the per-token values (of activations, for a feature), and calibration is of those values.
+        prompt_raw = m.value(readings.get(p0 - 1, math.nan))
+        raw_tokens = [m.value(readings.get(p0 + i, math.nan)) for i in range(n_scored)]
         tokens = [m.z(v, m.calibration) for v in raw_tokens]
         response = m.z(sum(raw_tokens) / len(raw_tokens), m.response_calibration) if raw_tokens else None
         out.append(
@@ -151,9 +153,9 @@ class GenerationStream(RequestStream):
         pos = self.track.prompt_len - 1 + i
         out = {}
         for m in self.plan.monitors:
-            raw = self.track.readings.get((m.entry.row, m.layer), {}).get(pos)
+            raw = self.track.readings.get((m.row, m.layer), {}).get(pos)
             if raw is not None:
-                out[m.name] = m.z(raw, m.prompt_calibration if i == 0 else m.calibration)
+                out[m.name] = m.z(m.value(raw), m.prompt_calibration if i == 0 else m.calibration)
         return out
 
     def _finish(self, reason: StopReason, needs_cancel: bool) -> None:

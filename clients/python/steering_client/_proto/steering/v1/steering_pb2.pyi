@@ -432,7 +432,7 @@ class GetDirectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
 class PutDirectionRequest(_message.Message):
-    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict", "removal")
+    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict", "removal", "file", "format", "feature", "numbering", "sae_config")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +448,11 @@ class PutDirectionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    NUMBERING_FIELD_NUMBER: _ClassVar[int]
+    SAE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     name: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     safetensors: bytes
@@ -456,7 +461,12 @@ class PutDirectionRequest(_message.Message):
     description: str
     strict: bool
     removal: Removal
-    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
+    file: bytes
+    format: str
+    feature: int
+    numbering: str
+    sae_config: str
+    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., file: _Optional[bytes] = ..., format: _Optional[str] = ..., feature: _Optional[int] = ..., numbering: _Optional[str] = ..., sae_config: _Optional[str] = ...) -> None: ...
 
 class PutDirectionResponse(_message.Message):
     __slots__ = ("direction", "warnings")
