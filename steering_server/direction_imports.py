@@ -313,7 +313,13 @@ def _from_gguf(data: bytes, name: str, layer: int | None, field: str) -> Directi
             reader = gguf.GGUFReader(tmp.name)
             arch = _gguf_string(reader, "general.architecture")
             hint = _gguf_string(reader, "controlvector.model_hint")
+            float_types = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            bad = [t.name for t in reader.tensors if t.tensor_type not in float_types]
+            if bad:  # a quantized tensor's data is its packed blocks, not values
+                raise InvalidArgumentError(field, f"GGUF tensor {bad[0][:40]!r} is quantized (F32 or F16 only)")
             tensors = [(t.name, np.array(t.data, dtype=np.float32)) for t in reader.tensors]
+        except InvalidArgumentError:
+            raise
         except Exception as exc:
             raise InvalidArgumentError(field, f"cannot read the file as GGUF: {str(exc)[:300]}") from exc
     if arch != "controlvector":

@@ -169,6 +169,13 @@ def test_repeng_gguf_control_vector(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(InvalidArgumentError, match="not a repeng control vector"):
         load_direction_file(other)
+    half = tmp_path / "half.gguf"
+    write_repeng_gguf(half, {1: table[1].astype(np.float16)})
+    expected = torch.from_numpy(table[1].astype(np.float16)).float()
+    assert torch.equal(load_direction_file(half, layer=1).vectors[1], expected)
+    (tmp_path / "garbage.gguf").write_bytes(b"GGUF" + b"\x00" * 40)
+    with pytest.raises(InvalidArgumentError, match="cannot read the file as GGUF"):
+        load_direction_file(tmp_path / "garbage.gguf")
 
 
 # ---------------------------------------------------------------- SAE-Lens
