@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .composition import FieldTerm, calibration
-from .directions import Calibration, validate_direction_name
+from .directions import Calibration, Direction, validate_direction_name
 from .errors import InvalidArgumentError
 from .registry import DirectionRegistry, RegisteredDirection
 from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringTerm
@@ -38,10 +38,24 @@ def scope_calibration(entry: RegisteredDirection, scope: ConditionScope) -> Cali
     return calibration(entry, "last_prompt" if scope == ConditionScope.PROMPT else "token")
 
 
-def to_raw(threshold: float, cal: Calibration | None) -> float:
-    """A z threshold (raw when uncalibrated) in raw projection units, rounded to fp32 as the device holds it."""
-    raw = cal.mu + threshold * cal.sigma if cal is not None else threshold
-    return float(torch.tensor(raw, dtype=torch.float32))
+def to_raw(threshold: float, cal: Calibration | None, direction: Direction) -> float:
+    """A z threshold (raw when uncalibrated) as a threshold on the monitor row's projection, rounded to fp32 as the
+    device holds it. For an SAE feature the score is its activation, a non-decreasing function of the projection
+    (directions.Feature.activation_of): the threshold is the projection where the activation reaches it (any
+    projection when it is at most 0, the activation's floor; a JumpReLU's own threshold is compared inclusively)."""
+    value = cal.mu + threshold * cal.sigma if cal is not None else threshold
+    raw = value
+    feature = direction.feature
+    if feature is not None:
+        if value <= 0:
+            raw = -_FP32_MAX
+        else:
+            pre = max(value, feature.threshold) if feature.activation == "jumprelu" else value
+            raw = (pre + feature.b_dec_proj - feature.bias) / feature.encoder_norm
+    return float(torch.tensor(max(-_FP32_MAX, min(_FP32_MAX, raw)), dtype=torch.float32))
+
+
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,7 @@ class Watch:
     layer: int  # the direction's monitor layer
     scope: ConditionScope
     threshold: float  # as given: z units when calibrated
-    threshold_raw: float  # fp32 raw units, what readings are compared with
+    threshold_raw: float  # fp32 projection units of the monitor row, what readings are compared with
     calibration: Calibration | None  # the scope's, for the reported score
     action: AlertAction
     source: str  # "policy" or "request"
@@ -62,7 +76,8 @@ class Watch:
         return raw >= self.threshold_raw  # NaN never fires
 
     def alert(self, raw: float, token_index: int | None) -> Alert:
-        score = self.calibration.z(raw) if self.calibration is not None else raw
+        value = self.entry.direction.score_of(raw)  # an SAE feature's activation, else the projection
+        score = self.calibration.z(value) if self.calibration is not None else value
         return Alert(self.name, self.scope, score, self.threshold, self.action, token_index, self.source)
 
 
@@ -99,7 +114,7 @@ def resolve_rules(
             raise InvalidArgumentError(f"{f}.steering", "only a STEER rule steers")
         d = entry.direction
         watches.append(
-            Watch(rule.direction, entry, d.monitor_layer, rule.scope, threshold, to_raw(threshold, cal), cal,
+            Watch(rule.direction, entry, d.monitor_layer, rule.scope, threshold, to_raw(threshold, cal, d), cal,
                   rule.action, "policy")
         )
         if rule.action != AlertAction.STEER:
@@ -126,6 +141,6 @@ def request_watches(threshold: float | None, monitored: list[tuple[str, Register
         cal = scope_calibration(entry, ConditionScope.RUNNING)
         out.append(
             Watch(name, entry, entry.direction.monitor_layer, ConditionScope.RUNNING, threshold,
-                  to_raw(threshold, cal), cal, AlertAction.STOP, "request")
+                  to_raw(threshold, cal, entry.direction), cal, AlertAction.STOP, "request")
         )
     return out

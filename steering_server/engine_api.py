@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
+from .compute_types import ComputeEvent, ComputeRequest
 from .directions import Direction
+from .errors import UnavailableError
 from .types import (
     CompareRequest,
     CompareResult,
@@ -39,6 +41,11 @@ class RequestStream(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self) -> None: ...
+
+    def final(self) -> GenerationResult | None:
+        """The result once the request has ended (finished or cancelled), without waiting; None before that and
+        when it failed. Lets a caller that is being cancelled still account for the tokens (service metrics)."""
+        return None
 
 
 async def collect(stream: RequestStream) -> GenerationResult:
@@ -120,6 +127,11 @@ class EngineClient(abc.ABC):
 
     @abc.abstractmethod
     def delete_direction(self, name: str) -> None: ...
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        """Progress events, then one ComputeResult (compute_job.py). Raises InvalidArgumentError naming the field
+        for bad input, before or while it runs; cancelling the iteration frees every engine request it holds."""
+        raise UnavailableError("this engine cannot compute directions")
 
     @abc.abstractmethod
     def get_policy(self) -> SteeringPolicy: ...

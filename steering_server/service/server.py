@@ -18,15 +18,15 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from steering_client import pb, pb_grpc
 from steering_client._channel import MAX_MESSAGE_BYTES
 
 from ..config import EngineConfig
 from ..engine_api import EngineClient
-from ..types import EngineStats
 from .auth import Access, AuthInterceptor, is_loopback
 from .metrics import Metrics
+from .metrics_http import MetricsHttpServer
 from .servicer import SteeringServicer
 from .status import safe_deserializer
 
@@ -80,7 +80,7 @@ class SteeringServer:
         access = Access(admin_token, observer_token, open_admin)
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
-        metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
+        metrics = Metrics(metrics_registry, engine=lambda: self._engine)
         self.servicer = SteeringServicer(metrics=metrics, access=access)
         self.health = HealthServicer()
         self._server = grpc.aio.server(
@@ -151,12 +151,6 @@ class SteeringServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    def _stats(self) -> EngineStats | None:
-        return self._engine.stats() if self._engine is not None else None
-
-    def _healthy(self) -> bool:
-        return self._engine is not None and self._engine.healthy
-
 
 class _Handlers:
     """Stands in for a server to collect the handlers the generated code registers."""
@@ -213,11 +207,12 @@ async def serve(
     engine: EngineClient | None = None
     starting = asyncio.ensure_future(start_engine(config))
     stopping = asyncio.ensure_future(stop.wait())
+    metrics_http: MetricsHttpServer | None = None
     try:
         await server.start()
         if registry is not None and metrics_port is not None:
-            start_http_server(metrics_port, addr=host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+            metrics_http = MetricsHttpServer(registry, host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics", host, metrics_http.port)
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             engine = starting.result()  # a failed start raises here
@@ -233,5 +228,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await server.stop(grace)
+        if metrics_http is not None:
+            metrics_http.close()
         if engine is not None:
             await engine.shutdown()
