@@ -145,6 +145,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-new-tokens", type=_positive, default=None, help="limit on a request's max_new_tokens")
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     serve.add_argument(
+        "--http-port", type=int, default=None, metavar="PORT",
+        help="also serve the OpenAI-compatible HTTP API and the web page on this port (plaintext; off by default)",
+    )
+    serve.add_argument(
         "--allow-red-team",
         action="store_true",
         help="allow ADD with positive strength along a registered direction (inducing it)",
@@ -207,6 +211,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 observer_token=observer,
                 open_admin=args.open_admin,
                 tls=tls,
+                http_port=args.http_port,
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port

@@ -267,9 +267,10 @@ def _items(request: ComputeRequest, source: ActivationSource) -> tuple[list[_Ite
             prompt = source.render_prompt(Prompt(messages=messages), f"persona.questions[{i}].")
             _check_length(source, prompt, p.max_new_tokens, f"persona.questions[{i}]")
             items.append(_Item(prompt, [], positive, f"persona.questions[{i}]"))
-    # By question: a question's two prompts fall on the same side, so held-out questions are unseen.
+    # By question: a question's prompts (and a repeated question's) fall on one side: held-out questions are unseen.
     labels = [it.positive for it in items]
-    train, held = held_out_split(labels, [i // 2 for i in range(len(items))], request.held_out_share, request.seed)
+    train, held = held_out_split(labels, [p.questions[i // 2] for i in range(len(items))], request.held_out_share,
+                                 request.seed)
     return items, train, held
 
 

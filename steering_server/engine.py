@@ -22,7 +22,7 @@ from .compute_types import ComputeEvent, ComputeRequest
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .containment import measure_residual_norms
 from .directions import Direction, Provenance
-from .engine_api import EngineClient, collect, compare_result
+from .engine_api import CompareStreams, EngineClient, collect
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -42,7 +42,6 @@ from .steer import GATE_NEVER
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
-    CompareResult,
     ConditionScope,
     EngineStats,
     GenerationRequest,
@@ -387,7 +386,7 @@ class Engine(EngineClient):
             self.registry.release(entry)
         self.generated_tokens += len(stream.token_ids)
 
-    async def compare(self, request: CompareRequest) -> CompareResult:
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
         self._check_accepting()
         check_variants(request.variants, self.limits)
         sampling = check_sampling(request.sampling, self.limits)
@@ -407,11 +406,11 @@ class Engine(EngineClient):
                     ignore_policy=variant_ignores_policy(self._policy),
                 )
                 streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
-            results = [await collect(s) for s in streams]
-        finally:
+        except BaseException:
             for s in streams:
                 s.cancel()
-        return compare_result(variants, results)
+            raise
+        return CompareStreams(variants, tuple(streams))
 
     def _monitored_direction(self, monitor: MonitorOptions) -> Direction | None:
         if monitor.directions:

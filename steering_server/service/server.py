@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
@@ -29,6 +30,9 @@ from .metrics import Metrics
 from .metrics_http import MetricsHttpServer
 from .servicer import SteeringServicer
 from .status import safe_deserializer
+
+if TYPE_CHECKING:
+    from ..http import HttpServer
 
 __all__ = ["SERVICE_NAME", "SteeringServer", "Tls", "serve"]
 
@@ -192,11 +196,13 @@ async def serve(
     observer_token: str | None = None,
     open_admin: bool = False,
     tls: Tls | None = None,
+    http_port: int | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached. Roles and TLS: see SteeringServer."""
-    registry = CollectorRegistry() if metrics_port is not None else None
+    bound port once the engine is attached. Roles and TLS: see SteeringServer. `http_port`: also serve the
+    OpenAI-compatible HTTP API and the web page (steering_server.http, plaintext) on the same engine."""
+    registry = CollectorRegistry() if metrics_port is not None or http_port is not None else None
     server = SteeringServer(
         host, port, registry, admin_token, observer_token=observer_token, open_admin=open_admin, tls=tls
     )
@@ -205,11 +211,17 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine: EngineClient | None = None
+    http: HttpServer | None = None
     starting = asyncio.ensure_future(start_engine(config))
     stopping = asyncio.ensure_future(stop.wait())
     metrics_http: MetricsHttpServer | None = None
     try:
         await server.start()
+        if http_port is not None:
+            from ..http import HttpServer  # fastapi and uvicorn load only when asked for
+
+            http = HttpServer(server.servicer, host, http_port, registry)
+            await http.start()
         if registry is not None and metrics_port is not None:
             metrics_http = MetricsHttpServer(registry, host, metrics_port)
             log.info("metrics on http://%s:%d/metrics", host, metrics_http.port)
@@ -227,7 +239,7 @@ async def serve(
             task.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await server.stop(grace)
+        await asyncio.gather(server.stop(grace), *([http.stop(grace)] if http is not None else []))
         if metrics_http is not None:
             metrics_http.close()
         if engine is not None:

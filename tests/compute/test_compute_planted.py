@@ -90,6 +90,10 @@ async def test_rpc_and_offline_command_recover_the_planted_direction_and_agree(
     loaded, u = planted
     over_rpc = direction_from_bytes(rpc_result.safetensors)
     assert over_rpc.layers == (0, 1, 2, 3) and over_rpc.monitor_layer == rpc_result.monitor_layer
+    with capsys.disabled():
+        print(f"\nplanted: cosine with u by layer {[round(cosine(over_rpc.vectors[k], u), 4) for k in over_rpc.layers]}"
+              f", monitor layer {over_rpc.monitor_layer}, held-out AUROC by layer "
+              f"{[round(s.auroc, 3) for s in rpc_result.layers]}")
     for layer in over_rpc.layers:
         assert cosine(over_rpc.vectors[layer], u) >= 0.9, layer
     held = {s.layer: s for s in rpc_result.layers}
@@ -117,7 +121,8 @@ async def test_rpc_and_offline_command_recover_the_planted_direction_and_agree(
 
 
 async def test_stored_calibration_holds_on_benign_text_it_never_saw(
-    rpc_result: pb.ComputeDirectionResult, client: AsyncSteeringClient, engine: Engine
+    rpc_result: pb.ComputeDirectionResult, client: AsyncSteeringClient, engine: Engine,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert rpc_result.stored
     stored = (await client.get_direction("planted")).calibration
@@ -133,6 +138,10 @@ async def test_stored_calibration_holds_on_benign_text_it_never_saw(
             z += list(reply.monitor[0].token_scores)
             assert reply.monitor[0].calibrated
     assert len(z) > 1500
+    with capsys.disabled():
+        print(f"\nplanted: held-out benign token z over {len(z)} tokens: mean {statistics.fmean(z):.3f}, "
+              f"sd {statistics.pstdev(z):.3f}, FPR {sum(v > stored['token'].threshold for v in z) / len(z):.4f} "
+              f"(target {TARGET_FPR}); compute's own check {rpc_result.held_out_fpr['token']:.4f}")
     assert abs(statistics.fmean(z)) < 0.2
     assert 0.8 < statistics.pstdev(z) < 1.2
     fpr = sum(v > stored["token"].threshold for v in z) / len(z)

@@ -179,3 +179,30 @@ def _limits() -> Any:
     from .conftest import TEST_LIMITS
 
     return TEST_LIMITS
+
+
+def test_realign_reads_every_import_with_the_same_loader_and_reports_a_features_activation(tmp_path: Path) -> None:
+    from steering_server.direction_imports import load_direction_spec
+    from steering_server.realign import _render, last_prompt_projection
+
+    loaded = loaded_model()
+    n, h = loaded.num_layers, loaded.hidden_size
+    np.save(tmp_path / "table.npy", torch.randn(n, h, generator=torch.Generator().manual_seed(5)).numpy())
+    table = load_direction_spec(str(tmp_path / "table.npy"), None, n).validate(n, h)  # realign refused .npy before
+    assert table.layers == tuple(range(n))
+    sae = make_sae(tmp_path / "sae", h, f"blocks.{MONITOR}.hook_resid_post", seed=2, d_sae=16)
+    with torch.no_grad():
+        sae.b_enc[7] = 50.0  # a latent that fires on these prompts
+    sae.save_model(tmp_path / "sae")
+    feature = load_direction_spec(f"{tmp_path / 'sae'},feature=7", None, n).validate(n, h)
+    chats = [[{"role": "user", "content": text}] for text in ("Hello there", "What is the capital of France?")]
+    got = last_prompt_projection(loaded.model, loaded.tokenizer, chats, feature)
+    # The reference: SAE-Lens' activation of the last prompt token's state at the SAE's layer, averaged.
+    acts = []
+    for chat in chats:
+        ids = loaded.tokenizer(_render(loaded.tokenizer, chat, True), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            state = loaded.model(torch.tensor([ids], device=DEVICE), output_hidden_states=True).hidden_states
+        acts.append(float(sae.encode(state[MONITOR + 1][0, -1:].float().cpu())[0, 7]))
+    assert any(a > 0 for a in acts)  # the latent fires on these prompts: the activation, not a zero, is compared
+    assert got == pytest.approx(sum(acts) / len(acts), rel=1e-4, abs=1e-5)

@@ -34,7 +34,7 @@ from steering_server.composition import FieldTerm
 from steering_server.compute_job import run_compute
 from steering_server.compute_types import ComputeEvent, ComputeRequest
 from steering_server.directions import Calibration, Direction, Provenance
-from steering_server.engine_api import EngineClient, RequestStream, collect, compare_result
+from steering_server.engine_api import CompareStreams, EngineClient, RequestStream
 from steering_server.errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -57,7 +57,6 @@ from steering_server.types import (
     Alert,
     AlertAction,
     CompareRequest,
-    CompareResult,
     ConditionScope,
     DirectionScores,
     EngineLimits,
@@ -191,7 +190,7 @@ class FakeEngine(EngineClient):
         self.active[stream.request_id] = stream
         return stream
 
-    async def compare(self, request: CompareRequest) -> CompareResult:
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
         self._check_accepting()
         check_variants(request.variants, self.limits)
         sampling = check_sampling(request.sampling, self.limits)
@@ -208,11 +207,11 @@ class FakeEngine(EngineClient):
                     request.prompt, sampling, v.steering, request.monitor, variant_ignores_policy(self.policy)
                 )
                 streams.append(self._admit(req, prompt, f"variants[{i}]."))
-            results = [await collect(s) for s in streams]
-        finally:
+        except BaseException:
             for s in streams:
                 s.cancel()
-        return compare_result(variants, results)
+            raise
+        return CompareStreams(variants, tuple(streams))
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         self._check_accepting()
