@@ -14,12 +14,11 @@ from pathlib import Path
 
 import grpc
 
-from ._channel import DEFAULT_TARGET, channel_options
+from ._channel import DEFAULT_TARGET, HEALTH_SERVICE, channel_options
 
 __all__ = ["TOKEN_ENV", "Connection", "SettingsError", "open_channel", "read_token", "service_config"]
 
 TOKEN_ENV = "STEERING_TOKEN"  # the token the command sends when neither --token nor --token-file is given
-_SERVICE = "steering.v1.SteeringService"
 
 
 class SettingsError(ValueError):
@@ -44,12 +43,14 @@ class Connection:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
-def service_config(wait_for_ready: bool = True, attempts: int = 5) -> str:
+def service_config(wait_for_ready: bool = True, attempts: int = 5, balance: bool = False) -> str:
     """gRPC's service config for SteeringService: calls wait for the channel to be ready (a server restarting
     between two calls is waited for, up to the call's deadline) and a call answered UNAVAILABLE before any response
-    arrived (engine starting, server draining) is retried with exponential backoff, 0.2 s doubling up to 2 s."""
+    arrived (engine starting, server draining) is retried with exponential backoff, 0.2 s doubling up to 2 s.
+    `balance`: round robin over every address of the target (`dns:///host:port`), skipping replicas whose gRPC
+    health is not SERVING (client-side health checking, deploy/README.md)."""
     method = {
-        "name": [{"service": _SERVICE}],
+        "name": [{"service": HEALTH_SERVICE}],
         "waitForReady": wait_for_ready,
         "retryPolicy": {
             "maxAttempts": attempts,
@@ -59,15 +60,20 @@ def service_config(wait_for_ready: bool = True, attempts: int = 5) -> str:
             "retryableStatusCodes": ["UNAVAILABLE"],
         },
     }
-    return json.dumps({"methodConfig": [method]})
+    config: dict[str, object] = {"methodConfig": [method]}
+    if balance:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+    return json.dumps(config)
 
 
-def open_channel(connection: Connection, *, wait_for_ready: bool = True) -> grpc.Channel:
-    """A blocking channel for `connection` (raises SettingsError for settings that cannot work)."""
+def open_channel(connection: Connection, *, wait_for_ready: bool = True, balance: bool = False) -> grpc.Channel:
+    """A blocking channel for `connection` (raises SettingsError for settings that cannot work); `balance`: round
+    robin over the target's addresses, healthy replicas only (see service_config)."""
     options: list[tuple[str, str | int]] = [
         *channel_options(),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(wait_for_ready)),
+        ("grpc.service_config", service_config(wait_for_ready, balance=balance)),
     ]
     if not connection.secure:
         return grpc.insecure_channel(connection.target, options=options)
