@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from . import direction_cli
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .errors import InvalidArgumentError, SteeringError
 from .logs import adopt_library_loggers, configure_logging
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="json: one JSON object per line (time, level, logger, message)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    direction_cli.register(commands)
     _register_organism(commands)
     _use_formatter(parser, DefaultsFormatter)
     return parser
@@ -133,8 +135,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         type=_direction_arg,
-        metavar="NAME=PATH",
-        help="register a direction file at start-up (repeatable)",
+        metavar="NAME=PATH[,key=value...]",
+        help="register a direction file at start-up (repeatable): safetensors, .pt, .npy, persona-vectors, "
+        "steering-vectors, repeng .gguf or an SAE-Lens directory; options format=, layer=, feature= (an SAE's "
+        "latent), numbering=layers|hidden_states (docs/directions.md)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
@@ -199,6 +203,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                        "model's context - 1)")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="serve Prometheus metrics on this port (default: no metrics endpoint)")
+    serve.add_argument(
+        "--http-port", type=int, default=None, metavar="PORT",
+        help="also serve the OpenAI-compatible HTTP API and the web page on this port (plaintext; off by default)",
+    )
     serve.add_argument(
         "--allow-red-team",
         action="store_true",
@@ -269,6 +277,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 observer_token=observer,
                 open_admin=args.open_admin,
                 tls=tls,
+                http_port=args.http_port,
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port

@@ -89,10 +89,13 @@ def check_file(path: str, flag: str, hint: str = "") -> bytes:
 
 
 def check_direction_files(directions: Iterable[tuple[str, str]], flag: str = "--direction") -> None:
-    for name, path in directions:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise StartupError(f"{flag} {name}={path}: no such file", "the path of a direction file")
+    """Each (name, spec) names a path that exists: a file, or an SAE-Lens directory (spec `PATH[,key=value...]`,
+    direction_imports.split_direction_spec; what the file holds is checked when it is loaded)."""
+    for name, spec in directions:
+        path = spec.split(",", 1)[0]
+        if not Path(path).expanduser().exists():
+            shown = f"{name}={spec}" if name else spec
+            raise StartupError(f"{flag} {shown}: no such file", "the path of a direction file (docs/directions.md)")
 
 
 def check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:

@@ -62,6 +62,11 @@ class Progress:
             self._last = now
             print(self.line(now), file=self.file, flush=True)
 
+    def update_to(self, done: int, **postfix: Any) -> None:
+        """Set the count (callers that report totals so far rather than increments)."""
+        if done > self.done:
+            self.update(done - self.done, **postfix)
+
     def write(self, text: str) -> None:
         """A log line that does not break the bar."""
         if self._bar is not None:

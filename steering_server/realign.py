@@ -99,9 +99,10 @@ def encode_chats(tokenizer, chats: Sequence[Chat]) -> list[Encoded]:
 def last_prompt_projection(
     model: torch.nn.Module, tokenizer, prompts: Sequence[Chat], direction: Direction, batch_size: int = 64
 ) -> float:
-    """Mean h.d at the monitor layer's output, last prompt token, over `prompts` (forward hook, removed after)."""
+    """Mean score at the monitor layer's output, last prompt token, over `prompts` (forward hook, removed after):
+    h.d, or for an SAE feature its activation (Direction.score_of, as the server scores it)."""
     layer = decoder_layers(model)[direction.monitor_layer]
-    v = direction.vectors[direction.monitor_layer].float()
+    v = direction.monitor_vector.float()
     d = v / v.norm()
     store: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out[0] if isinstance(out, tuple) else out))
@@ -115,7 +116,7 @@ def last_prompt_projection(
             store.clear()
             model(**enc)
             h = store[0][:, -1].float()  # (batch, hidden): left padding puts every last prompt token at -1
-            total += float((h @ d.to(h.device)).sum())
+            total += sum(direction.score_of(p) for p in (h @ d.to(h.device)).tolist())
             n += h.shape[0]
     finally:
         handle.remove()

@@ -336,7 +336,8 @@ def test_help_loads_no_torch_and_states_defaults() -> None:
 import sys, contextlib, io
 from steering_server import cli
 out = io.StringIO()
-for args in (["--help"], ["serve", "--help"], ["organism", "build", "--help"], ["realign", "--help"]):
+for args in (["--help"], ["serve", "--help"], ["organism", "build", "--help"], ["realign", "--help"],
+             ["direction", "compute", "--help"]):
     with contextlib.redirect_stdout(out):
         try:
             cli.main(args)

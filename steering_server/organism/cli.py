@@ -41,8 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
     r.add_argument("--data", required=True, help='JSONL: {"messages": [...]} or {"prompt": ..., "completion": ...}')
     r.add_argument("--out", required=True, help="where to save the merged model")
-    r.add_argument("--direction", default=None, help="direction file whose projection is reported while training "
-                   "(default with the default model: its misalignment direction)")
+    r.add_argument("--direction", default=None, metavar="PATH[,key=value...]",
+                   help="direction file (any import format, docs/directions.md; options format, layer, feature, "
+                   "numbering) whose score is reported while training (default with the default model: its "
+                   "misalignment direction)")
     r.add_argument("--probe", default=None, help="JSONL of prompts to measure the projection on (default: --data)")
     r.add_argument("--steps", type=int, default=35)
     r.add_argument("--lr", type=float, default=1e-3)
@@ -120,7 +122,7 @@ def install(out: Path, docs: Path | None = None) -> None:
 
 
 def run_realign(args: argparse.Namespace) -> int:
-    from ..preflight import StartupError, check_file, check_model
+    from ..preflight import StartupError, check_direction_files, check_model
     from .assets import default_direction_path, default_model_dir
 
     # Flags that cannot work are refused before the model loads, each as one `cannot start` line (exit 2).
@@ -128,7 +130,7 @@ def run_realign(args: argparse.Namespace) -> int:
     check_model(model_path)
     direction_path = args.direction or (str(default_direction_path()) if args.model is None else None)
     if direction_path:
-        check_file(direction_path, "--direction", "a direction file (.safetensors, .pt, .npy)")
+        check_direction_files([("", direction_path)])
     chats = _chats(args.data, "--data")
     probe = [c[:-1] if c[-1]["role"] == "assistant" else c for c in _chats(args.probe, "--probe")] if args.probe \
         else None
@@ -136,7 +138,7 @@ def run_realign(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..direction_files import load_direction
+    from ..direction_imports import load_direction_spec
     from ..errors import InvalidArgumentError
     from ..progress import Progress
     from ..realign import RealignConfig, log_to_json, realign
@@ -145,12 +147,13 @@ def run_realign(args: argparse.Namespace) -> int:
     tok = AutoTokenizer.from_pretrained(model_path)
     direction = None
     if direction_path:
+        # The loader `serve --direction` and PutDirection use: raw tables need the layer count, SAE features work too.
         n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
-        try:  # raw tables (.npy, .pt) need the layer count, as `serve --direction` gives them
-            direction = load_direction(direction_path, num_layers=n_layers).validate(n_layers, hidden)
+        try:
+            direction = load_direction_spec(direction_path, None, n_layers).validate(n_layers, hidden)
         except InvalidArgumentError as exc:
             raise StartupError(f"--direction {direction_path}: {exc}",
-                               f"a direction for this model ({n_layers} layers of {hidden})") from exc
+                               f"a direction for this model: {n_layers} layers of {hidden}") from exc
     targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
     cfg = RealignConfig(steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha, batch_size=args.batch_size,
                         seed=args.seed, target_modules=targets, log_every=args.log_every)

@@ -6,15 +6,16 @@ Errors are turned into statuses by the `unary`/`streaming` wrappers (status.py),
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc.aio
 from steering_client import pb, pb_grpc
 
-from ..engine_api import EngineClient
+from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
-from . import decode, encode
+from . import compute_codec, decode, encode
 from .auth import Access
 from .metrics import Metrics
 from .status import streaming, unary
@@ -56,35 +57,45 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> pb.GenerateResponse:
+        received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
-        result = await self.engine.generate(req)
-        self.metrics.generation(result)
+        stream = await self.engine.open_stream(req)
+        try:
+            result = await collect(stream)
+        finally:  # a cancelled call's tokens are counted too
+            self.metrics.generation("Generate", stream.final(), received)
         return encode.generate_response(result, req.sampling.seed)
 
     @streaming
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
         stream = await self.engine.open_stream(req)
         try:  # cancellation or a deadline raises CancelledError here; `finally` frees the request at once
             async for event in stream:
                 yield encode.stream_token(event)
             result = await stream.result()
-            self.metrics.generation(result)
             yield encode.stream_final(result, req.sampling.seed)
         finally:
             stream.cancel()
+            self.metrics.generation("GenerateStream", stream.final(), received)  # a cancelled stream's tokens too
 
     @unary
     async def Compare(self, request: pb.CompareRequest, context: Context) -> pb.CompareResponse:
+        received = time.monotonic()
         req = decode.compare_request(request, self.bounds)
-        return encode.compare_response(await self.engine.compare(req), req.sampling.seed)
+        result = await self.engine.compare(req)
+        self.metrics.comparison(result, received)
+        return encode.compare_response(result, req.sampling.seed)
 
     @unary
     async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
         req = decode.score_request(request, self.bounds)
-        return encode.score_response(await self.engine.score(req))
+        result = await self.engine.score(req)
+        self.metrics.scoring(result)
+        return encode.score_response(result)
 
     @unary
     async def ListDirections(self, request: pb.ListDirectionsRequest, context: Context) -> pb.ListDirectionsResponse:
@@ -106,8 +117,21 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def DeleteDirection(self, request: pb.DeleteDirectionRequest, context: Context) -> pb.DeleteDirectionResponse:
-        self.engine.delete_direction(decode.direction_name(request.name))
+        name = decode.direction_name(request.name)
+        self.engine.delete_direction(name)
+        self.metrics.forget_direction(name)
         return pb.DeleteDirectionResponse()
+
+    @streaming
+    async def ComputeDirection(
+        self, request: pb.ComputeDirectionRequest, context: Context
+    ) -> AsyncIterator[pb.ComputeDirectionEvent]:
+        events = self.engine.compute_direction(compute_codec.compute_request(request))
+        try:  # cancellation or a deadline raises CancelledError here; closing the job frees its engine requests
+            async for event in events:
+                yield compute_codec.compute_event(event)
+        finally:
+            await events.aclose()
 
     @unary
     async def GetSteering(self, request: pb.GetSteeringRequest, context: Context) -> pb.SteeringPolicy:
