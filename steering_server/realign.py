@@ -52,7 +52,9 @@ class RealignConfig:
 class RealignLog:
     step: int  # optimizer steps taken so far
     loss: float | None  # mean training loss since the previous entry (None before training)
-    projection: float | None  # mean raw projection h.d at the monitor layer, last prompt token of the probes
+    # Mean score at the monitor layer, last prompt token of the probes: the raw projection h.d, or for an SAE feature
+    # its activation (Direction.score_of).
+    projection: float | None
     z: float | None  # the same in calibrated z units (last_prompt pooling), when the direction has calibration
 
 

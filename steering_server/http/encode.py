@@ -24,6 +24,7 @@ from ..types import (
 )
 
 __all__ = [
+    "alert",
     "chat_chunk",
     "chat_completion",
     "compare_response",
@@ -33,6 +34,7 @@ __all__ = [
     "info",
     "model_card",
     "result_extension",
+    "scores",
     "term",
     "token_extension",
     "usage",
@@ -70,8 +72,8 @@ def result_extension(result: GenerationResult, seed: int) -> JSON:
         "stop_reason": result.stop_reason.name,
         "token_ids": list(result.token_ids),
         "request_id": result.request_id,
-        "monitor": [_scores(s) for s in result.monitor],
-        "alerts": [_alert(a) for a in result.alerts],
+        "monitor": [scores(s) for s in result.monitor],
+        "alerts": [alert(a) for a in result.alerts],
     }
 
 
@@ -211,7 +213,7 @@ def term(t: SteeringTerm) -> JSON:
     }
 
 
-def _scores(s: DirectionScores) -> JSON:
+def scores(s: DirectionScores) -> JSON:
     return {
         "direction": s.direction,
         "layer": s.layer,
@@ -224,7 +226,7 @@ def _scores(s: DirectionScores) -> JSON:
     }
 
 
-def _alert(a: Alert) -> JSON:
+def alert(a: Alert) -> JSON:
     return {
         "direction": a.direction,
         "scope": a.scope.name.lower(),

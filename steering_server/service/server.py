@@ -224,6 +224,8 @@ async def serve(
 
             http = HttpServer(server.servicer, host, http_port, registry)
             await http.start()
+            if tls is not None and not is_loopback(host):
+                log.warning("HTTP on %s:%d is plaintext (gRPC uses TLS): put a TLS proxy in front", host, http.port)
         if registry is not None and metrics_port is not None:
             metrics_http = MetricsHttpServer(registry, host, metrics_port)
             log.info("metrics on http://%s:%d/metrics", host, metrics_http.port)

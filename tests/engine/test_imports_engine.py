@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from steering_server.direction_files import save_direction
+from steering_server.direction_files import direction_from_bytes, direction_to_bytes, save_direction
 from steering_server.direction_imports import load_direction_file
 from steering_server.directions import Calibration, Direction
 from steering_server.errors import InvalidArgumentError
@@ -119,6 +119,8 @@ async def test_sae_feature_scores_its_activation_and_steers_along_its_decoder(tm
         engine.load_direction_file("tox", f"{tmp_path / 'sae'},feature={latent}")
         engine.put_direction(Direction("probe", {MONITOR + 1: probe_vec}, MONITOR + 1))
         engine.put_direction(Direction("decoder", {MONITOR: decoder}, MONITOR))
+        # Its safetensors form (what PutDirection stores in the state directory) is the same feature.
+        engine.put_direction(direction_from_bytes(direction_to_bytes(engine.get_direction("tox")), "tox_st"))
         monitored = await engine.score(ScoreRequest(Prompt(token_ids=PROMPT), response_token_ids=RESPONSE))
         steer = (SteeringTerm("tox", SteeringMode.ADD, strength),)
         steered = await engine.score(
@@ -133,6 +135,7 @@ async def test_sae_feature_scores_its_activation_and_steers_along_its_decoder(tm
         )
     scores = _scores(monitored, "tox")
     assert scores == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
+    assert _scores(monitored, "tox_st") == pytest.approx(scores, rel=1e-6, abs=1e-6)
     tox_scores = next(m for m in monitored.monitor if m.direction == "tox")
     assert tox_scores.layer == MONITOR and not tox_scores.calibrated
     # response_mean pools the per-token activations.
@@ -179,3 +182,30 @@ def _limits() -> Any:
     from .conftest import TEST_LIMITS
 
     return TEST_LIMITS
+
+
+def test_realign_reads_every_import_with_the_same_loader_and_reports_a_features_activation(tmp_path: Path) -> None:
+    from steering_server.direction_imports import load_direction_spec
+    from steering_server.realign import _render, last_prompt_projection
+
+    loaded = loaded_model()
+    n, h = loaded.num_layers, loaded.hidden_size
+    np.save(tmp_path / "table.npy", torch.randn(n, h, generator=torch.Generator().manual_seed(5)).numpy())
+    table = load_direction_spec(str(tmp_path / "table.npy"), None, n).validate(n, h)  # realign refused .npy before
+    assert table.layers == tuple(range(n))
+    sae = make_sae(tmp_path / "sae", h, f"blocks.{MONITOR}.hook_resid_post", seed=2, d_sae=16)
+    with torch.no_grad():
+        sae.b_enc[7] = 50.0  # a latent that fires on these prompts
+    sae.save_model(tmp_path / "sae")
+    feature = load_direction_spec(f"{tmp_path / 'sae'},feature=7", None, n).validate(n, h)
+    chats = [[{"role": "user", "content": text}] for text in ("Hello there", "What is the capital of France?")]
+    got = last_prompt_projection(loaded.model, loaded.tokenizer, chats, feature)
+    # The reference: SAE-Lens' activation of the last prompt token's state at the SAE's layer, averaged.
+    acts = []
+    for chat in chats:
+        ids = loaded.tokenizer(_render(loaded.tokenizer, chat, True), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            state = loaded.model(torch.tensor([ids], device=DEVICE), output_hidden_states=True).hidden_states
+        acts.append(float(sae.encode(state[MONITOR + 1][0, -1:].float().cpu())[0, 7]))
+    assert any(a > 0 for a in acts)  # the latent fires on these prompts: the activation, not a zero, is compared
+    assert got == pytest.approx(sum(acts) / len(acts), rel=1e-4, abs=1e-5)

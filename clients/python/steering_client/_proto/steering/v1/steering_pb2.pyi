@@ -367,7 +367,7 @@ class Provenance(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., config_hash: _Optional[str] = ..., tokenizer_hash: _Optional[str] = ...) -> None: ...
 
 class Direction(_message.Message):
-    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal")
+    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal", "feature")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +388,7 @@ class Direction(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     monitor_layer: int
@@ -401,7 +402,26 @@ class Direction(_message.Message):
     description: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     removal: Removal
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
+    feature: SaeFeature
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., feature: _Optional[_Union[SaeFeature, _Mapping]] = ...) -> None: ...
+
+class SaeFeature(_message.Message):
+    __slots__ = ("index", "activation", "bias", "threshold", "b_dec_proj", "source", "encoder")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    B_DEC_PROJ_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    activation: str
+    bias: float
+    threshold: float
+    b_dec_proj: float
+    source: str
+    encoder: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., activation: _Optional[str] = ..., bias: _Optional[float] = ..., threshold: _Optional[float] = ..., b_dec_proj: _Optional[float] = ..., source: _Optional[str] = ..., encoder: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Removal(_message.Message):
     __slots__ = ("mode", "strength", "positions")
