@@ -272,9 +272,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["steering"] = [builders.parse_steering(spec) for spec in args.steer]
     if getattr(args, "monitor", None):
         options["monitor"] = args.monitor
-    for flag in ("token_scores", "ignore_policy", "no_monitor"):
+    for flag in ("token_scores", "ignore_policy"):
         if getattr(args, flag, False):
             options[flag] = True
+    if getattr(args, "no_monitor", False):
+        options["monitor_disabled"] = True
     if getattr(args, "variant", None):
         options["variants"] = _variants(args.variant)
     if getattr(args, "response", ""):
