@@ -16,7 +16,7 @@ from .directions import validate_direction_name
 from .errors import InvalidArgumentError, SteeringError
 from .types import EngineLimits
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["audit_log_path", "build_parser", "config_from_args", "main"]
 
 log = logging.getLogger("steering_server")
 
@@ -155,6 +155,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="persist uploaded and deleted directions and the policy here (atomic writes) and restore them at start; "
         "an enforced policy that cannot be restored stops the server from starting",
     )
+    serve.add_argument(
+        "--audit-log", default=None, metavar="PATH",
+        help="append every alert and every policy and registry change (with who made it) to this JSON-lines file "
+        "(default: DIR/audit.jsonl with --state-dir; none without)",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
     serve.add_argument(
         "--admin-token-file", default=None, metavar="PATH",
@@ -203,12 +208,20 @@ def _run_serve(args: argparse.Namespace) -> int:
                 observer_token=observer,
                 open_admin=args.open_admin,
                 tls=tls,
+                audit_log=audit_log_path(args),
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
         log.error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def audit_log_path(args: argparse.Namespace) -> str | None:
+    """--audit-log, else <state-dir>/audit.jsonl when there is a state directory, else none."""
+    if args.audit_log:
+        return str(args.audit_log)
+    return str(Path(args.state_dir) / "audit.jsonl") if args.state_dir else None
 
 
 def _read_token(path: str, flag: str) -> str:

@@ -9,8 +9,12 @@ from steering_client import pb
 
 from .. import __version__
 from ..directions import Direction
+from ..monitor_feed import MonitorEvent
 from ..types import (
+    Alert,
+    AlertAction,
     CompareResult,
+    ConditionScope,
     DirectionScores,
     EngineLimits,
     GenerationResult,
@@ -25,10 +29,12 @@ from ..types import (
 )
 
 __all__ = [
+    "alert",
     "compare_response",
     "direction",
     "generate_response",
     "model_info",
+    "monitor_event",
     "put_direction_response",
     "score_response",
     "steering_policy",
@@ -44,6 +50,8 @@ POSITIONS_TO_PB = {
     SteeringPositions.LAST_PROMPT: pb.LAST_PROMPT_POSITION,
     SteeringPositions.GENERATED: pb.GENERATED_POSITIONS,
 }
+_SCOPES = {ConditionScope.PROMPT: pb.PROMPT_SCORE, ConditionScope.RUNNING: pb.RUNNING_SCORE}
+_ACTIONS = {AlertAction.RECORD: pb.RECORD, AlertAction.STOP: pb.STOP, AlertAction.STEER: pb.STEER}
 _STOP_REASONS = {
     StopReason.MAX_TOKENS: pb.MAX_TOKENS,
     StopReason.EOS_TOKEN: pb.EOS_TOKEN,
@@ -176,3 +184,34 @@ def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:
         )
         for s in scores
     ]
+
+
+def alert(a: Alert) -> pb.Alert:
+    return pb.Alert(
+        direction=a.direction,
+        scope=_SCOPES[a.scope],
+        score=a.score,
+        threshold=a.threshold,
+        action=_ACTIONS[a.action],
+        token_index=a.token_index,
+        source=a.source,
+    )
+
+
+def monitor_event(event: MonitorEvent, dropped: int) -> pb.MonitorEvent:
+    """A feed event for one watcher; `dropped`: the events it lost since the previous one it received."""
+    return pb.MonitorEvent(
+        request_id=event.request_id,
+        time=event.time,
+        rpc=event.rpc,
+        front_end=event.front_end,
+        variant=event.variant,
+        monitor=_scores(event.scores),
+        alerts=[alert(a) for a in event.alerts],
+        steering=[_term(t) for t in event.steering],
+        policy_applied=event.policy_applied,
+        policy_enforced=event.policy_enforced,
+        stop_reason=_STOP_REASONS[event.stop_reason] if event.stop_reason is not None else pb.STOP_REASON_UNSPECIFIED,
+        usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+        dropped=dropped,
+    )

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from steering_client import pb, pb_grpc
 from steering_client._channel import MAX_MESSAGE_BYTES
 
+from ..audit_log import AuditLog
 from ..config import EngineConfig
 from ..engine_api import EngineClient
 from ..types import EngineStats
@@ -74,6 +75,7 @@ class SteeringServer:
         observer_token: str | None = None,
         open_admin: bool = False,
         tls: Tls | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         if open_admin and not is_loopback(host):
             raise ValueError(f"--open-admin is only allowed on a loopback address, not {host!r}; use a token")
@@ -81,7 +83,8 @@ class SteeringServer:
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
         metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
-        self.servicer = SteeringServicer(metrics=metrics, access=access)
+        self.servicer = SteeringServicer(metrics=metrics, access=access, audit=audit_log)
+        self.audit_log = audit_log
         self.health = HealthServicer()
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(access)],
@@ -120,6 +123,8 @@ class SteeringServer:
         """Serve `engine` (its canary has run); health follows `engine.healthy` and turns off when it dies."""
         self._engine = engine
         self.servicer.attach(engine)
+        if self.audit_log is not None:  # every alert of every request, whichever front end it came through
+            engine.monitor_feed.add_sink(self.audit_log.alert_sink)
         engine.add_death_callback(self._on_engine_death)
         await self._set_health(_SERVING if engine.healthy else _NOT_SERVING)
 
@@ -198,13 +203,23 @@ async def serve(
     observer_token: str | None = None,
     open_admin: bool = False,
     tls: Tls | None = None,
+    audit_log: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached. Roles and TLS: see SteeringServer."""
+    bound port once the engine is attached. Roles and TLS: see SteeringServer. `audit_log`: the JSON-lines file
+    alerts and policy and registry changes are appended to (audit_log.py)."""
     registry = CollectorRegistry() if metrics_port is not None else None
+    audit = AuditLog(audit_log) if audit_log is not None else None
     server = SteeringServer(
-        host, port, registry, admin_token, observer_token=observer_token, open_admin=open_admin, tls=tls
+        host,
+        port,
+        registry,
+        admin_token,
+        observer_token=observer_token,
+        open_admin=open_admin,
+        tls=tls,
+        audit_log=audit,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -235,3 +250,5 @@ async def serve(
         await server.stop(grace)
         if engine is not None:
             await engine.shutdown()
+        if audit is not None:
+            audit.close()

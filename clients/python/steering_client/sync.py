@@ -97,5 +97,22 @@ class SteeringClient:
     def tokenize(self, text: str) -> pb.TokenizeResponse:
         return self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
 
+    def watch_monitor(
+        self,
+        directions: Sequence[str] = (),
+        min_score: float | None = None,
+        alerts_only: bool = False,
+        buffer_size: int | None = None,
+    ) -> Iterator[pb.MonitorEvent]:
+        """The live monitor feed (observer credentials): one event per finished request, until you stop iterating
+        (which cancels the call). `event.dropped` counts events lost because this watcher fell behind. The
+        client's `timeout`, if set, ends the watch when it passes."""
+        request = builders.watch_request(directions, min_score, alerts_only, buffer_size)
+        call = self._stub.WatchMonitor(request, timeout=self._timeout, metadata=self._metadata)
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
     def _call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self._timeout, metadata=self._metadata)
