@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import math
 import threading
@@ -132,8 +133,18 @@ class MonitorFilter:
     alerts_only: bool = False
     buffer: int = DEFAULT_BUFFER
 
+    @functools.cached_property
+    def _everything(self) -> bool:
+        return not self.directions and self.min_score is None and not self.alerts_only
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.directions)
+
     def matches(self, event: MonitorEvent) -> bool:
-        names = set(self.directions)
+        if self._everything:  # the common dashboard: no filter, no work per event
+            return True
+        names = self._names
         scores = [s for s in event.scores if not names or s.direction in names]
         alerts = [a for a in event.alerts if not names or a.direction in names]
         if names and not scores and not alerts:

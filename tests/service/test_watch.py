@@ -257,3 +257,36 @@ async def test_too_many_watchers_is_resource_exhausted(client: AsyncSteeringClie
     for t in tasks:
         t.cancel()
     await wait_until(lambda: engine.monitor_feed.watchers == 0, "unsubscribed")
+
+
+async def test_grpc_flow_control_holds_back_a_client_that_never_reads(
+    server: SteeringServer, engine: FakeEngine
+) -> None:
+    # The server's writer for this call takes events from the buffer only as fast as grpc accepts them; once the
+    # client's HTTP/2 window (a few MB here) is full it takes none, so the feed drops instead of grpc buffering.
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    call = pb_grpc.SteeringServiceStub(channel).WatchMonitor(pb.WatchMonitorRequest(buffer_size=16))
+    try:
+        await wait_until(lambda: engine.monitor_feed.watchers == 1, "subscribed")
+        (sub,) = engine.monitor_feed._watchers
+        scores = tuple(
+            DirectionScores(f"direction-{k}-" + "x" * 50, 1, 0.5, 0.25, (), False, False, max_score=1.0)
+            for k in range(8)
+        )  # about 700 bytes per encoded event
+        event = request_event(GenerationResult("t", (1,), StopReason.MAX_TOKENS, 3, scores, "r"), rpc="Generate")
+        published = 0
+        taken = []
+        for _ in range(2):
+            for _ in range(800):
+                for _ in range(50):
+                    engine.monitor_feed.publish(event)
+                    published += 1
+                await asyncio.sleep(0.001)  # the writer gets to run between bursts
+            taken.append(published - sub.dropped_total - len(sub))
+            assert len(sub) <= 16
+        assert taken[0] < published / 4  # grpc stopped accepting long before the end
+        assert taken[1] - taken[0] < published / 20  # and the second half went almost entirely to drops
+    finally:
+        call.cancel()
+        await channel.close()
+    await wait_until(lambda: engine.monitor_feed.watchers == 0, "unsubscribed")

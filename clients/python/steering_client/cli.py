@@ -1,4 +1,4 @@
-"""`steering-client`: generate, stream, compare and score from the shell.
+"""`steering-client`: generate, stream, compare and score from the shell, and watch the live monitor feed.
 
 Text goes to stdout and the summary (stop reason, usage, monitor scores) to stderr, so the text pipes cleanly;
 `--json` prints the whole response message as JSON instead.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
@@ -51,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--response", default="", help="the response text to score")
     _add_steering(score)
     _add_monitor(score)
+    _add_watch(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:  # commands that run themselves (watch)
+        return int(args.handler(args))
     try:
         options = _options(args)
     except ValueError as exc:
@@ -207,3 +211,64 @@ def _print_scores(scores: Iterable[pb.DirectionScores], out: TextIO) -> None:
         print(f"{s.direction} @ layer {s.layer}: {', '.join(parts)} ({', '.join(flags)})", file=out)
         if s.token_scores:
             print("  tokens: " + " ".join(f"{x:.2f}" for x in s.token_scores), file=out)
+
+
+def _add_watch(commands: argparse._SubParsersAction) -> None:
+    watch = commands.add_parser(
+        "watch", help="print the live monitor feed: one line per finished request (observer credentials)"
+    )
+    watch.add_argument("--direction", action="append", default=[], metavar="NAME", help="only these directions")
+    watch.add_argument("--min-score", type=float, default=None, help="only events with a score >= this")
+    watch.add_argument("--alerts-only", action="store_true", help="only events that raised an alert")
+    watch.add_argument("--buffer-size", type=int, default=None, help="events the server holds while you lag")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many events")
+    watch.add_argument(
+        "--token-file", default=None, metavar="PATH", help="send `authorization: Bearer <token in PATH>`"
+    )
+    watch.set_defaults(handler=_run_watch)
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    """One line per event (`--json`: one JSON object per line) until interrupted or `--count` events."""
+    metadata = []
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            metadata.append(("authorization", f"Bearer {f.read().strip()}"))
+    with SteeringClient(args.target, timeout=args.timeout, metadata=metadata) as client:
+        seen = 0
+        try:
+            for event in client.watch_monitor(args.direction, args.min_score, args.alerts_only, args.buffer_size):
+                if args.json:
+                    print(MessageToJson(event, preserving_proto_field_name=True, indent=None), flush=True)
+                else:
+                    print(_event_line(event), flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            return 0
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            print(f"error: {code.name if code else 'UNKNOWN'}: {details}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _event_line(e: pb.MonitorEvent) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    rpc = f"{e.rpc}/{e.variant}" if e.variant else e.rpc
+    stop = pb.StopReason.Name(e.stop_reason).removeprefix("STOP_REASON_") if e.stop_reason else "-"
+    parts = [f"{when} {e.request_id} {rpc} {stop} {e.usage.prompt_tokens}+{e.usage.completion_tokens} tokens"]
+    for s in e.monitor:
+        scores = [f"prompt {s.prompt_score:.2f}"]
+        scores += [f"{f.split('_')[0]} {getattr(s, f):.2f}" for f in ("response_score", "max_score") if s.HasField(f)]
+        parts.append(f"{s.direction}: {', '.join(scores)}")
+    if e.steering:
+        policy = " (policy" + (", enforced)" if e.policy_enforced else ")") if e.policy_applied else ""
+        parts.append(f"steering {len(e.steering)} terms{policy}")
+    for a in e.alerts:
+        parts.append(f"ALERT {a.direction} {a.score:.2f} >= {a.threshold:.2f} {pb.AlertAction.Name(a.action)}")
+    if e.dropped:
+        parts.append(f"[{e.dropped} dropped before this]")
+    return " | ".join(parts)
