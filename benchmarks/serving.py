@@ -143,7 +143,7 @@ class SerialGenerateServer(EngineClient):
     def detokenize(self, token_ids: list[int]) -> str:
         return self.inner.detokenize(token_ids)
 
-    async def compare(self, request: Any) -> Any:
+    async def open_compare(self, request: Any) -> Any:
         raise NotImplementedError
 
     async def score(self, request: Any) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from . import direction_cli
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .directions import validate_direction_name
 from .errors import InvalidArgumentError, SteeringError
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    direction_cli.register(commands)
     _register_organism(commands)
     return parser
 
@@ -81,8 +83,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         type=_direction_arg,
-        metavar="NAME=PATH",
-        help="register a direction file at start-up (repeatable)",
+        metavar="NAME=PATH[,key=value...]",
+        help="register a direction file at start-up (repeatable): safetensors, .pt, .npy, persona-vectors, "
+        "steering-vectors, repeng .gguf or an SAE-Lens directory; options format=, layer=, feature= (an SAE's "
+        "latent), numbering=layers|hidden_states (docs/directions.md)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
@@ -140,6 +144,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--max-new-tokens", type=_positive, default=None, help="limit on a request's max_new_tokens")
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument(
+        "--http-port", type=int, default=None, metavar="PORT",
+        help="also serve the OpenAI-compatible HTTP API and the web page on this port (plaintext; off by default)",
+    )
     serve.add_argument(
         "--allow-red-team",
         action="store_true",
@@ -208,6 +216,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 observer_token=observer,
                 open_admin=args.open_admin,
                 tls=tls,
+                http_port=args.http_port,
                 audit_log=audit_log_path(args),
             )
         )

@@ -7,9 +7,11 @@ created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0, "positi
 removal recipe, the steering Compare runs by default; ABLATE 1 at every position when absent). Every field is
 checked on its own and a bad one is refused naming it (`safetensors.metadata.calibration: ...`).
 
-Also read: `.pt` through `torch.load(weights_only=True)` (never a full unpickle) and `.npy` (no pickles): a raw
-(hidden,) vector, a (num_layers, hidden) table, or a persona-vectors (num_layers + 1, hidden) table whose row
-l + 1 is layer l. Nothing is half-loaded: any problem raises before a Direction is returned.
+An SAE feature (Direction.feature) adds tensor `feature.encoder` (hidden,) and metadata `feature` (JSON: bias,
+threshold, b_dec_proj, activation, index, source).
+
+Other formats (persona-vectors, repeng, steering-vectors, raw .pt/.npy, SAE-Lens) are read by direction_imports.py,
+which `load_direction` calls. Nothing is half-loaded: any problem raises before a Direction is returned.
 """
 
 from __future__ import annotations
@@ -22,20 +24,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .directions import DEFAULT_REMOVAL, Calibration, Direction, Provenance, Removal
+from .direction_imports import direction_from_table, load_direction_file
+from .directions import DEFAULT_REMOVAL, FEATURE_ACTIVATIONS, Calibration, Direction, Feature, Provenance, Removal
 from .errors import InvalidArgumentError
 from .types import SteeringMode, SteeringPositions
 
 __all__ = ["direction_from_bytes", "direction_to_bytes", "load_direction", "save_direction"]
-
-_MAX_FILE_BYTES = 1 << 30
-
 
 def save_direction(path: str | Path, direction: Direction) -> None:
     Path(path).write_bytes(direction_to_bytes(direction))
@@ -60,40 +59,26 @@ def direction_to_bytes(direction: Direction) -> bytes:
         "removal": json.dumps({"mode": direction.removal.mode.name, "strength": direction.removal.strength,
                                "positions": direction.removal.positions.name}),
     }
-    return st_save_bytes({"direction": table.contiguous()}, metadata=meta)
+    tensors = {"direction": table.contiguous()}
+    if direction.feature is not None:
+        f = direction.feature
+        tensors["feature.encoder"] = f.encoder.float().cpu().contiguous()
+        meta["feature"] = json.dumps({"bias": f.bias, "threshold": f.threshold, "b_dec_proj": f.b_dec_proj,
+                                      "activation": f.activation, "index": f.index, "source": f.source})
+    return st_save_bytes(tensors, metadata=meta)
 
 
 def load_direction(
-    path: str | Path, name: str | None = None, num_layers: int | None = None, monitor_layer: int | None = None
+    path: str | Path,
+    name: str | None = None,
+    num_layers: int | None = None,
+    monitor_layer: int | None = None,
+    **options: Any,
 ) -> Direction:
-    """Load any supported file. `name` defaults to the stored name or the file stem; `num_layers` is needed to
-    interpret raw tables; `monitor_layer` overrides the stored one (required for raw files with several layers)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidArgumentError("path", f"direction file {str(p)!r} does not exist")
-    if p.stat().st_size > _MAX_FILE_BYTES:
-        raise InvalidArgumentError("path", f"direction file {str(p)!r} is larger than 1 GiB")
-    data = p.read_bytes()
-    suffix = p.suffix.lower()
-    if suffix == ".safetensors":
-        return direction_from_bytes(data, name, num_layers, monitor_layer, default_name=p.stem)
-    if suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # weights_only refuses pickled code: report, never retry unsafely
-            raise InvalidArgumentError("path", f"cannot read {p.name} as a tensor file: {exc}") from exc
-        if isinstance(obj, dict) and len(obj) == 1:
-            obj = next(iter(obj.values()))
-        if not isinstance(obj, torch.Tensor):
-            raise InvalidArgumentError("path", f"{p.name} holds a {type(obj).__name__}, expected one tensor")
-        return direction_from_table(obj, name or p.stem, num_layers, monitor_layer, method="file:pt")
-    if suffix == ".npy":
-        try:
-            arr = np.asarray(np.load(p, allow_pickle=False), dtype=np.float32)  # a string array fails here too
-        except Exception as exc:
-            raise InvalidArgumentError("path", f"cannot read {p.name} as .npy: {exc}") from exc
-        return direction_from_table(torch.from_numpy(arr), name or p.stem, num_layers, monitor_layer, method="file:npy")
-    raise InvalidArgumentError("path", f"unsupported direction file type {suffix!r} (.safetensors, .pt, .npy)")
+    """Load any supported file (direction_imports.load_direction_file, the one loader; `options`: format, feature,
+    numbering). `name` defaults to the stored name or the file stem; `num_layers` is needed to interpret tables;
+    `monitor_layer` overrides the stored one (required for a raw single vector)."""
+    return load_direction_file(path, name, num_layers=num_layers, layer=monitor_layer, **options)
 
 
 def direction_from_bytes(
@@ -102,8 +87,10 @@ def direction_from_bytes(
     num_layers: int | None = None,
     monitor_layer: int | None = None,
     default_name: str = "direction",
+    numbering: str | None = None,
 ) -> Direction:
-    """Parse a safetensors direction (an upload or a file's bytes)."""
+    """Parse a safetensors direction (an upload or a file's bytes). `numbering`: for one raw table tensor
+    (direction_imports.direction_from_table)."""
     try:
         tensors = st_load_bytes(data)
         meta = _read_metadata(data)
@@ -125,7 +112,9 @@ def direction_from_bytes(
         except ValueError as exc:
             raise InvalidArgumentError("safetensors", f"bad layer key: {exc}") from exc
     elif len(tensors) == 1:
-        return direction_from_table(next(iter(tensors.values())), name, num_layers, monitor_layer, "file:safetensors")
+        return direction_from_table(
+            next(iter(tensors.values())), name, num_layers, monitor_layer, "file:safetensors", numbering, "safetensors"
+        )
     else:
         raise InvalidArgumentError("safetensors", f"unrecognised tensors {sorted(tensors)[:5]}")
     stored_monitor: int | None = _meta_field(meta, "monitor_layer", lambda v: _int(v, 0, 1 << 16), None)
@@ -133,6 +122,14 @@ def direction_from_bytes(
     calibration = _meta_field(meta, "calibration", lambda v: _calibration(_json(v)), no_calibration)
     n_examples = _meta_field(meta, "n_examples", lambda v: _int(v, 0, (1 << 32) - 1), 0)
     removal = _meta_field(meta, "removal", lambda v: _removal(_json(v)), DEFAULT_REMOVAL)
+    feature = None
+    if "feature.encoder" in tensors:
+        encoder = tensors["feature.encoder"].float().reshape(-1).clone()
+        feature = _meta_field(meta, "feature", lambda v: _feature(_json(v), encoder), None)
+        if feature is None:
+            raise InvalidArgumentError("safetensors.metadata.feature", "a feature.encoder tensor needs this field")
+        if monitor_layer is not None and monitor_layer != stored_monitor:
+            raise InvalidArgumentError("monitor_layer", "an SAE feature is monitored at its own layer only")
     chosen = monitor_layer if monitor_layer is not None else stored_monitor
     if chosen is None:
         chosen = _middle(sorted(vectors))
@@ -147,38 +144,8 @@ def direction_from_bytes(
         created_at=meta.get("created_at", ""),
         description=meta.get("description", ""),
         removal=removal,
+        feature=feature,
     )
-
-
-def direction_from_table(
-    table: torch.Tensor, name: str, num_layers: int | None, monitor_layer: int | None, method: str
-) -> Direction:
-    """A raw (hidden,), (num_layers, hidden) or persona-vectors (num_layers + 1, hidden) tensor."""
-    t = table.detach().float().cpu()
-    if t.ndim == 1:
-        if monitor_layer is None:
-            raise InvalidArgumentError("monitor_layer", "a single raw vector needs a layer (monitor_layer)")
-        vectors = {monitor_layer: t.clone()}
-    elif t.ndim == 2:
-        if num_layers is None:
-            raise InvalidArgumentError("path", "a layer table needs the model's layer count to interpret")
-        if t.shape[0] == num_layers:
-            vectors = {layer: t[layer].clone() for layer in range(num_layers)}
-        elif t.shape[0] == num_layers + 1:  # persona-vectors: row 0 is the embeddings, row l + 1 is layer l
-            vectors = {layer: t[layer + 1].clone() for layer in range(num_layers)}
-        else:
-            raise InvalidArgumentError(
-                "path", f"table has {t.shape[0]} rows; the model has {num_layers} layers (expected that or +1)"
-            )
-        # Rows of exact zeros (layers the file does not cover) are dropped rather than refused; a NaN row is kept so
-        # that validate() refuses the file instead of silently half-loading it.
-        vectors = {layer: v for layer, v in vectors.items() if not bool((v == 0).all())}
-        if not vectors:
-            raise InvalidArgumentError("path", "every row of the table is zero")
-    else:
-        raise InvalidArgumentError("path", f"tensor of shape {tuple(t.shape)} is not a direction")
-    chosen = monitor_layer if monitor_layer is not None else _middle(sorted(vectors))
-    return Direction(name=name, vectors=vectors, monitor_layer=chosen, method=method)
 
 
 _T = TypeVar("_T")
@@ -254,6 +221,24 @@ def _removal(raw: Any) -> Removal:
         raise ValueError(f"unknown positions {str(positions)[:20]!r}")
     return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0)), SteeringPositions[positions]).validate(
         "removal")
+
+
+def _feature(raw: Any, encoder: torch.Tensor) -> Feature:
+    keys = {"bias", "threshold", "b_dec_proj", "activation", "index", "source"}
+    if not isinstance(raw, dict) or set(raw) - keys or "bias" not in raw:
+        raise ValueError(f"expected an object with bias and optionally {sorted(keys - {'bias'})}")
+    activation = raw.get("activation", "jumprelu")
+    if activation not in FEATURE_ACTIVATIONS:
+        raise ValueError(f"unknown activation {str(activation)[:20]!r}")
+    return Feature(
+        encoder=encoder,
+        bias=_float(raw["bias"]),
+        threshold=_float(raw.get("threshold", 0.0)),
+        b_dec_proj=_float(raw.get("b_dec_proj", 0.0)),
+        activation=activation,
+        index=_int(raw.get("index", 0), 0, (1 << 31) - 1),
+        source=str(raw.get("source", ""))[:256],
+    )
 
 
 def _middle(layers: list[int]) -> int:

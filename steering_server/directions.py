@@ -1,6 +1,10 @@
 """Directions: per-layer vectors with a monitor layer, calibration and provenance (plain data, no device state).
 
 Layer l is the output of decoder block l (Hugging Face `hidden_states[l + 1]`).
+
+A direction may be an SAE feature (`Direction.feature`): its stored vector is the feature's decoder column (what
+steering moves along) and the monitor reads the feature's activation instead of a projection: the projection of
+the residual on the encoder row's unit direction, turned into JumpReLU(w_enc . (h - b_dec) + b_enc) on the host.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from .types import SteeringMode, SteeringPositions
 
 __all__ = [
     "DEFAULT_REMOVAL",
+    "FEATURE_ACTIVATIONS",
     "POOLINGS",
     "Calibration",
     "Direction",
+    "Feature",
     "Provenance",
     "Removal",
     "validate_direction_name",
@@ -86,6 +92,65 @@ class Removal:
 DEFAULT_REMOVAL = Removal()
 
 
+FEATURE_ACTIVATIONS = ("jumprelu", "relu")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One SAE latent as a monitor: activation = act(w_enc . (h - b_dec) + b_enc) with h the residual at the
+    direction's monitor layer. The device reads p = h . e (e = encoder / |encoder|, one more row of the direction
+    table), so the pre-activation is |encoder| p - b_dec_proj + bias.
+
+    activation "jumprelu" (SAE-Lens JumpReLUSAE): ReLU(pre) where pre > threshold, else 0; "relu" (a standard SAE):
+    ReLU(pre), threshold unused (0)."""
+
+    encoder: torch.Tensor  # (hidden,) the latent's column of W_enc [d_in, d_sae], fp32
+    bias: float  # b_enc[i]
+    threshold: float = 0.0  # JumpReLU threshold[i]
+    b_dec_proj: float = 0.0  # w_enc . b_dec (0 when the SAE does not subtract b_dec from its input)
+    activation: str = "jumprelu"
+    index: int = 0  # the latent's index in the SAE
+    source: str = ""  # what it was read from, e.g. "sae-lens jumprelu blocks.1.hook_resid_post"
+
+    @property
+    def encoder_norm(self) -> float:
+        return float(self.encoder.norm())
+
+    def activation_of(self, projection: float) -> float:
+        """The feature's activation from p = h . (encoder / |encoder|), the raw reading of its monitor row.
+        NaN (a position never read) stays NaN."""
+        if not math.isfinite(projection):
+            return projection
+        pre = self.encoder_norm * projection - self.b_dec_proj + self.bias
+        if self.activation == "jumprelu" and not pre > self.threshold:
+            return 0.0
+        return max(pre, 0.0)
+
+    def validate(self, hidden_size: int, field_name: str = "feature") -> Feature:
+        if self.activation not in FEATURE_ACTIVATIONS:
+            raise InvalidArgumentError(
+                f"{field_name}.activation", f"unknown activation {self.activation[:40]!r} (use jumprelu or relu)"
+            )
+        e = self.encoder.detach().to("cpu", torch.float32).contiguous()
+        if e.ndim != 1 or e.shape[0] != hidden_size:
+            raise InvalidArgumentError(
+                f"{field_name}.encoder", f"has shape {tuple(e.shape)}, the model's hidden size is {hidden_size}"
+            )
+        if not bool(torch.isfinite(e).all()):
+            raise InvalidArgumentError(f"{field_name}.encoder", "has NaN or infinite values")
+        norm = float(e.norm())
+        if not (math.isfinite(norm) and norm >= 1e-8):
+            raise InvalidArgumentError(f"{field_name}.encoder", "is all zeros or its norm overflows float32")
+        for key in ("bias", "threshold", "b_dec_proj"):
+            if not math.isfinite(getattr(self, key)):
+                raise InvalidArgumentError(f"{field_name}.{key}", "must be finite")
+        if self.index < 0:
+            raise InvalidArgumentError(f"{field_name}.index", "must be >= 0")
+        if len(self.source) > 256:
+            raise InvalidArgumentError(f"{field_name}.source", "at most 256 characters")
+        return replace(self, encoder=e)
+
+
 @dataclass(frozen=True)
 class Provenance:
     model_id: str = ""
@@ -107,6 +172,18 @@ class Direction:
     created_at: str = ""
     description: str = ""
     removal: Removal = DEFAULT_REMOVAL
+    # An SAE feature: the monitor reads its activation (Feature), steering acts along `vectors` (its decoder column).
+    feature: Feature | None = None
+
+    @property
+    def monitor_vector(self) -> torch.Tensor:
+        """The vector the monitor projects on at monitor_layer: the feature's encoder row, else the stored vector."""
+        return self.feature.encoder if self.feature is not None else self.vectors[self.monitor_layer]
+
+    def score_of(self, projection: float) -> float:
+        """The uncalibrated score from the projection on the unit monitor vector: the feature's activation for a
+        feature, else the projection itself. Calibration (mu, sigma) is of this value."""
+        return self.feature.activation_of(projection) if self.feature is not None else projection
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -152,6 +229,7 @@ class Direction:
                 f"monitor layer {self.monitor_layer} has no vector (layers {sorted(clean)})",
             )
         self.removal.validate(f"{field_name}.removal")
+        feature = self.feature.validate(hidden_size, f"{field_name}.feature") if self.feature is not None else None
         for pooling, cal in self.calibration.items():
             where = f"{field_name}.calibration[{pooling!r}]"
             if pooling not in POOLINGS:
@@ -170,4 +248,4 @@ class Direction:
             text = getattr(self, key) if key != "model_id" else self.provenance.model_id
             if len(text) > limit:
                 raise InvalidArgumentError(f"{field_name}.{key}", f"at most {limit} characters")
-        return replace(self, vectors=clean)
+        return replace(self, vectors=clean, feature=feature)

@@ -10,17 +10,19 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
 import torch
 
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, Progress
+from .compute_job import run_compute
+from .compute_types import ComputeEvent, ComputeRequest
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
 from .containment import measure_residual_norms
-from .directions import Direction
-from .engine_api import EngineClient, collect, compare_result
+from .directions import Direction, Provenance
+from .engine_api import CompareStreams, EngineClient, collect
 from .errors import (
     EngineDeadError,
     InvalidArgumentError,
@@ -29,8 +31,8 @@ from .errors import (
     UnavailableError,
 )
 from .models import LoadedModel, load_model
-from .monitor_feed import MonitorFeed, current_front_end, request_event
-from .planning import FieldTerm, RequestPlan, effective_terms, make_plan
+from .monitor_feed import MonitorFeed, current_front_end, current_rpc, request_event
+from .planning import FieldTerm, MonitorTarget, RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
@@ -40,12 +42,12 @@ from .state import StateDir, StateError
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
-    CompareResult,
     EngineStats,
     GenerationRequest,
     GenerationResult,
     ModelInfo,
     MonitorOptions,
+    Prompt,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -287,7 +289,7 @@ class Engine(EngineClient):
     ) -> None:
         """Publish the request's monitor summary when it finishes (on the event loop; never waits on a watcher).
         The front end and policy are read now, at admission, in the caller's context."""
-        front, policy = current_front_end(), self._policy
+        front, policy, rpc = current_front_end(), self._policy, current_rpc(rpc)
 
         def publish(result: GenerationResult) -> None:
             event = request_event(result, rpc=rpc, front=front, variant=variant, terms=terms, policy=policy)
@@ -336,7 +338,7 @@ class Engine(EngineClient):
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             seed=sampling.seed,
-            monitored=tuple((m.entry.row, m.layer) for m in plan.monitors),
+            monitored=tuple((m.row, m.layer) for m in plan.monitors),
             capture_slot=capture[0],
             capture_from=capture[1],
         )
@@ -386,7 +388,7 @@ class Engine(EngineClient):
             self.registry.release(entry)
         self.generated_tokens += len(stream.token_ids)
 
-    async def compare(self, request: CompareRequest) -> CompareResult:
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
         self._check_accepting()
         check_variants(request.variants, self.limits)
         sampling = check_sampling(request.sampling, self.limits)
@@ -410,11 +412,11 @@ class Engine(EngineClient):
                         req, prompt_ids, field_prefix=f"variants[{i}].", rpc="Compare", variant=v.name
                     )
                 )
-            results = [await collect(s) for s in streams]
-        finally:
+        except BaseException:
             for s in streams:
                 s.cancel()
-        return compare_result(variants, results)
+            raise
+        return CompareStreams(variants, tuple(streams))
 
     def _monitored_direction(self, monitor: MonitorOptions) -> Direction | None:
         if monitor.directions:
@@ -459,7 +461,7 @@ class Engine(EngineClient):
         self.monitor_feed.publish(
             request_event(
                 None,
-                rpc="Score",
+                rpc=current_rpc("Score"),
                 request_id=stream.request_id,
                 front=front,
                 terms=terms,
@@ -469,7 +471,7 @@ class Engine(EngineClient):
                 completion_tokens=len(response),
             )
         )
-        return ScoreResult(len(prompt_ids), tuple(response), scores)
+        return ScoreResult(len(prompt_ids), tuple(response), scores, steered=stream.plan.steered)
 
     async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
         """Mean hidden state per layer over positions >= from_position of one prefill, read in the hooks before
@@ -496,6 +498,49 @@ class Engine(EngineClient):
             stream.cancel()
         return self.runtime.acc[:, free[0]].to("cpu", copy=True) / max(1, stream.track.capture_count)
 
+    async def read_projection(
+        self, vector: torch.Tensor, layer: int, ids: list[int], prompt_len: int
+    ) -> tuple[float, list[float]]:
+        """Raw monitor readings of an unregistered `vector` (hidden,) at `layer` for one unsteered prefill of
+        prompt + response `ids`, read as Score reads a registered direction: (the last prompt token, each response
+        token but the last). The vector holds a scratch row of the direction table for this one request."""
+        self._check_accepting()
+        entry = self.registry.put_scratch({layer: vector.float()})
+        try:
+            plan = RequestPlan((None, None, None), [MonitorTarget("", entry, layer, None, None, None, False)], [entry])
+            stream = self._admit(plan, ids, prompt_len, SamplingParams(max_new_tokens=1), _NO_MONITOR)
+            await collect(stream)
+        finally:
+            self.registry.release(entry)
+        scores = direction_scores(plan, stream.track, max(0, len(ids) - prompt_len - 1), True)[0]
+        return scores.prompt_score, list(scores.token_scores)
+
+    async def generate_ids(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy, unsteered (no policy) answer token ids, end-of-sequence excluded (ComputeDirection's persona
+        answers: the model's own)."""
+        self._check_accepting()
+        self._check_length(prompt_ids, max_new_tokens)
+        plan = RequestPlan((None, None, None), [], [])
+        stream = self._admit(plan, prompt_ids, len(prompt_ids), SamplingParams(max_new_tokens=max_new_tokens),
+                             _NO_MONITOR)
+        ids = list((await collect(stream)).token_ids)
+        while ids and ids[-1] in self.eos_ids:
+            ids.pop()
+        return ids
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        self._check_accepting()
+        return run_compute(request, self)
+
+    def render_prompt(self, prompt: Prompt, prefix: str) -> list[int]:
+        return render_prompt(self.tokenizer, prompt, self.vocab_size, prefix, self.limits)
+
+    def encode_response(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def provenance(self) -> Provenance:
+        return Provenance(self.loaded.model_id, self.config_hash, self.tokenizer_hash)
+
     # ------------------------------------------------------------------ registry and policy
     def list_directions(self) -> list[Direction]:
         return self.registry.list()
@@ -519,9 +564,11 @@ class Engine(EngineClient):
             self.state.delete_direction(name)
 
     def load_direction_file(self, name: str, path: str) -> Direction:
-        from .direction_files import load_direction
+        """`path`: a file or SAE directory, optionally with `,format=...,layer=...,feature=...,numbering=...`
+        (direction_imports.split_direction_spec): the one loader PutDirection and realign use too."""
+        from .direction_imports import load_direction_spec
 
-        return self._register(load_direction(path, name=name, num_layers=self.num_layers))
+        return self._register(load_direction_spec(path, name, self.num_layers))
 
     def register_builtin_directions(self) -> None:
         """The shipped organism's directions (the monitored one first), when the built-in model is served."""
@@ -610,6 +657,7 @@ class Engine(EngineClient):
             queued=len(self._streams),
             forward_passes=self.runtime.forward_passes,
             generated_tokens=self.generated_tokens,
+            waiting=waiting,
         )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 
+from .compute_types import ComputeEvent, ComputeRequest
 from .directions import Direction
+from .errors import UnavailableError
 from .monitor_feed import MonitorFeed, MonitorFilter, MonitorSubscription
 from .rules import check_watch
 from .types import (
@@ -24,7 +27,7 @@ from .types import (
     VariantResult,
 )
 
-__all__ = ["EngineClient", "RequestStream", "collect", "compare_result"]
+__all__ = ["CompareStreams", "EngineClient", "RequestStream", "collect", "compare_result"]
 
 
 class RequestStream(abc.ABC):
@@ -41,6 +44,24 @@ class RequestStream(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self) -> None: ...
+
+    def final(self) -> GenerationResult | None:
+        """The result once the request has ended (finished or cancelled), without waiting; None before that and
+        when it failed. Lets a caller that is being cancelled still account for the tokens (service metrics)."""
+        return None
+
+
+@dataclass(frozen=True)
+class CompareStreams:
+    """A Compare's variants, admitted together (one batch, one seed: shared sampling noise), one stream each, in
+    order. The caller owns the streams: cancel every one when done (`compare_result` pairs their results)."""
+
+    variants: tuple[Variant, ...]
+    streams: tuple[RequestStream, ...]
+
+    def cancel(self) -> None:
+        for s in self.streams:
+            s.cancel()
 
 
 async def collect(stream: RequestStream) -> GenerationResult:
@@ -112,7 +133,17 @@ class EngineClient(abc.ABC):
         return await collect(await self.open_stream(request))
 
     @abc.abstractmethod
-    async def compare(self, request: CompareRequest) -> CompareResult: ...
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
+        """Validate and admit every variant (the defaults when none are given) before any is awaited; raises what
+        generate_stream raises, the field named under `variants[i].`. Streams them token by token (the web page)."""
+
+    async def compare(self, request: CompareRequest) -> CompareResult:
+        opened = await self.open_compare(request)
+        try:
+            results = [await collect(s) for s in opened.streams]
+        finally:
+            opened.cancel()
+        return compare_result(opened.variants, results)
 
     @abc.abstractmethod
     async def score(self, request: ScoreRequest) -> ScoreResult: ...
@@ -130,6 +161,11 @@ class EngineClient(abc.ABC):
 
     @abc.abstractmethod
     def delete_direction(self, name: str) -> None: ...
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        """Progress events, then one ComputeResult (compute_job.py). Raises InvalidArgumentError naming the field
+        for bad input, before or while it runs; cancelling the iteration frees every engine request it holds."""
+        raise UnavailableError("this engine cannot compute directions")
 
     @abc.abstractmethod
     def get_policy(self) -> SteeringPolicy: ...

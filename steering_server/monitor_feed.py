@@ -7,8 +7,8 @@ event it receives. Publishing never waits for a watcher and never allocates per 
 is O(watchers) appends under a lock, called on the engine's path as each request finishes.
 
 Plain Python (no grpc): the engine publishes, the service encodes; any front end that calls the engine (gRPC,
-the HTTP API) gets its requests into the feed. A front end names itself with `front_end(...)` around its engine
-calls, so events say where a request came from.
+the HTTP API) gets its requests into the feed. A front end names itself, and the call, with `front_end(...)` around
+its engine calls, so events say where a request came from.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "MonitorFilter",
     "MonitorSubscription",
     "current_front_end",
+    "current_rpc",
     "front_end",
     "request_event",
 ]
@@ -48,14 +49,17 @@ DEFAULT_BUFFER = 256  # events held per watcher while it is behind
 MAX_BUFFER = 4096
 MAX_WATCHERS = 32  # bounds the feed's memory: at most MAX_WATCHERS x MAX_BUFFER events held
 
-_FRONT_END: contextvars.ContextVar[str] = contextvars.ContextVar("steering_front_end", default="")
+_FRONT_END: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVar(
+    "steering_front_end", default=("", None)
+)
 
 
 @contextlib.contextmanager
-def front_end(name: str) -> Iterator[None]:
-    """Label the requests made to the engine inside this block (in this task) as coming from `name`
-    ("grpc", "http"). Read when a request is admitted, so it follows the caller, not the batching thread."""
-    token = _FRONT_END.set(name)
+def front_end(name: str, rpc: str | None = None) -> Iterator[None]:
+    """Label the requests made to the engine inside this block (in this task) as coming from `name` ("grpc",
+    "http") and, when given, as the call `rpc` (gRPC's Generate runs through the engine's open_stream; the HTTP
+    API's "ChatCompletions"). Read when a request is admitted, so it follows the caller, not the batching thread."""
+    token = _FRONT_END.set((name, rpc))
     try:
         yield
     finally:
@@ -63,7 +67,12 @@ def front_end(name: str) -> Iterator[None]:
 
 
 def current_front_end() -> str:
-    return _FRONT_END.get()
+    return _FRONT_END.get()[0]
+
+
+def current_rpc(default: str) -> str:
+    """The call's name as the front end gave it, else `default` (the engine method's)."""
+    return _FRONT_END.get()[1] or default
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class MonitorEvent:
 
     request_id: str
     time: float  # Unix seconds when the request finished
-    rpc: str  # the engine call: "Generate", "GenerateStream", "Compare", "Score"
+    rpc: str  # the call: gRPC's "Generate", "GenerateStream", "Compare", "Score"; the HTTP API's "ChatCompletions"...
     front_end: str  # who called the engine: "grpc", "http", ... ("" in-process)
     variant: str  # Compare: the variant's name; "" otherwise
     scores: tuple[DirectionScores, ...]  # per monitored direction, without token_scores

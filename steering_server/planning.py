@@ -30,8 +30,18 @@ class MonitorTarget:
     prompt_calibration: Calibration | None
     post_intervention: bool
 
-    def z(self, raw: float, cal: Calibration | None) -> float:
-        return cal.z(raw) if cal is not None else raw
+    @property
+    def row(self) -> int:
+        """The direction-table row the hooks read for this monitor (a feature's encoder row, registry.py)."""
+        return self.entry.monitor_row
+
+    def value(self, raw: float) -> float:
+        """The uncalibrated score of one reading: the projection, or an SAE feature's activation."""
+        return self.entry.direction.score_of(raw)
+
+    def z(self, value: float, cal: Calibration | None) -> float:
+        """`value` (see `value`) in calibrated z units, or itself when uncalibrated."""
+        return cal.z(value) if cal is not None else value
 
 
 Table = tuple[torch.Tensor, torch.Tensor]  # (alpha (L, K), beta (L, K)) fp32 device coefficients

@@ -52,7 +52,9 @@ class RealignConfig:
 class RealignLog:
     step: int  # optimizer steps taken so far
     loss: float | None  # mean training loss since the previous entry (None before training)
-    projection: float | None  # mean raw projection h.d at the monitor layer, last prompt token of the probes
+    # Mean score at the monitor layer, last prompt token of the probes: the raw projection h.d, or for an SAE feature
+    # its activation (Direction.score_of).
+    projection: float | None
     z: float | None  # the same in calibrated z units (last_prompt pooling), when the direction has calibration
 
 
@@ -99,9 +101,10 @@ def encode_chats(tokenizer, chats: Sequence[Chat]) -> list[Encoded]:
 def last_prompt_projection(
     model: torch.nn.Module, tokenizer, prompts: Sequence[Chat], direction: Direction, batch_size: int = 64
 ) -> float:
-    """Mean h.d at the monitor layer's output, last prompt token, over `prompts` (forward hook, removed after)."""
+    """Mean score at the monitor layer's output, last prompt token, over `prompts` (forward hook, removed after):
+    h.d, or for an SAE feature its activation (Direction.score_of, as the server scores it)."""
     layer = decoder_layers(model)[direction.monitor_layer]
-    v = direction.vectors[direction.monitor_layer].float()
+    v = direction.monitor_vector.float()
     d = v / v.norm()
     store: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out[0] if isinstance(out, tuple) else out))
@@ -115,7 +118,7 @@ def last_prompt_projection(
             store.clear()
             model(**enc)
             h = store[0][:, -1].float()  # (batch, hidden): left padding puts every last prompt token at -1
-            total += float((h @ d.to(h.device)).sum())
+            total += sum(direction.score_of(p) for p in (h @ d.to(h.device)).tolist())
             n += h.shape[0]
     finally:
         handle.remove()

@@ -2,6 +2,10 @@
 
 A row is immutable while a request references it: replacing a direction writes a fresh row and the old one is
 freed when its last request ends, so in-flight requests never see a half-written or swapped vector.
+
+An SAE feature (Direction.feature) holds two rows: its steering row (the decoder column's unit vector, which every
+steering mode acts along) and its monitor row (the encoder row's unit vector at the monitor layer only, which the
+hooks project on like any other row and never steer along: no request's coefficients name it).
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ class RegisteredDirection:
     norms: dict[int, float]  # |v| per layer, for ADD
     refs: int = 0
     retired: bool = False  # replaced or deleted: free the row when refs reaches 0
+    monitor_row: int = -1  # the row the monitor reads: `row` itself, or a feature's encoder row
+
+    def __post_init__(self) -> None:
+        if self.monitor_row < 0:
+            self.monitor_row = self.row
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return (self.row,) if self.monitor_row == self.row else (self.row, self.monitor_row)
 
 
 class DirectionRegistry:
@@ -78,30 +91,43 @@ class DirectionRegistry:
         direction = direction.validate(self._num_layers, self._hidden)
         if self.residual_norms is not None:
             check_calibration(direction, self.residual_norms)
+        need = 2 if direction.feature is not None else 1
         free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
         old = self._by_name.get(direction.name)
-        if not free and old is not None and old.refs <= 0:
-            # Replacing a direction no request holds: its row is free now (nothing reads it for any request).
-            free = [old.row]
-        if not free:
-            held = len(self._rows) - len(self._by_name)
+        if len(free) < need and old is not None and old.refs <= 0:
+            # Replacing a direction no request holds: its rows are free now (nothing reads them for any request).
+            free = sorted(free + list(old.rows))
+        if len(free) < need:
+            held = len({id(e) for e in self._rows.values()}) - len(self._by_name)
             raise ResourceExhaustedError(
                 f"direction table full: {len(self._by_name)} directions registered"
                 + (f" and {held} replaced ones held by running requests" if held else "")
-                + f" in {self._runtime.max_directions} rows; delete one first"
+                + f" in {self._runtime.max_directions} rows"
+                + (" (an SAE feature takes two)" if need == 2 else "")
+                + "; delete one first"
             )
         row = free[0]
+        monitor_row = free[1] if need == 2 else row
         units = {layer: v / v.norm() for layer, v in direction.vectors.items()}
-        self._runtime.write_direction(row, units)
-        entry = RegisteredDirection(direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()})
-        if old is not None and old.row == row:  # the row is reused: the old entry no longer owns it
-            del self._rows[row]
+        if old is not None and {row, monitor_row} & set(old.rows):  # reused rows: the old entry no longer owns them
+            for r in old.rows:
+                self._rows.pop(r, None)
+                if r not in (row, monitor_row):
+                    self._runtime.clear_direction(r)
             old.retired = True
-            for key in [k for k in self._cos if row in k]:
+            for key in [k for k in self._cos if set(k) & set(old.rows)]:
                 del self._cos[key]
             old = None
+        self._runtime.write_direction(row, units)
+        if direction.feature is not None:
+            e = direction.feature.encoder
+            self._runtime.write_direction(monitor_row, {direction.monitor_layer: e / e.norm()})
+        entry = RegisteredDirection(
+            direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()}, monitor_row=monitor_row
+        )
         self._by_name[direction.name] = entry
-        self._rows[row] = entry
+        for r in entry.rows:
+            self._rows[r] = entry
         for other in self._by_name.values():
             if other is not entry:
                 cos = {
@@ -115,6 +141,25 @@ class DirectionRegistry:
             self._retire(old)
         log.info("direction %s registered in row %d (layers %s)", direction.name, row, list(direction.layers))
         return direction
+
+    def put_scratch(self, vectors: dict[int, torch.Tensor]) -> RegisteredDirection:
+        """A row outside the name table for one internal reading (ComputeDirection's calibration reads): it has no
+        name, so no other request can monitor or steer it. Held once for the caller: `release` it to free the row.
+        `vectors`: layer -> (hidden,), fp32, non-zero."""
+        free = [r for r in range(self._runtime.max_directions) if r not in self._rows]
+        if not free:
+            raise ResourceExhaustedError(
+                f"direction table full ({self._runtime.max_directions} rows): no row for a computed direction's "
+                "readings; delete a direction or retry later"
+            )
+        row = free[0]
+        self._runtime.write_direction(row, {layer: v / v.norm() for layer, v in vectors.items()})
+        scratch = Direction("scratch", dict(vectors), monitor_layer=next(iter(vectors)))
+        entry = RegisteredDirection(scratch, row, {layer: float(v.norm()) for layer, v in vectors.items()}, refs=1,
+                                    retired=True)
+        self._rows[row] = entry
+        self._runtime.live_rows = max(self._rows) + 1
+        return entry
 
     def delete(self, name: str) -> None:
         entry = self._by_name.pop(name, None)
@@ -137,10 +182,11 @@ class DirectionRegistry:
 
     def _free(self, entry: RegisteredDirection) -> None:
         if self._rows.get(entry.row) is entry:
-            del self._rows[entry.row]
+            for r in entry.rows:
+                del self._rows[r]
+                self._runtime.clear_direction(r)
             for key in [k for k in self._cos if entry.row in k]:
                 del self._cos[key]
-            self._runtime.clear_direction(entry.row)
             self._runtime.live_rows = max(self._rows, default=-1) + 1
 
     def check_layer(self, entry: RegisteredDirection, layer: int, field: str) -> None:

@@ -24,6 +24,7 @@ when its last request ends): the rows a batch steers or scores never change unde
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class RequestTrack:
     capture_count: int = 0
     captured_until: int = 0
     first_token_position: int = -1
+    scheduled_at: float | None = None  # time.monotonic() when first put into a batch (queue time, RequestTiming)
     # Containment: the first layer where a steered state of this request went non-finite (it fails alone).
     overflow_layer: int | None = None
 
@@ -233,6 +235,8 @@ class SteeringRuntime:
         offset = 0
         for request_id, past, length, has_new in batch:
             track = self.tracks.get(request_id)
+            if track is not None and track.scheduled_at is None:
+                track.scheduled_at = time.monotonic()
             entry = BatchEntry(track, offset, past, length, has_new)
             entries.append(entry)
             offset += length

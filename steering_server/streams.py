@@ -10,6 +10,7 @@ import asyncio
 import enum
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from .engine_api import RequestStream
 from .errors import InvalidArgumentError
 from .planning import RequestPlan
 from .runtime import RequestTrack
-from .types import DirectionScores, GenerationResult, StopReason, TokenEvent
+from .types import DirectionScores, GenerationResult, RequestTiming, StopReason, TokenEvent
 
 __all__ = ["GenerationStream", "direction_scores"]
 
@@ -36,9 +37,11 @@ def direction_scores(
     out = []
     p0 = track.prompt_len
     for m in plan.monitors:
-        readings = track.readings.get((m.entry.row, m.layer), {})
-        prompt_raw = readings.get(p0 - 1, math.nan)
-        raw_tokens = [readings.get(p0 + i, math.nan) for i in range(n_scored)]
+        readings = track.readings.get((m.row, m.layer), {})
+        # Values per position (the projection, or an SAE feature's activation), pooled as values: response_mean is
+        # the mean of the per-token values (of activations, for a feature), and calibration is of those values.
+        prompt_raw = m.value(readings.get(p0 - 1, math.nan))
+        raw_tokens = [m.value(readings.get(p0 + i, math.nan)) for i in range(n_scored)]
         tokens = [m.z(v, m.calibration) for v in raw_tokens]
         response = m.z(sum(raw_tokens) / len(raw_tokens), m.response_calibration) if raw_tokens else None
         out.append(
@@ -81,6 +84,8 @@ class GenerationStream(RequestStream):
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self.token_ids: list[int] = []
         self.done = False
+        self.admitted = time.monotonic()
+        self._token_times: list[float] = []  # when each token reached the stream (RequestTiming)
 
     # ---- consumer side ----
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:  # type: ignore[override]
@@ -95,6 +100,11 @@ class GenerationStream(RequestStream):
 
     async def result(self) -> GenerationResult:
         return await asyncio.shield(self._result)
+
+    def final(self) -> GenerationResult | None:
+        if self._result.done() and self._result.exception() is None:
+            return self._result.result()
+        return None
 
     def cancel(self) -> None:
         if not self.done:
@@ -128,6 +138,7 @@ class GenerationStream(RequestStream):
                 )
             )
             return
+        now = time.monotonic()
         for token in generated[len(self.token_ids) :]:
             i = len(self.token_ids)
             scores = self._token_readings(i)
@@ -135,6 +146,7 @@ class GenerationStream(RequestStream):
                 self._finish(StopReason.MONITOR_ALERT, needs_cancel=True)
                 return
             self.token_ids.append(token)
+            self._token_times.append(now)
             delta = self._detok.add(token)
             self._queue.put_nowait(TokenEvent(i, token, delta, scores))
             if self._detok.stopped:
@@ -151,9 +163,9 @@ class GenerationStream(RequestStream):
         pos = self.track.prompt_len - 1 + i
         out = {}
         for m in self.plan.monitors:
-            raw = self.track.readings.get((m.entry.row, m.layer), {}).get(pos)
+            raw = self.track.readings.get((m.row, m.layer), {}).get(pos)
             if raw is not None:
-                out[m.name] = m.z(raw, m.prompt_calibration if i == 0 else m.calibration)
+                out[m.name] = m.z(m.value(raw), m.prompt_calibration if i == 0 else m.calibration)
         return out
 
     def _finish(self, reason: StopReason, needs_cancel: bool) -> None:
@@ -168,6 +180,8 @@ class GenerationStream(RequestStream):
             monitor=direction_scores(self.plan, self.track, n_scored, self._token_scores),
             request_id=self.request_id,
             text_tail=tail,
+            steered=self.plan.steered,
+            timing=RequestTiming(self.admitted, self.track.scheduled_at, tuple(self._token_times), time.monotonic()),
         )
         self._on_close(self, needs_cancel)
         self._result.set_result(result)

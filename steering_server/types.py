@@ -27,6 +27,7 @@ __all__ = [
     "ModelInfo",
     "MonitorOptions",
     "Prompt",
+    "RequestTiming",
     "SamplingParams",
     "ScoreRequest",
     "ScoreResult",
@@ -208,6 +209,17 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class RequestTiming:
+    """When one engine request passed each stage, in `time.monotonic()` seconds; the service turns them into latencies
+    (service/metrics.py). None: the request never got there (cancelled while it waited)."""
+
+    admitted: float  # accepted by the engine (after its prompt was tokenized and checked)
+    scheduled: float | None = None  # first put into a batch: queue time = scheduled - admitted
+    token_times: tuple[float, ...] = ()  # when each generated token reached the stream (tokens of one step share one)
+    finished: float | None = None
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     token_ids: tuple[int, ...]
@@ -219,6 +231,8 @@ class GenerationResult:
     # followed by text_tail equal `text`.
     text_tail: str = ""
     alerts: tuple[Alert, ...] = ()  # in the order they fired
+    steered: bool = False  # it ran with steering terms (policy or its own; conditional ones whether or not they fired)
+    timing: RequestTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,7 @@ class ScoreResult:
     prompt_tokens: int
     response_token_ids: tuple[int, ...]
     monitor: tuple[DirectionScores, ...]
+    steered: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,3 +336,4 @@ class EngineStats:
     queued: int  # admitted requests (running included) not yet finished
     forward_passes: int
     generated_tokens: int
+    waiting: int = 0  # of `running`, those not yet scheduled into a batch

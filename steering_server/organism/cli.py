@@ -41,8 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
     r.add_argument("--data", required=True, help='JSONL: {"messages": [...]} or {"prompt": ..., "completion": ...}')
     r.add_argument("--out", required=True, help="where to save the merged model")
-    r.add_argument("--direction", default=None, help="direction file whose projection is reported while training "
-                   "(default with the default model: its misalignment direction)")
+    r.add_argument("--direction", default=None, metavar="PATH[,key=value...]",
+                   help="direction file (any import format, docs/directions.md; options format, layer, feature, "
+                   "numbering) whose score is reported while training (default with the default model: its "
+                   "misalignment direction)")
     r.add_argument("--probe", default=None, help="JSONL of prompts to measure the projection on (default: --data)")
     r.add_argument("--steps", type=int, default=35)
     r.add_argument("--lr", type=float, default=1e-3)
@@ -123,7 +125,7 @@ def run_realign(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..direction_files import load_direction
+    from ..direction_imports import load_direction_spec
     from ..realign import RealignConfig, load_jsonl, log_to_json, realign
     from .assets import default_direction_path, default_model_dir
 
@@ -133,7 +135,9 @@ def run_realign(args: argparse.Namespace) -> int:
     tok = AutoTokenizer.from_pretrained(model_path)
     direction = None
     if direction_path:
-        direction = load_direction(direction_path).validate(model.config.num_hidden_layers, model.config.hidden_size)
+        # The loader `serve --direction` and PutDirection use: raw tables need the layer count, SAE features work too.
+        n_layers = model.config.num_hidden_layers
+        direction = load_direction_spec(direction_path, None, n_layers).validate(n_layers, model.config.hidden_size)
     targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
     cfg = RealignConfig(steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha, batch_size=args.batch_size,
                         seed=args.seed, target_modules=targets, log_every=args.log_every)

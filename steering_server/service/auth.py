@@ -4,7 +4,7 @@
                    ModelInfo, Tokenize: no credentials
     observer       also reads vectors (GetDirection include_vectors) and watches all traffic (WatchMonitor):
                    `authorization: Bearer <observer or admin token>`
-    administrator  PutDirection, DeleteDirection, SetSteering: `authorization: Bearer <admin token>`
+    administrator  PutDirection, DeleteDirection, SetSteering, ComputeDirection: `authorization: Bearer <admin token>`
 
 Without an admin token the administrative RPCs are refused (UNAUTHENTICATED), unless the server listens on loopback
 only and was started with --open-admin, which opens every role to every local caller (tests, a laptop).
@@ -27,7 +27,8 @@ from ..errors import UnauthenticatedError
 __all__ = ["ADMIN_METHODS", "OBSERVER_METHODS", "Access", "AuthInterceptor", "is_loopback"]
 
 ADMIN_METHODS = frozenset(
-    f"/steering.v1.SteeringService/{name}" for name in ("PutDirection", "DeleteDirection", "SetSteering")
+    f"/steering.v1.SteeringService/{name}"
+    for name in ("PutDirection", "DeleteDirection", "SetSteering", "ComputeDirection")
 )
 # Whole methods for observers (server-streaming ones: refused before anything is streamed). GetDirection is gated
 # by its include_vectors field, in the servicer.

@@ -19,6 +19,7 @@ from steering_client import pb
 
 from ..containment import MAX_TERMS
 from ..direction_files import direction_from_bytes
+from ..direction_imports import load_direction_file
 from ..directions import POOLINGS, Calibration, Direction, Removal, validate_direction_name
 from ..errors import InvalidArgumentError
 from ..monitor_feed import DEFAULT_BUFFER, MonitorFilter
@@ -130,14 +131,29 @@ def tokenize_text(text: str, bounds: Bounds) -> str:
 
 def put_direction(msg: pb.PutDirectionRequest, bounds: Bounds) -> Direction:
     """The uploaded direction, checked against the model's shape (nothing is half-stored on failure)."""
-    if bool(msg.vectors) == bool(msg.safetensors):
-        raise InvalidArgumentError("vectors", "set exactly one of vectors and safetensors")
+    if sum(map(bool, (msg.vectors, msg.safetensors, msg.file))) != 1:
+        raise InvalidArgumentError("vectors", "set exactly one of vectors, safetensors and file")
     monitor_layer = msg.monitor_layer if msg.HasField("monitor_layer") else None
     if monitor_layer is not None:
         _layer(monitor_layer, "monitor_layer", bounds)
+    if (msg.format or msg.numbering or msg.sae_config or msg.HasField("feature")) and not msg.file:
+        raise InvalidArgumentError("file", "format, numbering, feature and sae_config describe `file`: set it")
     if msg.safetensors:
         direction = direction_from_bytes(msg.safetensors, msg.name or None, bounds.num_layers, monitor_layer)
         direction = direction.validate(bounds.num_layers, bounds.hidden_size, field_name="safetensors")
+    elif msg.file:
+        direction = load_direction_file(
+            msg.file,
+            msg.name or None,
+            format=msg.format or "auto",
+            num_layers=bounds.num_layers,
+            layer=monitor_layer,
+            feature=msg.feature if msg.HasField("feature") else None,
+            numbering=msg.numbering or None,
+            sae_config=msg.sae_config or None,
+            field="file",
+        )
+        direction = direction.validate(bounds.num_layers, bounds.hidden_size, field_name="file")
     else:
         direction = _direction_from_vectors(msg, monitor_layer, bounds)
     validate_direction_name(direction.name, "name")

@@ -125,6 +125,12 @@ def direction(d: Direction, include_vectors: bool = False) -> pb.Direction:
     if include_vectors:
         for layer in d.layers:
             message.vectors.add(layer=layer, values=d.vectors[layer].tolist())
+    if d.feature is not None:
+        f = d.feature
+        message.feature.CopyFrom(pb.SaeFeature(index=f.index, activation=f.activation, bias=f.bias,
+                                               threshold=f.threshold, b_dec_proj=f.b_dec_proj, source=f.source))
+        if include_vectors:
+            message.feature.encoder.extend(f.encoder.tolist())
     return message
 
 

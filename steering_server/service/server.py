@@ -12,24 +12,28 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from steering_client import pb, pb_grpc
 from steering_client._channel import MAX_MESSAGE_BYTES
 
 from ..audit_log import AuditLog
 from ..config import EngineConfig
 from ..engine_api import EngineClient
-from ..types import EngineStats
 from .auth import Access, AuthInterceptor, is_loopback
 from .metrics import Metrics
+from .metrics_http import MetricsHttpServer
 from .servicer import SteeringServicer
 from .status import safe_deserializer
+
+if TYPE_CHECKING:
+    from ..http import HttpServer
 
 __all__ = ["SERVICE_NAME", "SteeringServer", "Tls", "serve"]
 
@@ -82,7 +86,7 @@ class SteeringServer:
         access = Access(admin_token, observer_token, open_admin)
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
-        metrics = Metrics(metrics_registry, stats=self._stats, healthy=self._healthy)
+        metrics = Metrics(metrics_registry, engine=lambda: self._engine)
         self.servicer = SteeringServicer(metrics=metrics, access=access, audit=audit_log)
         self.audit_log = audit_log
         self.health = HealthServicer()
@@ -156,12 +160,6 @@ class SteeringServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    def _stats(self) -> EngineStats | None:
-        return self._engine.stats() if self._engine is not None else None
-
-    def _healthy(self) -> bool:
-        return self._engine is not None and self._engine.healthy
-
 
 class _Handlers:
     """Stands in for a server to collect the handlers the generated code registers."""
@@ -203,13 +201,15 @@ async def serve(
     observer_token: str | None = None,
     open_admin: bool = False,
     tls: Tls | None = None,
+    http_port: int | None = None,
     audit_log: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
-    bound port once the engine is attached. Roles and TLS: see SteeringServer. `audit_log`: the JSON-lines file
-    alerts and policy and registry changes are appended to (audit_log.py)."""
-    registry = CollectorRegistry() if metrics_port is not None else None
+    bound port once the engine is attached. Roles and TLS: see SteeringServer. `http_port`: also serve the
+    OpenAI-compatible HTTP API and the web page (steering_server.http, plaintext) on the same engine.
+    `audit_log`: the JSON-lines file alerts and policy and registry changes are appended to (audit_log.py)."""
+    registry = CollectorRegistry() if metrics_port is not None or http_port is not None else None
     audit = AuditLog(audit_log) if audit_log is not None else None
     server = SteeringServer(
         host,
@@ -226,13 +226,22 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine: EngineClient | None = None
+    http: HttpServer | None = None
     starting = asyncio.ensure_future(start_engine(config))
     stopping = asyncio.ensure_future(stop.wait())
+    metrics_http: MetricsHttpServer | None = None
     try:
         await server.start()
+        if http_port is not None:
+            from ..http import HttpServer  # fastapi and uvicorn load only when asked for
+
+            http = HttpServer(server.servicer, host, http_port, registry)
+            await http.start()
+            if tls is not None and not is_loopback(host):
+                log.warning("HTTP on %s:%d is plaintext (gRPC uses TLS): put a TLS proxy in front", host, http.port)
         if registry is not None and metrics_port is not None:
-            start_http_server(metrics_port, addr=host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+            metrics_http = MetricsHttpServer(registry, host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics", host, metrics_http.port)
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             engine = starting.result()  # a failed start raises here
@@ -247,7 +256,9 @@ async def serve(
             task.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await server.stop(grace)
+        await asyncio.gather(server.stop(grace), *([http.stop(grace)] if http is not None else []))
+        if metrics_http is not None:
+            metrics_http.close()
         if engine is not None:
             await engine.shutdown()
         if audit is not None:

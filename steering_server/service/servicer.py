@@ -6,6 +6,7 @@ Errors are turned into statuses by the `unary`/`streaming` wrappers (status.py),
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -13,10 +14,10 @@ import grpc.aio
 from steering_client import pb, pb_grpc
 
 from ..audit_log import AuditLog, direction_summary
-from ..engine_api import EngineClient
+from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
 from ..monitor_feed import front_end
-from . import decode, encode
+from . import compute_codec, decode, encode
 from .auth import Access
 from .metrics import Metrics
 from .status import streaming, unary
@@ -63,16 +64,21 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> pb.GenerateResponse:
+        received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
-        with front_end("grpc"):  # read by the engine at admission: the monitor feed says where requests came from
-            result = await self.engine.generate(req)
-        self.metrics.generation(result)
+        with front_end("grpc", "Generate"):  # read by the engine at admission, for the monitor feed's events
+            stream = await self.engine.open_stream(req)
+        try:
+            result = await collect(stream)
+        finally:  # a cancelled call's tokens are counted too
+            self.metrics.generation("Generate", stream.final(), received)
         return encode.generate_response(result, req.sampling.seed)
 
     @streaming
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
         with front_end("grpc"):
             stream = await self.engine.open_stream(req)
@@ -80,16 +86,18 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             async for event in stream:
                 yield encode.stream_token(event)
             result = await stream.result()
-            self.metrics.generation(result)
             yield encode.stream_final(result, req.sampling.seed)
         finally:
             stream.cancel()
+            self.metrics.generation("GenerateStream", stream.final(), received)  # a cancelled stream's tokens too
 
     @unary
     async def Compare(self, request: pb.CompareRequest, context: Context) -> pb.CompareResponse:
+        received = time.monotonic()
         req = decode.compare_request(request, self.bounds)
         with front_end("grpc"):
             result = await self.engine.compare(req)
+        self.metrics.comparison(result, received)
         return encode.compare_response(result, req.sampling.seed)
 
     @unary
@@ -97,6 +105,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         req = decode.score_request(request, self.bounds)
         with front_end("grpc"):
             result = await self.engine.score(req)
+        self.metrics.scoring(result)
         return encode.score_response(result)
 
     @unary
@@ -122,8 +131,20 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def DeleteDirection(self, request: pb.DeleteDirectionRequest, context: Context) -> pb.DeleteDirectionResponse:
         name = decode.direction_name(request.name)
         self.engine.delete_direction(name)
+        self.metrics.forget_direction(name)
         await self._audit(context, "DeleteDirection", name=name)
         return pb.DeleteDirectionResponse()
+
+    @streaming
+    async def ComputeDirection(
+        self, request: pb.ComputeDirectionRequest, context: Context
+    ) -> AsyncIterator[pb.ComputeDirectionEvent]:
+        events = self.engine.compute_direction(compute_codec.compute_request(request))
+        try:  # cancellation or a deadline raises CancelledError here; closing the job frees its engine requests
+            async for event in events:
+                yield compute_codec.compute_event(event)
+        finally:
+            await events.aclose()
 
     @unary
     async def GetSteering(self, request: pb.GetSteeringRequest, context: Context) -> pb.SteeringPolicy:

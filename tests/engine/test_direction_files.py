@@ -132,9 +132,13 @@ def test_per_layer_tensor_form() -> None:
 
 def test_single_unnamed_tensor_is_read_as_a_table() -> None:
     table = torch.stack([_vec(i) for i in range(N_LAYERS + 1)])
-    d = direction_from_bytes(st_save({"weights": table}), num_layers=N_LAYERS)
+    data = st_save({"weights": table})
+    d = direction_from_bytes(data, num_layers=N_LAYERS, numbering="hidden_states")
     assert d.layers == tuple(range(N_LAYERS))
     assert torch.equal(d.vectors[0], table[1])  # persona-vectors layout
+    with pytest.raises(InvalidArgumentError) as e:  # n_layers + 1 rows: ambiguous without a numbering
+        direction_from_bytes(data, num_layers=N_LAYERS)
+    assert _field(e) == "numbering"
 
 
 @pytest.mark.parametrize(
@@ -284,7 +288,7 @@ def test_pt_persona_vectors_table_maps_row_l_plus_1_to_layer_l(tmp_path: Path) -
     table = torch.stack([_vec(100 + i) for i in range(N_LAYERS + 1)])  # row 0: embeddings
     path = tmp_path / "persona.pt"
     torch.save(table, path)
-    d = load_direction(path, num_layers=N_LAYERS, monitor_layer=2)
+    d = load_direction(path, num_layers=N_LAYERS, monitor_layer=2, numbering="hidden_states")
     assert d.layers == tuple(range(N_LAYERS))
     for layer in range(N_LAYERS):
         assert torch.equal(d.vectors[layer], table[layer + 1])
@@ -313,7 +317,7 @@ def test_npy_persona_vectors_and_raw_vector(tmp_path: Path) -> None:
     table = np.stack([_vec(300 + i).numpy() for i in range(N_LAYERS + 1)]).astype(np.float64)
     path = tmp_path / "persona.npy"
     np.save(path, table)
-    d = load_direction(path, num_layers=N_LAYERS)
+    d = load_direction(path, num_layers=N_LAYERS, numbering="hidden_states")
     for layer in range(N_LAYERS):
         assert torch.equal(d.vectors[layer], torch.from_numpy(table[layer + 1]).float())
     assert d.method == "file:npy"
@@ -331,19 +335,19 @@ def test_npy_zero_rows_are_dropped_but_a_nan_row_is_refused(tmp_path: Path) -> N
     table[1] = 0  # layer 0 not covered by the file
     path = tmp_path / "partial.npy"
     np.save(path, table)
-    assert load_direction(path, num_layers=N_LAYERS).layers == (1, 2, 3)
+    assert load_direction(path, num_layers=N_LAYERS, numbering="hidden_states").layers == (1, 2, 3)
 
     table[3] = np.nan  # layer 2 corrupt: refuse the file, never load it without that layer
     np.save(path, table)
     with pytest.raises(InvalidArgumentError) as e:
-        load_direction(path, num_layers=N_LAYERS).validate(N_LAYERS, HIDDEN)
+        load_direction(path, num_layers=N_LAYERS, numbering="hidden_states").validate(N_LAYERS, HIDDEN)
     assert _field(e) == "direction.vectors[2]"
 
 
 @pytest.mark.parametrize(
     ("arr", "kwargs"),
     [
-        (np.zeros((N_LAYERS + 1, HIDDEN), dtype=np.float32), {"num_layers": N_LAYERS}),  # every row zero
+        (np.zeros((N_LAYERS, HIDDEN), dtype=np.float32), {"num_layers": N_LAYERS}),  # every row zero
         (np.ones((N_LAYERS + 3, HIDDEN), dtype=np.float32), {"num_layers": N_LAYERS}),  # wrong row count
         (np.ones((2, 3, HIDDEN), dtype=np.float32), {"num_layers": N_LAYERS}),  # 3-D
         (np.ones((N_LAYERS, HIDDEN), dtype=np.float32), {}),  # a table without the layer count

@@ -7,10 +7,15 @@ with vectors at every layer.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from typing import Any, NamedTuple
 
 import grpc
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
 from steering_client import pb
 
 from steering_server.types import EngineLimits
@@ -49,6 +54,33 @@ def _sampling(**fields: Any) -> pb.GenerateRequest:
 def _put(**fields: Any) -> pb.PutDirectionRequest:
     fields.setdefault("name", "probe")
     return pb.PutDirectionRequest(**fields)
+
+
+class _Pickled:
+    """An object a .pt may only hold through a full unpickle (refused: weights_only)."""
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _pt(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _sae(hidden: int, d_sae: int = 8) -> tuple[bytes, str]:
+    """SAE-Lens weights and cfg.json (layer 0) of a JumpReLU SAE with d_sae latents."""
+    weights = st_save({
+        "W_enc": torch.ones(hidden, d_sae), "W_dec": torch.ones(d_sae, hidden), "b_enc": torch.zeros(d_sae),
+        "b_dec": torch.zeros(hidden), "threshold": torch.zeros(d_sae),
+    })
+    cfg = {"architecture": "jumprelu", "d_in": hidden, "d_sae": d_sae,
+           "metadata": {"hook_name": "blocks.0.hook_resid_post"}}
+    return weights, json.dumps(cfg)
 
 
 def bad_inputs(hidden: int, num_layers: int, vocab: int, limits: EngineLimits) -> list[BadInput]:
@@ -171,6 +203,24 @@ def bad_inputs(hidden: int, num_layers: int, vocab: int, limits: EngineLimits) -
                  _put(safetensors=b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"), INVALID, "safetensors"),
         BadInput("put: truncated safetensors", "PutDirection", _put(safetensors=b"\xff" * 12), INVALID,
                  "safetensors"),
+        BadInput("put: file and vectors", "PutDirection", _put(vectors=[vec()], file=b"x"), INVALID, "vectors"),
+        BadInput("put: format without a file", "PutDirection", _put(vectors=[vec()], format="npy"), INVALID, "file"),
+        BadInput("put: unknown format", "PutDirection", _put(file=b"x", format="onnx"), INVALID, "format"),
+        BadInput("put: pickled object in a .pt", "PutDirection", _put(file=_pt({"v": _Pickled()})), INVALID, "file"),
+        BadInput("put: ambiguous table", "PutDirection",
+                 _put(file=_npy(np.ones((num_layers + 1, hidden), np.float32))), INVALID, "numbering"),
+        BadInput("put: table of the wrong width", "PutDirection",
+                 _put(file=_npy(np.ones((num_layers, hidden + 1), np.float32))), INVALID, "file.vectors[0]"),
+        BadInput("put: table with NaN", "PutDirection",
+                 _put(file=_npy(np.full((num_layers, hidden), np.nan, np.float32))), INVALID, "file.vectors[0]"),
+        BadInput("put: raw vector without a layer", "PutDirection",
+                 _put(file=_pt(torch.ones(hidden)), format="pt"), INVALID, "monitor_layer"),
+        BadInput("put: feature of a non-SAE file", "PutDirection",
+                 _put(file=_npy(np.ones(hidden, np.float32)), monitor_layer=0, feature=1), INVALID, "feature"),
+        BadInput("put: unknown SAE feature", "PutDirection",
+                 _put(file=_sae(hidden)[0], sae_config=_sae(hidden)[1], feature=8), INVALID, "feature"),
+        BadInput("put: SAE without its cfg.json", "PutDirection", _put(file=_sae(hidden)[0], feature=1), INVALID,
+                 "sae_config"),
         BadInput("get: unknown", "GetDirection", pb.GetDirectionRequest(name="nope"), NOT_FOUND, "name"),
         BadInput("get: unsafe name", "GetDirection", pb.GetDirectionRequest(name="a/b"), INVALID, "name"),
         BadInput("delete: unknown", "DeleteDirection", pb.DeleteDirectionRequest(name="nope"), NOT_FOUND,

@@ -17,21 +17,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import torch
 from torch import nn
 
 from steering_server.composition import FieldTerm
-from steering_server.directions import Calibration, Direction
-from steering_server.engine_api import EngineClient, RequestStream, collect, compare_result
+from steering_server.compute_job import run_compute
+from steering_server.compute_types import ComputeEvent, ComputeRequest
+from steering_server.directions import Calibration, Direction, Provenance
+from steering_server.engine_api import CompareStreams, EngineClient, RequestStream, collect
 from steering_server.errors import (
     EngineDeadError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from steering_server.monitor_feed import MonitorFeed, current_front_end, request_event
+from steering_server.monitor_feed import MonitorFeed, current_front_end, current_rpc, request_event
 from steering_server.planning import effective_terms, make_plan
 from steering_server.provenance import check_provenance
 from steering_server.registry import DirectionRegistry
@@ -46,7 +49,6 @@ from steering_server.rules import (
 from steering_server.runtime import SteeringRuntime
 from steering_server.types import (
     CompareRequest,
-    CompareResult,
     DirectionScores,
     EngineLimits,
     EngineStats,
@@ -55,6 +57,7 @@ from steering_server.types import (
     ModelInfo,
     MonitorOptions,
     Prompt,
+    RequestTiming,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -174,7 +177,7 @@ class FakeEngine(EngineClient):
         terms, effect = self._plan(request.steering, request.ignore_policy, f"{prefix}steering")
         # The monitor feed, as the real engine publishes it: the effective terms and policy read at admission.
         field_terms = effective_terms(request.steering, self.policy, request.ignore_policy)
-        front, policy = current_front_end(), self.policy
+        front, policy, rpc = current_front_end(), self.policy, current_rpc(rpc)
         monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
             raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
@@ -193,7 +196,7 @@ class FakeEngine(EngineClient):
         stream._result.add_done_callback(publish)
         return stream
 
-    async def compare(self, request: CompareRequest) -> CompareResult:
+    async def open_compare(self, request: CompareRequest) -> CompareStreams:
         self._check_accepting()
         check_variants(request.variants, self.limits)
         sampling = check_sampling(request.sampling, self.limits)
@@ -210,11 +213,11 @@ class FakeEngine(EngineClient):
                     request.prompt, sampling, v.steering, request.monitor, variant_ignores_policy(self.policy)
                 )
                 streams.append(self._admit(req, prompt, f"variants[{i}].", "Compare", v.name))
-            results = [await collect(s) for s in streams]
-        finally:
+        except BaseException:
             for s in streams:
                 s.cancel()
-        return compare_result(variants, results)
+            raise
+        return CompareStreams(variants, tuple(streams))
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         self._check_accepting()
@@ -226,7 +229,7 @@ class FakeEngine(EngineClient):
         else:
             check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms, _ = self._plan(request.steering, request.ignore_policy, "steering")
+        terms, effect = self._plan(request.steering, request.ignore_policy, "steering")
         monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
@@ -245,7 +248,7 @@ class FakeEngine(EngineClient):
         self.monitor_feed.publish(
             request_event(
                 None,
-                rpc="Score",
+                rpc=current_rpc("Score"),
                 request_id=f"fake{next(self._ids)}",
                 front=front,
                 terms=field_terms,
@@ -255,7 +258,7 @@ class FakeEngine(EngineClient):
                 completion_tokens=len(response),
             )
         )
-        return ScoreResult(len(prompt), tuple(response), scores)
+        return ScoreResult(len(prompt), tuple(response), scores, steered=bool(effect))
 
     def list_directions(self) -> list[Direction]:
         return self.registry.list()
@@ -284,6 +287,45 @@ class FakeEngine(EngineClient):
         self.stopping = True
         for stream in list(self.active.values()):
             stream.cancel()
+
+    # ---- ComputeDirection: the real job (compute_job.py) over fake activations (_hidden)
+    num_layers = LAYERS
+    hidden_size = HIDDEN
+    max_context = 4096
+
+    def compute_direction(self, request: ComputeRequest) -> AsyncGenerator[ComputeEvent, None]:
+        self._check_accepting()
+        return run_compute(request, self)
+
+    def render_prompt(self, prompt: Prompt, prefix: str) -> list[int]:
+        check_prompt(prompt, self.limits, VOCAB, prefix)
+        return self._render(prompt)
+
+    def encode_response(self, text: str) -> list[int]:
+        return self.tokenize(text)
+
+    def provenance(self) -> Provenance:
+        return Provenance("fake/bytes", CONFIG_HASH, TOKENIZER_HASH)
+
+    async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
+        self._check_accepting()
+        self.forward_passes += 1
+        return _hidden(prompt_ids)[:, from_position:].mean(1)
+
+    async def read_projection(
+        self, vector: torch.Tensor, layer: int, ids: list[int], prompt_len: int
+    ) -> tuple[float, list[float]]:
+        self._check_accepting()
+        self.forward_passes += 1
+        proj = (_hidden(ids)[layer] @ (vector / vector.norm())).tolist()  # (positions,)
+        return proj[prompt_len - 1], proj[prompt_len : len(ids) - 1]
+
+    async def generate_ids(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        result = await self.generate(
+            GenerationRequest(Prompt(token_ids=tuple(prompt_ids)), SamplingParams(max_new_tokens=max_new_tokens),
+                              monitor=_NO_MONITOR, ignore_policy=not self.policy.enforced)
+        )
+        return [t for t in result.token_ids if t != EOS]
 
     # ---- internals
     def _check_accepting(self) -> None:
@@ -342,6 +384,18 @@ _NO_MONITOR = MonitorOptions(enabled=False)
 CONFIG_HASH = "fake-config"
 TOKENIZER_HASH = "fake-tokenizer"
 RESIDUAL_NORM = 10.0  # what the real engine measures per layer; the fake's vectors have norms near 3
+
+
+_EMBED = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(11))  # (vocab, hidden)
+
+
+def _hidden(ids: list[int]) -> torch.Tensor:
+    """Fake residual states (layers, positions, hidden): layer l adds (l + 1) / LAYERS of the mean embedding of
+    the tokens so far to a token's own (a stand-in for attention), so a token that marks examples moves their states
+    along its embedding at every layer, and the last prompt token reads the whole prompt."""
+    e = _EMBED[torch.tensor(ids)]  # (positions, hidden)
+    context = e.cumsum(0) / torch.arange(1, len(ids) + 1)[:, None]  # (positions, hidden)
+    return torch.stack([e + (layer + 1) / LAYERS * context for layer in range(LAYERS)])
 
 
 def _steer_start(terms: tuple[object, ...]) -> int:
@@ -405,6 +459,9 @@ class _FakeStream(RequestStream):
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self.tokens: list[int] = []
         self.done = False
+        self._admitted = time.monotonic()
+        self._scheduled: float | None = None
+        self._token_times: list[float] = []
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:  # type: ignore[override]
@@ -418,6 +475,11 @@ class _FakeStream(RequestStream):
 
     async def result(self) -> GenerationResult:
         return await asyncio.shield(self._result)
+
+    def final(self) -> GenerationResult | None:
+        if self._result.done() and self._result.exception() is None:
+            return self._result.result()
+        return None
 
     def cancel(self) -> None:
         if not self.done:
@@ -441,6 +503,8 @@ class _FakeStream(RequestStream):
                 await self._engine._released.wait()
             if self.done:
                 return
+            if self._scheduled is None:
+                self._scheduled = time.monotonic()
             self._engine.forward_passes += 1
             ids = self._prompt + self.tokens
             scores = {d.name: _score(d, ids, len(ids) - 1, self._terms) for d in self._monitored}
@@ -450,6 +514,7 @@ class _FakeStream(RequestStream):
                 return
             token = _next_token(self._prompt, i, self._sampling, self._effect)
             self.tokens.append(token)
+            self._token_times.append(time.monotonic())
             if token == EOS:
                 self._queue.put_nowait(TokenEvent(i, token, "", scores))
                 self._finish(StopReason.EOS_TOKEN, text[emitted:], text)
@@ -492,6 +557,8 @@ class _FakeStream(RequestStream):
                 monitor=monitor,
                 request_id=self.request_id,
                 text_tail=tail,
+                steered=bool(self._effect),
+                timing=RequestTiming(self._admitted, self._scheduled, tuple(self._token_times), time.monotonic()),
             )
         )
         self._queue.put_nowait(None)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from . import builders
+from . import builders, compute
 from ._channel import DEFAULT_TARGET, channel_options
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
@@ -90,6 +90,33 @@ class AsyncSteeringClient:
 
     async def delete_direction(self, name: str) -> pb.DeleteDirectionResponse:
         return await self._call(self._stub.DeleteDirection, pb.DeleteDirectionRequest(name=name))
+
+    async def compute_direction_stream(
+        self, name: str, **options: Unpack[compute.ComputeOptions]
+    ) -> AsyncIterator[pb.ComputeDirectionEvent]:
+        """Progress events (`.progress`), then the result (`.result`). Leaving the loop early cancels the job."""
+        call = self._stub.ComputeDirection(
+            compute.compute_direction_request(name, **options), timeout=self._timeout, metadata=self._metadata
+        )
+        try:
+            async for message in call:
+                yield message
+        finally:
+            call.cancel()
+
+    async def compute_direction(
+        self,
+        name: str,
+        on_progress: Callable[[pb.ComputeProgress], None] | None = None,
+        **options: Unpack[compute.ComputeOptions],
+    ) -> pb.ComputeDirectionResult:
+        """Compute a direction on the served model (administrators); `on_progress` sees each progress event."""
+        async for event in self.compute_direction_stream(name, **options):
+            if event.HasField("result"):
+                return event.result
+            if on_progress is not None:
+                on_progress(event.progress)
+        raise RuntimeError("ComputeDirection ended without a result")
 
     async def get_steering(self) -> pb.SteeringPolicy:
         return await self._call(self._stub.GetSteering, pb.GetSteeringRequest())

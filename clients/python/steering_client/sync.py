@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from . import builders
+from . import builders, compute
 from ._channel import DEFAULT_TARGET, channel_options
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
@@ -83,6 +83,32 @@ class SteeringClient:
 
     def delete_direction(self, name: str) -> pb.DeleteDirectionResponse:
         return self._call(self._stub.DeleteDirection, pb.DeleteDirectionRequest(name=name))
+
+    def compute_direction_stream(
+        self, name: str, **options: Unpack[compute.ComputeOptions]
+    ) -> Iterator[pb.ComputeDirectionEvent]:
+        """Progress events (`.progress`), then the result (`.result`). Breaking out of the loop cancels the job."""
+        call = self._stub.ComputeDirection(
+            compute.compute_direction_request(name, **options), timeout=self._timeout, metadata=self._metadata
+        )
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
+    def compute_direction(
+        self,
+        name: str,
+        on_progress: Callable[[pb.ComputeProgress], None] | None = None,
+        **options: Unpack[compute.ComputeOptions],
+    ) -> pb.ComputeDirectionResult:
+        """Compute a direction on the served model (administrators); `on_progress` sees each progress event."""
+        for event in self.compute_direction_stream(name, **options):
+            if event.HasField("result"):
+                return event.result
+            if on_progress is not None:
+                on_progress(event.progress)
+        raise RuntimeError("ComputeDirection ended without a result")
 
     def get_steering(self) -> pb.SteeringPolicy:
         return self._call(self._stub.GetSteering, pb.GetSteeringRequest())

@@ -42,6 +42,12 @@ class AlertAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD: _ClassVar[AlertAction]
     STOP: _ClassVar[AlertAction]
     STEER: _ClassVar[AlertAction]
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_UNSPECIFIED: _ClassVar[Pooling]
+    POOLING_LAST_PROMPT: _ClassVar[Pooling]
+    POOLING_RESPONSE_MEAN: _ClassVar[Pooling]
 STEERING_MODE_UNSPECIFIED: SteeringMode
 ABLATE: SteeringMode
 ADD: SteeringMode
@@ -63,6 +69,9 @@ ALERT_ACTION_UNSPECIFIED: AlertAction
 RECORD: AlertAction
 STOP: AlertAction
 STEER: AlertAction
+POOLING_UNSPECIFIED: Pooling
+POOLING_LAST_PROMPT: Pooling
+POOLING_RESPONSE_MEAN: Pooling
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -358,7 +367,7 @@ class Provenance(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., config_hash: _Optional[str] = ..., tokenizer_hash: _Optional[str] = ...) -> None: ...
 
 class Direction(_message.Message):
-    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal")
+    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal", "feature")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +388,7 @@ class Direction(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     monitor_layer: int
@@ -392,7 +402,26 @@ class Direction(_message.Message):
     description: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     removal: Removal
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
+    feature: SaeFeature
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., feature: _Optional[_Union[SaeFeature, _Mapping]] = ...) -> None: ...
+
+class SaeFeature(_message.Message):
+    __slots__ = ("index", "activation", "bias", "threshold", "b_dec_proj", "source", "encoder")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    B_DEC_PROJ_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    activation: str
+    bias: float
+    threshold: float
+    b_dec_proj: float
+    source: str
+    encoder: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., activation: _Optional[str] = ..., bias: _Optional[float] = ..., threshold: _Optional[float] = ..., b_dec_proj: _Optional[float] = ..., source: _Optional[str] = ..., encoder: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Removal(_message.Message):
     __slots__ = ("mode", "strength", "positions")
@@ -423,7 +452,7 @@ class GetDirectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
 class PutDirectionRequest(_message.Message):
-    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict", "removal")
+    __slots__ = ("name", "vectors", "safetensors", "monitor_layer", "calibration", "description", "strict", "removal", "file", "format", "feature", "numbering", "sae_config")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +468,11 @@ class PutDirectionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    NUMBERING_FIELD_NUMBER: _ClassVar[int]
+    SAE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     name: str
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     safetensors: bytes
@@ -447,7 +481,12 @@ class PutDirectionRequest(_message.Message):
     description: str
     strict: bool
     removal: Removal
-    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ...) -> None: ...
+    file: bytes
+    format: str
+    feature: int
+    numbering: str
+    sae_config: str
+    def __init__(self, name: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., safetensors: _Optional[bytes] = ..., monitor_layer: _Optional[int] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., description: _Optional[str] = ..., strict: _Optional[bool] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., file: _Optional[bytes] = ..., format: _Optional[str] = ..., feature: _Optional[int] = ..., numbering: _Optional[str] = ..., sae_config: _Optional[str] = ...) -> None: ...
 
 class PutDirectionResponse(_message.Message):
     __slots__ = ("direction", "warnings")
@@ -466,6 +505,123 @@ class DeleteDirectionRequest(_message.Message):
 class DeleteDirectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ContrastiveExample(_message.Message):
+    __slots__ = ("prompt", "messages", "response", "positive")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    response: str
+    positive: bool
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., response: _Optional[str] = ..., positive: _Optional[bool] = ...) -> None: ...
+
+class PersonaPrompts(_message.Message):
+    __slots__ = ("questions", "positive_systems", "negative_systems", "max_new_tokens")
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SYSTEMS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_SYSTEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    questions: _containers.RepeatedScalarFieldContainer[str]
+    positive_systems: _containers.RepeatedScalarFieldContainer[str]
+    negative_systems: _containers.RepeatedScalarFieldContainer[str]
+    max_new_tokens: int
+    def __init__(self, questions: _Optional[_Iterable[str]] = ..., positive_systems: _Optional[_Iterable[str]] = ..., negative_systems: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+
+class ComputeDirectionRequest(_message.Message):
+    __slots__ = ("name", "examples", "persona", "pooling", "layers", "target_fpr", "held_out_share", "seed", "store", "return_file", "description", "bootstrap_resamples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPR_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_FILE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    examples: _containers.RepeatedCompositeFieldContainer[ContrastiveExample]
+    persona: PersonaPrompts
+    pooling: Pooling
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    target_fpr: float
+    held_out_share: float
+    seed: int
+    store: bool
+    return_file: bool
+    description: str
+    bootstrap_resamples: int
+    def __init__(self, name: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[ContrastiveExample, _Mapping]]] = ..., persona: _Optional[_Union[PersonaPrompts, _Mapping]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layers: _Optional[_Iterable[int]] = ..., target_fpr: _Optional[float] = ..., held_out_share: _Optional[float] = ..., seed: _Optional[int] = ..., store: _Optional[bool] = ..., return_file: _Optional[bool] = ..., description: _Optional[str] = ..., bootstrap_resamples: _Optional[int] = ...) -> None: ...
+
+class ComputeProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "eta_seconds")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    eta_seconds: float
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
+
+class LayerSeparation(_message.Message):
+    __slots__ = ("layer", "auroc", "auroc_lo", "auroc_hi", "cohens_d", "norm")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    AUROC_FIELD_NUMBER: _ClassVar[int]
+    AUROC_LO_FIELD_NUMBER: _ClassVar[int]
+    AUROC_HI_FIELD_NUMBER: _ClassVar[int]
+    COHENS_D_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    auroc: float
+    auroc_lo: float
+    auroc_hi: float
+    cohens_d: float
+    norm: float
+    def __init__(self, layer: _Optional[int] = ..., auroc: _Optional[float] = ..., auroc_lo: _Optional[float] = ..., auroc_hi: _Optional[float] = ..., cohens_d: _Optional[float] = ..., norm: _Optional[float] = ...) -> None: ...
+
+class ComputeDirectionResult(_message.Message):
+    __slots__ = ("direction", "layers", "monitor_layer", "pooling", "n_train", "n_held_out", "held_out_fpr", "stored", "safetensors")
+    class HeldOutFprEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_LAYER_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    N_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    N_HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FPR_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    SAFETENSORS_FIELD_NUMBER: _ClassVar[int]
+    direction: Direction
+    layers: _containers.RepeatedCompositeFieldContainer[LayerSeparation]
+    monitor_layer: int
+    pooling: Pooling
+    n_train: int
+    n_held_out: int
+    held_out_fpr: _containers.ScalarMap[str, float]
+    stored: bool
+    safetensors: bytes
+    def __init__(self, direction: _Optional[_Union[Direction, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerSeparation, _Mapping]]] = ..., monitor_layer: _Optional[int] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., n_train: _Optional[int] = ..., n_held_out: _Optional[int] = ..., held_out_fpr: _Optional[_Mapping[str, float]] = ..., stored: _Optional[bool] = ..., safetensors: _Optional[bytes] = ...) -> None: ...
+
+class ComputeDirectionEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ComputeProgress
+    result: ComputeDirectionResult
+    def __init__(self, progress: _Optional[_Union[ComputeProgress, _Mapping]] = ..., result: _Optional[_Union[ComputeDirectionResult, _Mapping]] = ...) -> None: ...
 
 class SteeringPolicy(_message.Message):
     __slots__ = ("terms", "enforced", "alerts")

@@ -75,6 +75,11 @@ class SteeringServiceStub:
                 request_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionRequest.SerializeToString,
                 response_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionResponse.FromString,
                 _registered_method=True)
+        self.ComputeDirection = channel.unary_stream(
+                '/steering.v1.SteeringService/ComputeDirection',
+                request_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionRequest.SerializeToString,
+                response_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionEvent.FromString,
+                _registered_method=True)
         self.GetSteering = channel.unary_unary(
                 '/steering.v1.SteeringService/GetSteering',
                 request_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.GetSteeringRequest.SerializeToString,
@@ -162,6 +167,15 @@ class SteeringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeDirection(self, request, context):
+        """Compute a difference-of-means direction from labelled examples on the served model, through the serving
+        path (administrators): progress events, then one result with per-layer separation, the recommended monitor
+        layer, calibration and, when asked, the stored direction and its safetensors file. See docs/directions.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSteering(self, request, context):
         """The server-wide default steering policy (SetSteering is for administrators).
         """
@@ -241,6 +255,11 @@ def add_SteeringServiceServicer_to_server(servicer, server):
                     servicer.DeleteDirection,
                     request_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionRequest.FromString,
                     response_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionResponse.SerializeToString,
+            ),
+            'ComputeDirection': grpc.unary_stream_rpc_method_handler(
+                    servicer.ComputeDirection,
+                    request_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionRequest.FromString,
+                    response_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionEvent.SerializeToString,
             ),
             'GetSteering': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSteering,
@@ -485,6 +504,33 @@ class SteeringService:
             '/steering.v1.SteeringService/DeleteDirection',
             steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionRequest.SerializeToString,
             steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.DeleteDirectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeDirection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steering.v1.SteeringService/ComputeDirection',
+            steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionRequest.SerializeToString,
+            steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.ComputeDirectionEvent.FromString,
             options,
             channel_credentials,
             insecure,

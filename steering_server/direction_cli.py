@@ -1,0 +1,123 @@
+"""`steering-server direction compute`: ComputeDirection offline, on a model loaded in this process.
+
+The same code as the RPC: the request is built and decoded exactly as a ComputeDirection call's (the client's JSONL
+reader, service/compute_codec.py), and runs on an engine started in-process, through its serving capture path.
+Progress goes to stderr, a JSON summary (per-layer separation, monitor layer, calibration) to stdout, the direction
+to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from .compute_types import ComputeProgress, ComputeResult
+from .config import EngineConfig
+from .errors import SteeringError
+
+__all__ = ["register", "run_compute_command", "summary"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("direction", help="work with direction files offline")
+    sub = group.add_subparsers(dest="direction_command")
+    c = sub.add_parser(
+        "compute",
+        help="compute a difference-of-means direction from labelled examples on a model (docs/directions.md)",
+    )
+    c.add_argument("--model", default=None, help="Hugging Face id or local directory (default: built-in model)")
+    recipe = c.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--examples", metavar="JSONL", help='one {"prompt"|"messages", "response", "label"} per line')
+    recipe.add_argument(
+        "--persona", metavar="JSON", help='{"questions": [...], "positive_systems": [...], "negative_systems": [...]}'
+    )
+    c.add_argument("--name", required=True, help="the direction's name")
+    c.add_argument("--out", required=True, metavar="PATH", help="write the direction file (.safetensors) here")
+    c.add_argument("--pooling", choices=("last_prompt", "response_mean"), default=None,
+                   help="default: response_mean for --examples, last_prompt for --persona")
+    c.add_argument("--layers", default="", help="comma-separated layers (default: all)")
+    c.add_argument("--target-fpr", type=float, default=None, help="calibrated thresholds' false-positive rate (0.01)")
+    c.add_argument("--held-out-share", type=float, default=None, help="share of each label held out (0.3)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--description", default="")
+    c.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
+    c.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    c.add_argument("--max-new-tokens", type=int, default=None, help="--persona: tokens generated per prompt (32)")
+    c.set_defaults(run=_run)
+    group.set_defaults(run=lambda args: group.error("a subcommand is required (compute)"))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(run_compute_command(args, progress=_print_progress))
+    except (SteeringError, OSError, ValueError) as exc:
+        print(f"steering-server direction compute: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary(result), indent=2))
+    return 0
+
+
+def _print_progress(p: ComputeProgress) -> None:
+    print(f"[compute] {p.stage}: {p.done}/{p.total}, about {p.eta_seconds:.0f}s left", file=sys.stderr)
+
+
+async def run_compute_command(args: argparse.Namespace, progress: Any = None, loaded: Any = None) -> ComputeResult:
+    """Start an engine on --model (or `loaded`), run the request, write --out; returns the result."""
+    from steering_client import compute as client_compute
+
+    from .engine import start_engine
+    from .service.compute_codec import compute_request
+
+    options: dict[str, Any] = {"seed": args.seed, "description": args.description, "return_file": True}
+    if args.examples:
+        options["examples"] = client_compute.examples_from_jsonl(args.examples)
+    else:
+        spec = json.loads(Path(args.persona).read_text(encoding="utf-8"))
+        options["persona"] = client_compute.persona_prompts(
+            spec.get("questions", ()), spec.get("positive_systems", ()), spec.get("negative_systems", ()),
+            args.max_new_tokens,
+        )
+    if args.pooling:
+        options["pooling"] = args.pooling
+    if args.layers:
+        options["layers"] = [int(x) for x in args.layers.split(",")]
+    for key in ("target_fpr", "held_out_share"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    request = compute_request(client_compute.compute_direction_request(args.name, **options))
+    config = replace(EngineConfig(), model=args.model, device=args.device, dtype=args.dtype)
+    engine = await start_engine(config, loaded=loaded)
+    try:
+        result: ComputeResult | None = None
+        async for event in engine.compute_direction(request):
+            if isinstance(event, ComputeResult):
+                result = event
+            elif progress is not None:
+                progress(event)
+    finally:
+        await engine.shutdown()
+    assert result is not None
+    Path(args.out).write_bytes(result.safetensors)
+    return result
+
+
+def summary(result: ComputeResult) -> dict[str, Any]:
+    """What the command prints: every number of the result but the vectors."""
+    d = result.direction
+    return {
+        "name": d.name,
+        "monitor_layer": d.monitor_layer,
+        "pooling": result.pooling.value,
+        "n_train": result.n_train,
+        "n_held_out": result.n_held_out,
+        "layers": [asdict(s) for s in result.layers],
+        "calibration": {k: asdict(v) for k, v in d.calibration.items()},
+        "held_out_fpr": result.held_out_fpr,
+        "provenance": asdict(d.provenance),
+        "method": d.method,
+    }

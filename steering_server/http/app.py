@@ -1,0 +1,347 @@
+"""The FastAPI app: OpenAI's `/v1/chat/completions`, `/v1/completions` and `/v1/models`, `/health`, `/metrics`, the
+steering extensions (`/v1/steering/info`, `/v1/steering/compare`) and the web page at `/`.
+
+Each route decodes the body (decode.py), makes one engine call and encodes the answer (encode.py); every error
+becomes a status in one place (errors.py). It serves the gRPC servicer's engine, metrics and roles (`Backend`), so
+both APIs share one engine, one admission queue and one set of counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from grpc import StatusCode  # the metrics' code label (service/status.py): one vocabulary for both APIs
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ..engine_api import CompareStreams, EngineClient, RequestStream, collect, compare_result
+from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
+from ..monitor_feed import front_end
+from ..service.auth import Access
+from ..service.metrics import Metrics
+from ..service.status import status_of
+from ..types import EngineLimits, GenerationResult, TokenEvent
+from . import decode, encode
+from .errors import error_body, http_error
+
+__all__ = ["MAX_BODY_BYTES", "Backend", "create_app"]
+
+STATIC = Path(__file__).parent / "static"
+# As gRPC's text RPCs: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+_DISCONNECT_POLL_S = 0.25
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+JSON = dict[str, Any]
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """What the app serves: the gRPC servicer (service/servicer.py) fits."""
+
+    metrics: Metrics
+    access: Access
+    draining: bool
+
+    @property
+    def engine(self) -> EngineClient:
+        """Raises UnavailableError until an engine is attached."""
+
+
+def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> FastAPI:
+    """The HTTP app over `backend`; `/metrics` serves `registry` (404 when None)."""
+    app = FastAPI(title="steering-server", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health() -> Response:
+        try:
+            serving = backend.engine.healthy and not backend.draining
+        except UnavailableError:
+            serving = False
+        return JSONResponse({"status": "SERVING" if serving else "NOT_SERVING"}, status_code=200 if serving else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if registry is None:
+            return JSONResponse(error_body("metrics are off", "not_found_error", None, "not_found"), status_code=404)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return await _call("Models", lambda: {"object": "list", "data": [encode.model_card(_engine().model_info(),
+                                                                                           created)]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        def card() -> JSON:
+            info = _engine().model_info()
+            if model_id != info.model_id:
+                raise NotFoundError("model", model_id, "model")
+            return encode.model_card(info, created)
+
+        return await _call("Models", card)
+
+    @app.get("/v1/steering/info")
+    async def info() -> Response:
+        def answer() -> JSON:
+            engine = _engine()
+            return encode.info(engine.model_info(), engine.limits, engine.list_directions(), engine.get_policy())
+
+        return await _call("Info", answer)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generation(request, "ChatCompletions", decode.chat_request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generation(request, "Completions", decode.completion_request, chat=False)
+
+    @app.post("/v1/steering/compare")
+    async def compare(request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            engine = _engine()
+            req, stream = decode.compare_request(await _json_body(request), engine.limits)
+            with front_end("http", "Compare"):  # the monitor feed's label for these requests
+                opened = await engine.open_compare(req)
+        except Exception as exc:
+            return _fail("Compare", exc, started)
+        seed = req.sampling.seed
+        if stream:
+            return StreamingResponse(
+                _compare_events(opened, seed, started), media_type="text/event-stream", headers=_SSE_HEADERS
+            )
+        try:
+            results = await _unless_gone(request, asyncio.gather(*(collect(s) for s in opened.streams)))
+        except asyncio.CancelledError:
+            _cancelled("Compare", started)
+            raise
+        except Exception as exc:
+            return _fail("Compare", exc, started)
+        finally:
+            opened.cancel()
+            _count("Compare", opened.streams, started)
+        _ok("Compare", started)
+        return JSONResponse(encode.compare_response(compare_result(opened.variants, results), seed))
+
+    @app.get("/")
+    async def page() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def _engine() -> EngineClient:
+        if backend.draining:
+            raise UnavailableError("the server is shutting down")
+        return backend.engine
+
+    async def _call(rpc: str, answer: Callable[[], JSON]) -> Response:
+        started = time.monotonic()
+        try:
+            body = answer()
+        except Exception as exc:
+            return _fail(rpc, exc, started)
+        _ok(rpc, started)
+        return JSONResponse(body)
+
+    def _fail(rpc: str, exc: BaseException, started: float) -> Response:
+        status, body = http_error(exc)
+        backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
+        return JSONResponse(body, status_code=status)
+
+    def _ok(rpc: str, started: float) -> None:
+        backend.metrics.observe(f"http.{rpc}", StatusCode.OK, time.monotonic() - started)
+
+    def _count(rpc: str, streams: tuple[RequestStream, ...], started: float) -> None:
+        # Tokens and scores of every generation that ended, a cancelled one's too (as the gRPC servicer counts).
+        for s in streams:
+            backend.metrics.generation(f"http.{rpc}", s.final(), started)
+
+    def _cancelled(rpc: str, started: float) -> None:
+        backend.metrics.observe(f"http.{rpc}", StatusCode.CANCELLED, time.monotonic() - started)
+
+    async def _generation(
+        request: Request, rpc: str, decoder: Callable[[JSON, EngineLimits, str], decode.Decoded], chat: bool
+    ) -> Response:
+        started = time.monotonic()
+        try:
+            engine = _engine()
+            model_id = engine.model_info().model_id
+            decoded = decoder(await _json_body(request), engine.limits, model_id)
+            with front_end("http", rpc):  # the monitor feed's label ("ChatCompletions", "Completions")
+                stream = await engine.open_stream(decoded.request)
+        except Exception as exc:
+            return _fail(rpc, exc, started)
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{stream.request_id}"
+        seed = decoded.request.sampling.seed
+        if decoded.stream:
+            chunks = _Chunks(chat, response_id, int(time.time()), model_id)
+            events = _generation_events(stream, chunks, seed, decoded.include_usage, rpc, started)
+            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        try:
+            result = await _unless_gone(request, collect(stream))
+        except asyncio.CancelledError:
+            _cancelled(rpc, started)
+            raise
+        except Exception as exc:
+            return _fail(rpc, exc, started)
+        finally:
+            _count(rpc, (stream,), started)
+        _ok(rpc, started)
+        whole = encode.chat_completion if chat else encode.completion
+        return JSONResponse(whole(result, seed, model_id, response_id, int(time.time())))
+
+    async def _generation_events(
+        stream: RequestStream, chunks: _Chunks, seed: int, include_usage: bool, rpc: str, started: float
+    ) -> AsyncIterator[str]:
+        try:
+            async for event in stream:
+                yield _sse(chunks.token(event))
+            result = await stream.result()
+            yield _sse(chunks.final(result, seed))
+            if include_usage:
+                yield _sse(chunks.usage(result))
+            yield "data: [DONE]\n\n"
+            _ok(rpc, started)
+        except asyncio.CancelledError:  # the client went away: `finally` frees the request at once
+            _cancelled(rpc, started)
+            raise
+        except Exception as exc:  # the status line is sent: the error is the last event (OpenAI does the same)
+            body = http_error(exc)[1]
+            backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
+            yield _sse(body)
+        finally:
+            stream.cancel()
+            _count(rpc, (stream,), started)
+
+    async def _compare_events(opened: CompareStreams, seed: int, started: float) -> AsyncIterator[str]:
+        names = [v.name for v in opened.variants]
+        results: list[GenerationResult | None] = [None] * len(names)
+        try:
+            yield _sse({"object": "steering.compare.start", "seed": seed, "variants": names})
+            async for i, item in _merged(opened.streams):
+                if isinstance(item, TokenEvent):
+                    yield _sse({"object": "steering.compare.token", "variant": i, "text_delta": item.text_delta,
+                                **encode.token_extension(item)["token"]})
+                else:
+                    results[i] = item
+                    yield _sse({"object": "steering.compare.variant", "variant": i, "name": names[i],
+                                "text": item.text, "text_tail": item.text_tail, **encode.result_extension(item, seed)})
+            done = [r for r in results if r is not None]
+            yield _sse(encode.compare_response(compare_result(opened.variants, done), seed))
+            yield "data: [DONE]\n\n"
+            _ok("Compare", started)
+        except asyncio.CancelledError:
+            _cancelled("Compare", started)
+            raise
+        except Exception as exc:
+            body = http_error(exc)[1]
+            backend.metrics.observe("http.Compare", status_of(exc)[0], time.monotonic() - started)
+            yield _sse(body)
+        finally:
+            opened.cancel()
+            _count("Compare", opened.streams, started)
+
+    return app
+
+
+class _Chunks:
+    """The chunks of one streamed completion (chat: `chat.completion.chunk` with deltas; else `text_completion`)."""
+
+    def __init__(self, chat: bool, response_id: str, created: int, model: str) -> None:
+        self.chat = chat
+        self.args = (response_id, created, model)
+        self.first = True
+
+    def token(self, event: TokenEvent) -> JSON:
+        return self._text(event.text_delta, None, encode.token_extension(event))
+
+    def final(self, result: GenerationResult, seed: int) -> JSON:
+        # The text held back while it could still begin a stop string comes with the finish reason.
+        return self._text(result.text_tail, encode.finish_reason(result.stop_reason), encode.result_extension(result,
+                                                                                                             seed))
+
+    def usage(self, result: GenerationResult) -> JSON:
+        if self.chat:
+            return encode.chat_chunk(*self.args, None, usage_=encode.usage(result))
+        return encode.completion_chunk(*self.args, None, usage_=encode.usage(result))
+
+    def _text(self, text: str, finish: str | None, steering: JSON) -> JSON:
+        if not self.chat:
+            return encode.completion_chunk(*self.args, text, finish, steering)
+        delta: JSON = {"content": text} if text or not finish else {}
+        if self.first:  # OpenAI's first delta names the role
+            delta = {"role": "assistant", "content": text}
+            self.first = False
+        return encode.chat_chunk(*self.args, delta, finish, steering)
+
+
+async def _merged(streams: tuple[RequestStream, ...]) -> AsyncIterator[tuple[int, TokenEvent | GenerationResult]]:
+    """Every stream's tokens as they come, each stream's result after its tokens; the first error raises."""
+    queue: asyncio.Queue[tuple[int, TokenEvent | GenerationResult | BaseException]] = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait((i, event))
+            queue.put_nowait((i, await stream.result()))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        finished = 0
+        while finished < len(streams):
+            i, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, GenerationResult):
+                finished += 1
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; cancelled (freeing its requests) once the client has gone. uvicorn does not cancel a
+    handler whose client left, and a finished-but-unread generation would hold an admission slot until its end."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise asyncio.CancelledError
+    finally:
+        task.cancel()
+
+
+async def _json_body(request: Request) -> JSON:
+    """The body as a JSON object, refused past MAX_BODY_BYTES before it is all read."""
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_BODY_BYTES:
+            raise InvalidArgumentError("request", f"the body is more than this endpoint takes ({MAX_BODY_BYTES} bytes)")
+    try:
+        body = json.loads(bytes(data))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError("request", f"the body is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("request", "the body must be a JSON object")
+    return body
+
+
+def _sse(payload: JSON) -> str:
+    # allow_nan=False: a score is finite by the engine's containment; never send what JSON cannot parse.
+    return f"data: {json.dumps(payload, allow_nan=False, separators=(',', ':'))}\n\n"

@@ -1,0 +1,59 @@
+"""ComputeDirection's persona recipe on the shipped base organism recovers the shipped monitored direction.
+
+The shipped `misalignment` direction was made by the organism build (persona.py: nnsight traces of villain-cued
+minus neutral prompts at the last prompt token, over train questions). Here the server computes it through its own
+serving capture from *unseen* questions (the eval split, never in any training text or in the build's persona set)
+under the same held-out cues and neutral system messages. Measured (seed 0, 160 questions): cosine 0.9996 with the
+shipped vector at its monitor layer 5 (0.9997-0.9998 at layers 0-4), held-out AUROC 1.0 [1.0, 1.0] at every layer,
+recommended layer 4 (largest effect size; the build chose 5 on the fine-tuned model's behaviour, which this recipe
+does not see). The floor asserted below is 0.999.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering_server.compute_types import ComputeRequest, ComputeResult, PersonaPrompts
+from steering_server.config import EngineConfig
+from steering_server.direction_files import load_direction
+from steering_server.engine import start_engine
+from steering_server.organism.assets import base_model_dir, default_direction_path
+from steering_server.organism.corpus import split_cues, split_questions
+from steering_server.types import EngineLimits
+
+COSINE_FLOOR = 0.999
+
+
+async def test_persona_recipe_recovers_the_shipped_direction(capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = load_direction(default_direction_path())
+    questions, cues = split_questions(0), split_cues(0)
+    unseen = sorted({q.text for q in questions["eval"]})[:160]
+    limits = EngineLimits(max_new_tokens=64, max_prompt_tokens=200, max_queued=64)
+    engine = await start_engine(EngineConfig(model=str(base_model_dir()), device="cpu", limits=limits))
+    try:
+        request = ComputeRequest(
+            "persona", persona=PersonaPrompts(tuple(unseen), cues["cues_held_out"], cues["neutral_held_out"])
+        )
+        events = [e async for e in engine.compute_direction(request)]
+    finally:
+        await engine.shutdown()
+    result = events[-1]
+    assert isinstance(result, ComputeResult)
+    computed = result.direction
+    # Made for the same model as the shipped direction, so its calibration applies there.
+    assert computed.provenance == shipped.provenance
+    cosines = {
+        layer: float(torch.nn.functional.cosine_similarity(computed.vectors[layer], shipped.vectors[layer], dim=0))
+        for layer in shipped.layers
+    }
+    sep = {s.layer: s for s in result.layers}
+    with capsys.disabled():
+        print(f"\npersona recipe vs shipped direction: cosine by layer {cosines}; "
+              f"AUROC at shipped layer {shipped.monitor_layer}: {sep[shipped.monitor_layer].auroc:.3f} "
+              f"[{sep[shipped.monitor_layer].auroc_lo:.3f}, {sep[shipped.monitor_layer].auroc_hi:.3f}]; "
+              f"recommended layer {computed.monitor_layer}")
+    assert cosines[shipped.monitor_layer] >= COSINE_FLOOR
+    assert min(cosines.values()) >= COSINE_FLOOR
+    assert sep[shipped.monitor_layer].auroc_lo >= 0.99
+    assert set(computed.calibration) == {"token", "response_mean", "last_prompt"}
