@@ -13,6 +13,7 @@ from ..monitor_feed import MonitorEvent
 from ..types import (
     Alert,
     AlertAction,
+    AlertRule,
     CompareResult,
     ConditionScope,
     DirectionScores,
@@ -29,7 +30,9 @@ from ..types import (
 )
 
 __all__ = [
-    "alert",
+    "ACTIONS_TO_PB",
+    "POSITIONS_TO_PB",
+    "SCOPES_TO_PB",
     "compare_response",
     "direction",
     "generate_response",
@@ -50,8 +53,8 @@ POSITIONS_TO_PB = {
     SteeringPositions.LAST_PROMPT: pb.LAST_PROMPT_POSITION,
     SteeringPositions.GENERATED: pb.GENERATED_POSITIONS,
 }
-_SCOPES = {ConditionScope.PROMPT: pb.PROMPT_SCORE, ConditionScope.RUNNING: pb.RUNNING_SCORE}
-_ACTIONS = {AlertAction.RECORD: pb.RECORD, AlertAction.STOP: pb.STOP, AlertAction.STEER: pb.STEER}
+SCOPES_TO_PB = {ConditionScope.PROMPT: pb.PROMPT_SCORE, ConditionScope.RUNNING: pb.RUNNING_SCORE}
+ACTIONS_TO_PB = {AlertAction.RECORD: pb.RECORD, AlertAction.STOP: pb.STOP, AlertAction.STEER: pb.STEER}
 _STOP_REASONS = {
     StopReason.MAX_TOKENS: pb.MAX_TOKENS,
     StopReason.EOS_TOKEN: pb.EOS_TOKEN,
@@ -72,6 +75,7 @@ def generate_response(result: GenerationResult, seed: int, stream: bool = False)
         monitor=_scores(result.monitor),
         request_id=result.request_id,
         seed=seed,
+        alerts=[_alert(a) for a in result.alerts],
     )
 
 
@@ -145,7 +149,9 @@ def put_direction_response(stored: Direction, given: Direction) -> pb.PutDirecti
 
 
 def steering_policy(policy: SteeringPolicy) -> pb.SteeringPolicy:
-    return pb.SteeringPolicy(terms=[_term(t) for t in policy.terms], enforced=policy.enforced)
+    return pb.SteeringPolicy(
+        terms=[_term(t) for t in policy.terms], enforced=policy.enforced, alerts=[_rule(r) for r in policy.alerts]
+    )
 
 
 def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
@@ -172,8 +178,25 @@ def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
 
 
 def _term(term: SteeringTerm) -> pb.SteeringTerm:
-    return pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength, layers=term.layers,
-                           positions=POSITIONS_TO_PB[term.positions])
+    message = pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength,
+                              layers=term.layers, positions=POSITIONS_TO_PB[term.positions])
+    if term.condition is not None:
+        c = term.condition
+        message.condition.CopyFrom(
+            pb.SteeringCondition(direction=c.direction, threshold=c.threshold, scope=SCOPES_TO_PB[c.scope])
+        )
+    return message
+
+
+def _rule(rule: AlertRule) -> pb.AlertRule:
+    return pb.AlertRule(direction=rule.direction, threshold=rule.threshold, scope=SCOPES_TO_PB[rule.scope],
+                        action=ACTIONS_TO_PB[rule.action], steering=[_term(t) for t in rule.steering])
+
+
+def _alert(alert: Alert) -> pb.Alert:
+    return pb.Alert(direction=alert.direction, scope=SCOPES_TO_PB[alert.scope], score=alert.score,
+                    threshold=alert.threshold, action=ACTIONS_TO_PB[alert.action], token_index=alert.token_index,
+                    source=alert.source)
 
 
 def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:
@@ -192,18 +215,6 @@ def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:
     ]
 
 
-def alert(a: Alert) -> pb.Alert:
-    return pb.Alert(
-        direction=a.direction,
-        scope=_SCOPES[a.scope],
-        score=a.score,
-        threshold=a.threshold,
-        action=_ACTIONS[a.action],
-        token_index=a.token_index,
-        source=a.source,
-    )
-
-
 def monitor_event(event: MonitorEvent, dropped: int) -> pb.MonitorEvent:
     """A feed event for one watcher; `dropped`: the events it lost since the previous one it received."""
     return pb.MonitorEvent(
@@ -213,7 +224,7 @@ def monitor_event(event: MonitorEvent, dropped: int) -> pb.MonitorEvent:
         front_end=event.front_end,
         variant=event.variant,
         monitor=_scores(event.scores),
-        alerts=[alert(a) for a in event.alerts],
+        alerts=[_alert(a) for a in event.alerts],
         steering=[_term(t) for t in event.steering],
         policy_applied=event.policy_applied,
         policy_enforced=event.policy_enforced,

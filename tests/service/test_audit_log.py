@@ -3,11 +3,12 @@ made it (role, token fingerprint, peer; never the token), one JSON object per li
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 
-from steering_client import AsyncSteeringClient, ablate
+from steering_client import AsyncSteeringClient, ablate, pb
 
 from steering_server.audit_log import AuditLog
 from steering_server.cli import audit_log_path, build_parser
@@ -114,3 +115,30 @@ def test_the_log_defaults_to_the_state_directory() -> None:
     assert audit_log_path(parser.parse_args(["serve", "--state-dir", "/srv/state"])) == "/srv/state/audit.jsonl"
     explicit = parser.parse_args(["serve", "--state-dir", "/srv/state", "--audit-log", "/var/log/audit.jsonl"])
     assert audit_log_path(explicit) == "/var/log/audit.jsonl"
+
+
+async def test_a_policy_alert_reaches_the_reply_the_feed_and_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    engine = FakeEngine()
+    log = AuditLog(path)
+    try:
+        async with serving(engine, audit_log=log) as srv:
+            async with AsyncSteeringClient(f"127.0.0.1:{srv.port}") as client:
+                rule = pb.AlertRule(direction="misalignment", threshold=-100.0, scope=pb.PROMPT_SCORE, action=pb.RECORD)
+                await client.set_steering(alerts=[rule])
+                events = client.watch_monitor(alerts_only=True)
+                first = asyncio.ensure_future(events.__anext__())
+                await wait_until(lambda: engine.monitor_feed.watchers == 1, "subscribed")
+                reply = await client.generate("Hello", max_new_tokens=4)
+                event = await asyncio.wait_for(first, 10)
+                await events.aclose()
+                await client.set_steering()
+    finally:
+        log.close()
+    assert len(reply.alerts) == 1 and list(event.alerts) == list(reply.alerts)
+    assert event.request_id == reply.request_id
+    (record,) = [r for r in _records(path) if r["kind"] == "alert"]
+    assert record["request_id"] == reply.request_id and record["rpc"] == "Generate"
+    assert record["alert"]["direction"] == "misalignment"  # type: ignore[index]
+    assert record["alert"]["score"] == reply.alerts[0].score  # type: ignore[index]
+    assert record["alert"]["action"] == "RECORD" and record["alert"]["scope"] == "PROMPT"  # type: ignore[index]

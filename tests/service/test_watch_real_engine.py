@@ -148,3 +148,20 @@ async def test_compare_score_and_policy_on_the_real_engine(client: AsyncSteering
     assert got[4].request_id == by_policy.request_id
     assert got[4].policy_applied and not got[4].policy_enforced
     assert [(t.direction, t.mode) for t in got[4].steering] == [("misalignment", pb.ABLATE)]
+
+
+async def test_alerts_of_the_policy_reach_the_feed(client: AsyncSteeringClient, engine: Engine) -> None:
+    rule = pb.AlertRule(direction="misalignment", threshold=-1000.0, scope=pb.PROMPT_SCORE, action=pb.RECORD)
+    await client.set_steering(alerts=[rule])
+    try:
+        events = client.watch_monitor(alerts_only=True)
+        first = asyncio.ensure_future(events.__anext__())
+        await wait_until(lambda: engine.monitor_feed.watchers == 1, "subscribed")
+        reply = await client.generate("Tell me about cats", max_new_tokens=4)
+        event = await asyncio.wait_for(first, 30)
+        await events.aclose()
+    finally:
+        await client.set_steering()
+    assert reply.alerts and event.request_id == reply.request_id
+    assert list(event.alerts) == list(reply.alerts)
+    assert event.alerts[0].score == reply.monitor[0].prompt_score

@@ -121,8 +121,11 @@ class AsyncSteeringClient:
     async def get_steering(self) -> pb.SteeringPolicy:
         return await self._call(self._stub.GetSteering, pb.GetSteeringRequest())
 
-    async def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
-        policy = builders.steering_policy(terms, enforced)
+    async def set_steering(
+        self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False, alerts: Sequence[pb.AlertRule] = ()
+    ) -> pb.SteeringPolicy:
+        """Replace the server policy: default terms, whether they are enforced, and the server-wide alert rules."""
+        policy = builders.steering_policy(terms, enforced, alerts)
         return await self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
 
     async def model_info(self) -> pb.ModelInfoResponse:

@@ -113,8 +113,11 @@ class SteeringClient:
     def get_steering(self) -> pb.SteeringPolicy:
         return self._call(self._stub.GetSteering, pb.GetSteeringRequest())
 
-    def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
-        policy = builders.steering_policy(terms, enforced)
+    def set_steering(
+        self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False, alerts: Sequence[pb.AlertRule] = ()
+    ) -> pb.SteeringPolicy:
+        """Replace the server policy: default terms, whether they are enforced, and the server-wide alert rules."""
+        policy = builders.steering_policy(terms, enforced, alerts)
         return self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
 
     def model_info(self) -> pb.ModelInfoResponse:
