@@ -129,7 +129,12 @@ async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     assert set(stored) == {"token", "response_mean", "last_prompt"}
     assert stored["token"].target_fpr == pytest.approx(TARGET_FPR)
     assert abs(rpc_result.held_out_fpr["token"] - TARGET_FPR) <= 0.02
-    assert engine.state is not None and (engine.state.path / "directions").is_dir()
+    # Stored through the registry path PutDirection uses: persisted in the state directory, as computed.
+    assert engine.state is not None
+    persisted = load_direction(engine.state.path / "directions" / "planted.safetensors")
+    returned = direction_from_bytes(rpc_result.safetensors)
+    assert persisted.monitor_layer == returned.monitor_layer
+    assert all(torch.equal(persisted.vectors[k], returned.vectors[k]) for k in returned.layers)
     # Fresh benign examples (another seed): per-token z through Score, as the monitor reports them.
     z: list[float] = []
     for e in planted_examples(40, seed=99):
@@ -146,6 +151,19 @@ async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     assert 0.8 < statistics.pstdev(z) < 1.2
     fpr = sum(v > stored["token"].threshold for v in z) / len(z)
     assert abs(fpr - TARGET_FPR) <= 0.02, fpr
+
+
+async def test_live_traffic_batched_with_a_compute_is_untouched(client: AsyncSteeringClient) -> None:
+    """Captures share the serving batches with live requests, which must come out as they do alone."""
+    prompts = [f"Once upon a time {i}" for i in range(6)]
+    alone = [list((await client.generate(p, max_new_tokens=24, seed=i)).token_ids) for i, p in enumerate(prompts)]
+    examples = [{"prompt": e.prompt.text, "response": e.response, "label": e.positive} for e in planted_examples(60)]
+    stream = client.compute_direction_stream("concurrent", examples=examples)
+    assert (await anext(stream)).HasField("progress")  # the job is running: the generations join its batches
+    beside = asyncio.gather(*(client.generate(p, max_new_tokens=24, seed=i) for i, p in enumerate(prompts)))
+    events = [e async for e in stream]
+    assert [list(r.token_ids) for r in await beside] == alone
+    assert events[-1].result.layers and not events[-1].result.stored
 
 
 async def test_cancelling_frees_the_engine(client: AsyncSteeringClient, engine: Engine) -> None:
