@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from steering_client import SteeringClient
+from steering_client.cli import main
 from steering_client.compute import examples_from_jsonl
 from steering_client.compute_cli import add_arguments, run
 
@@ -67,3 +68,25 @@ async def test_cli_function_computes_stores_and_writes_the_file(
     assert saved.name == "mine" and saved.calibration["token"].target_fpr == pytest.approx(0.05)
     assert "mine" in engine.directions and "again" not in engine.directions
     assert result.direction.name == "again" and not result.stored and seen and seen[-1].stage == "calibrate"
+
+
+async def test_steering_client_direction_compute(
+    server: SteeringServer, engine: FakeEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "examples.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in LINES))
+    out = tmp_path / "cli.safetensors"
+    target = ["--target", f"127.0.0.1:{server.port}"]
+    rc = await asyncio.to_thread(
+        main, [*target, "direction", "compute", "cli-made", "--examples", str(path), "--out", str(out), "--store"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0 and captured.out.startswith("cli-made: monitor layer") and "capture: 20/20" in captured.err
+    assert direction_from_bytes(out.read_bytes()).name == "cli-made" and "cli-made" in engine.directions
+    rc = await asyncio.to_thread(main, [*target, "--json", "direction", "compute", "j", "--examples", str(path)])
+    shown = json.loads(capsys.readouterr().out)
+    assert rc == 0 and shown["direction"]["name"] == "j" and len(shown["layers"]) == 4
+    # A bad file is a usage error before any call; a bad request is the server's INVALID_ARGUMENT naming the field.
+    assert await asyncio.to_thread(main, [*target, "direction", "compute", "x", "--examples", "/nonexistent"]) == 2
+    rc = await asyncio.to_thread(main, [*target, "direction", "compute", "x", "--examples", str(path), "--layers", "9"])
+    assert rc == 1 and "INVALID_ARGUMENT" in capsys.readouterr().err

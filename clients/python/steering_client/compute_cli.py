@@ -66,9 +66,16 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def run(client: SteeringClient, args: argparse.Namespace, as_json: bool, out: TextIO = sys.stdout) -> int:
-    """Call ComputeDirection and print; grpc errors propagate to the caller (which prints them)."""
-    options = options_from_args(args)
+def run(
+    client: SteeringClient,
+    args: argparse.Namespace,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    options: dict[str, Any] | None = None,
+) -> int:
+    """Call ComputeDirection and print; grpc errors propagate to the caller (which prints them). `options`: what
+    options_from_args(args) returned (read here when None)."""
+    options = options_from_args(args) if options is None else options
 
     def progress(p: pb.ComputeProgress) -> None:
         print(f"{p.stage}: {p.done}/{p.total}, about {p.eta_seconds:.0f}s left", file=sys.stderr)
