@@ -4,7 +4,7 @@
     steering-client stream "Hi" --token-scores                  # tokens as they come (coloured by score on a tty)
     steering-client compare "Hi" --variant plain --variant off=misalignment:clamp:0
     steering-client score "Hi" --response "Hello"
-    steering-client direction list|get|put|delete ...
+    steering-client direction list|get|put|delete|compute ...
     steering-client policy get|set ...
     steering-client info | tokenize TEXT | health
     steering-client watch --min-score 3                         # the live monitor feed (observers)
@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from . import __version__, builders
+from . import __version__, builders, compute_cli
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._render import Printer, term_spec, to_json
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_monitor(score)
     score.add_argument("--ignore-policy", action="store_true", help="apply no server policy")
 
-    directions = commands.add_parser("direction", help="the direction registry (list, get, put, delete)")
+    directions = commands.add_parser("direction", help="the direction registry (list, get, put, delete, compute)")
     dsub = directions.add_subparsers(dest="action", required=True, metavar="ACTION")
     command("list", "list the registered directions", dsub)
     get = command("get", "show one direction", dsub)
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "else ablate:1)")
     delete = command("delete", "remove a direction (administrators)", dsub)
     delete.add_argument("name")
+    compute = command("compute", "compute a direction from labelled examples on the served model, through its "
+                      "serving path (administrators; docs/directions.md)", dsub)
+    compute_cli.add_arguments(compute)
 
     policy = commands.add_parser("policy", help="the server-wide default steering (get, set)")
     psub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -290,6 +293,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["policy"] = _policy_from_args(args)
     if args.command == "direction" and args.action == "put":
         options["put"] = _put_options(args)
+    if args.command == "direction" and args.action == "compute":
+        try:
+            options["compute"] = compute_cli.options_from_args(args)
+        except OSError as exc:
+            raise UsageError(f"direction compute: cannot read {exc.filename}: {exc.strerror or exc}") from exc
     return options
 
 
@@ -425,6 +433,10 @@ def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Pri
     return 0
 
 
+def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    return compute_cli.run(client, args, out.as_json, out.out, options["compute"])
+
+
 def _policy_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
     out.policy(client.get_steering())
     return 0
@@ -505,6 +517,7 @@ _COMMANDS: dict[str, Handler] = {
     "direction get": _direction_get,
     "direction put": _direction_put,
     "direction delete": _direction_delete,
+    "direction compute": _direction_compute,
     "policy get": _policy_get,
     "policy set": _policy_set,
     "info": _info,
