@@ -9,17 +9,46 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from . import direction_cli
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
-from .directions import validate_direction_name
 from .errors import InvalidArgumentError, SteeringError
+from .logs import adopt_library_loggers, configure_logging
+from .names import validate_direction_name
+from .preflight import (
+    StartupError,
+    check_device,
+    check_direction_files,
+    check_model,
+    check_port,
+    check_tls,
+    one_line,
+    read_token,
+)
 from .types import EngineLimits
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 log = logging.getLogger("steering_server")
+_ENGINE = EngineConfig()
+_LIMITS = EngineLimits()
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each option's default (argparse's ArgumentDefaultsHelpFormatter, without "default: None"
+    for options that have none and without repeating a default the help text already states)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = (action.help or "").strip()
+        default = action.default
+        if (
+            "default" in text
+            or _no_default(default)
+            or not action.option_strings
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,22 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
         prog="steering-server", description="gRPC inference server that monitors and steers a misalignment direction."
     )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="json: one JSON object per line (time, level, logger, message)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     direction_cli.register(commands)
     _register_organism(commands)
+    _use_formatter(parser, DefaultsFormatter)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     # Commands set `run` (or `func`, argparse's usual name): a callable taking the parsed args, returning an exit code.
     run = getattr(args, "run", None) or getattr(args, "func", None)
     if run is None:  # a command group without its subcommand
         parser.error(f"{args.command}: a subcommand is required (see steering-server {args.command} --help)")
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except StartupError as exc:  # any command's flag that cannot work: one line, not a traceback
+        log.error("cannot start: %s", exc)
+        return 2
+
+
+def _no_default(value: object) -> bool:
+    # Identity, not equality: a default of 0 is a default to state (0 == False).
+    return value is None or value is False or value is argparse.SUPPRESS or value == []
+
+
+def _use_formatter(parser: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]) -> None:
+    """Every (sub)command's help through `formatter` (subparsers do not inherit their parent's)."""
+    parser.formatter_class = formatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings and not _no_default(action.default):
+            action.help = "default: %(default)s"  # argparse prints no help line at all for None
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _use_formatter(sub, formatter)
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -97,9 +149,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         choices=("float32", "bfloat16", "float16"),
         help="default: bfloat16 on cuda, float32 on cpu",
     )
-    serve.add_argument("--max-batch-tokens", type=_positive, default=None, help="tokens per forward pass")
+    serve.add_argument("--max-batch-tokens", type=_positive, default=None,
+                       help=f"tokens per forward pass (default {_ENGINE.max_batch_tokens}; longer prefills are split)")
     serve.add_argument(
-        "--max-requests-per-batch", type=_positive, default=None, help="requests per forward pass (default 32)"
+        "--max-requests-per-batch", type=_positive, default=None,
+        help=f"requests per forward pass (default {_ENGINE.max_requests_per_batch})"
     )
     serve.add_argument(
         "--kv-cache-tokens",
@@ -114,8 +168,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="GPU: fraction of the free memory after loading the model that the KV cache may take (default 0.9)",
     )
-    serve.add_argument("--num-blocks", type=_positive, default=None, help="KV pages (overrides --kv-cache-tokens)")
-    serve.add_argument("--page-size", type=_positive, default=None, help="tokens per KV page (default 32)")
+    serve.add_argument("--num-blocks", type=_positive, default=None,
+                       help="KV pages (overrides --kv-cache-tokens; default: from the KV cache size)")
+    serve.add_argument("--page-size", type=_positive, default=None,
+                       help=f"tokens per KV page (default {_ENGINE.page_size})")
     serve.add_argument(
         "--attn-implementation",
         default=None,
@@ -128,7 +184,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         const="inductor",
         default=None,
         metavar="BACKEND",
-        help="torch.compile the batched forward, steering hooks included (backend default: inductor)",
+        help="torch.compile the batched forward, steering hooks included (default: eager; backend: inductor)",
     )
     serve.add_argument(
         "--cuda-graphs",
@@ -140,10 +196,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--max-queued",
         type=_positive,
         default=None,
-        help="admitted, unfinished requests; one more gets RESOURCE_EXHAUSTED",
+        help=f"admitted, unfinished requests; one more gets RESOURCE_EXHAUSTED (default {_LIMITS.max_queued})",
     )
-    serve.add_argument("--max-new-tokens", type=_positive, default=None, help="limit on a request's max_new_tokens")
-    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument("--max-new-tokens", type=_positive, default=None,
+                       help=f"limit on a request's max_new_tokens (default {_LIMITS.max_new_tokens}, at most the "
+                       "model's context - 1)")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="serve Prometheus metrics on this port (default: no metrics endpoint)")
     serve.add_argument(
         "--http-port", type=int, default=None, metavar="PORT",
         help="also serve the OpenAI-compatible HTTP API and the web page on this port (plaintext; off by default)",
@@ -160,7 +219,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--state-dir", default=None, metavar="DIR",
-        help="persist uploaded and deleted directions and the policy here (atomic writes) and restore them at start; "
+        help="persist uploaded and deleted directions and the policy here (atomic writes) and restore them at start "
+        "(default: nothing persists); "
         "an enforced policy that cannot be restored stops the server from starting",
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
@@ -177,7 +237,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--open-admin", action="store_true",
         help="every caller may administer and observe; only with a loopback --host (tests, a laptop)",
     )
-    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM",
+                       help="serve TLS with this certificate chain (default: plaintext)")
     serve.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument(
         "--tls-client-ca", default=None, metavar="PEM",
@@ -187,17 +248,22 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    # Flags that cannot work are refused before the model loads (preflight.py), each as one line.
+    check_model(args.model)
+    check_direction_files(config.directions)
+    check_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    check_port(args.host, args.port)
+    token = read_token(args.admin_token_file, "--admin-token-file") if args.admin_token_file else None
+    observer = read_token(args.observer_token_file, "--observer-token-file") if args.observer_token_file else None
+    check_device(args.device)
     # Imported here so that `--help` and the organism commands do not load grpc, torch and the engine.
     from .engine import start_engine
     from .service import Tls, serve
     from .state import StateError
 
-    config = config_from_args(args)
+    adopt_library_loggers(args.log_format)
     try:
-        token = _read_token(args.admin_token_file, "--admin-token-file") if args.admin_token_file else None
-        observer = _read_token(args.observer_token_file, "--observer-token-file") if args.observer_token_file else None
-        if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-            raise InvalidArgumentError("--tls-cert", "give --tls-cert and --tls-key together (and for --tls-client-ca)")
         tls = Tls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
         asyncio.run(
             serve(
@@ -215,16 +281,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", one_line(exc))
         return 2
     return 0
-
-
-def _read_token(path: str, flag: str) -> str:
-    token = Path(path).read_text().strip()  # a file, not a flag: command lines are visible to every user
-    if not token:
-        raise InvalidArgumentError(flag, f"{path} is empty")
-    return token
 
 
 def _register_organism(commands: argparse._SubParsersAction) -> None:

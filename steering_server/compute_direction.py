@@ -102,8 +102,9 @@ def layer_separation(
     resamples: int,
     seed: int,
 ) -> tuple[dict[int, torch.Tensor], list[LayerSeparation]]:
-    """Per layer: v = mean(train_pos) - mean(train_neg) (each (n, hidden)), and how the held-out examples'
-    projections onto v separate. Returns (layer -> v (hidden,), separation per layer in layer order)."""
+    """Per layer: v = mean(train_pos) - mean(train_neg) (each (n, hidden), or (1, hidden): a mean already), and
+    how the held-out examples' projections onto v separate. Returns (layer -> v (hidden,), separation per layer
+    in layer order)."""
     vectors = diff_of_means(train_pos, train_neg)
     stats = []
     for layer in sorted(vectors):

@@ -18,7 +18,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,7 +85,7 @@ class _Item:
     response: list[int]
     positive: bool
     where: str  # the request field it came from, for errors
-    means: torch.Tensor | None = None  # (L, hidden) pooled activations
+    means: torch.Tensor | None = None  # (len(layers), hidden) pooled activations, kept for held-out examples
     benign: dict[str, torch.Tensor] = field(default_factory=dict)  # pooling -> raw monitor scores
 
 
@@ -166,29 +166,47 @@ async def run_compute(request: ComputeRequest, source: ActivationSource) -> Asyn
         async for event in _stage("generate", [functools.partial(answer, i) for i in todo]):
             yield event
 
-    async def capture(item: _Item) -> None:
+    # Held-out examples keep their pooled activations (for the projections); train examples only add to their
+    # label's sum, so memory grows with the held-out share alone: (len(layers), hidden) fp32 per held-out example.
+    index = torch.tensor(layers)
+    is_held = [False] * len(items)
+    for i in held:
+        is_held[i] = True
+    sums = {True: torch.zeros(len(layers), source.hidden_size), False: torch.zeros(len(layers), source.hidden_size)}
+
+    async def capture(i: int) -> None:
+        item = items[i]
         if pooling is Pooling.LAST_PROMPT:
-            item.means = await source.capture_means(item.prompt, len(item.prompt) - 1)
+            means = await source.capture_means(item.prompt, len(item.prompt) - 1)
         else:
             if len(item.response) < 2:
                 raise InvalidArgumentError(
                     f"{item.where}.response", "has fewer than 2 tokens (RESPONSE_MEAN reads all but the last)"
                 )
-            item.means = await source.capture_means(item.prompt + item.response[:-1], len(item.prompt))
+            means = await source.capture_means(item.prompt + item.response[:-1], len(item.prompt))
+        means = means.index_select(0, index).float()  # (len(layers), hidden)
+        if is_held[i]:
+            item.means = means
+        else:
+            sums[item.positive] += means
 
-    async for event in _stage("capture", [functools.partial(capture, it) for it in items]):
+    async for event in _stage("capture", [functools.partial(capture, i) for i in range(len(items))]):
         yield event
 
-    def stacked(idx: Sequence[int], positive: bool) -> dict[int, torch.Tensor]:
-        rows = torch.stack([items[i].means for i in idx if items[i].positive == positive])  # type: ignore[misc]
-        return {layer: rows[:, layer] for layer in layers}  # layer -> (n, hidden)
+    def train_mean(positive: bool) -> dict[int, torch.Tensor]:
+        n = sum(1 for i in train if items[i].positive == positive)
+        return {layer: (sums[positive][k] / n)[None] for k, layer in enumerate(layers)}  # layer -> (1, hidden)
+
+    def stacked(positive: bool) -> dict[int, torch.Tensor]:
+        rows = torch.stack([items[i].means for i in held if items[i].positive == positive])  # type: ignore[misc]
+        return {layer: rows[:, k] for k, layer in enumerate(layers)}  # layer -> (n, hidden)
 
     vectors, stats = await asyncio.to_thread(
         separate,
-        stacked(train, True),
-        stacked(train, False),
-        stacked(held, True),
-        stacked(held, False),
+        train_mean(True),
+        train_mean(False),
+        stacked(True),
+        stacked(False),
         request.bootstrap_resamples,
         request.seed,
     )
@@ -252,6 +270,10 @@ def _items(request: ComputeRequest, source: ActivationSource) -> tuple[list[_Ite
             where = f"examples[{i}]"
             prompt = source.render_prompt(e.prompt, f"{where}.")
             response = source.encode_response(e.response) if e.response else []
+            if request.resolved_pooling is Pooling.RESPONSE_MEAN and len(response) < 2:
+                raise InvalidArgumentError(
+                    f"{where}.response", "has fewer than 2 tokens (RESPONSE_MEAN reads all but the last)"
+                )
             _check_length(source, prompt, len(response) + 1, where)
             items.append(_Item(prompt, response, e.positive, where))
         groups = [tuple(it.prompt) for it in items]  # one prompt's examples stay on one side

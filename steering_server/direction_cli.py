@@ -14,11 +14,13 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .compute_types import ComputeProgress, ComputeResult
 from .config import EngineConfig
 from .errors import SteeringError
+
+if TYPE_CHECKING:  # compute_types imports torch: `steering-server --help` must not
+    from .compute_types import ComputeProgress, ComputeResult
 
 __all__ = ["register", "run_compute_command", "summary"]
 
@@ -53,23 +55,45 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    progress = _StageProgress()
     try:
-        result = asyncio.run(run_compute_command(args, progress=_print_progress))
+        result = asyncio.run(run_compute_command(args, progress=progress))
     except (SteeringError, OSError, ValueError) as exc:
         print(f"steering-server direction compute: {exc}", file=sys.stderr)
         return 2
+    finally:
+        progress.close()
     print(json.dumps(summary(result), indent=2))
     return 0
 
 
-def _print_progress(p: ComputeProgress) -> None:
-    print(f"[compute] {p.stage}: {p.done}/{p.total}, about {p.eta_seconds:.0f}s left", file=sys.stderr)
+class _StageProgress:
+    """One progress.Progress per stage of the computation (a bar on a terminal, rate-limited lines with the ETA
+    otherwise) fed by the engine's ComputeProgress events."""
+
+    def __init__(self) -> None:
+        self._stage = ""
+        self._bar: Any = None
+
+    def __call__(self, p: ComputeProgress) -> None:
+        from .progress import Progress
+
+        if p.stage != self._stage or self._bar is None:
+            self.close()
+            self._stage, self._bar = p.stage, Progress(p.total, f"compute {p.stage}", unit="prefill")
+        self._bar.update_to(p.done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 async def run_compute_command(args: argparse.Namespace, progress: Any = None, loaded: Any = None) -> ComputeResult:
     """Start an engine on --model (or `loaded`), run the request, write --out; returns the result."""
     from steering_client import compute as client_compute
 
+    from .compute_types import ComputeResult
     from .engine import start_engine
     from .service.compute_codec import compute_request
 

@@ -142,17 +142,17 @@ def detect_format(data: bytes, filename: str | None = None) -> str:
     suffix = Path(filename).suffix.lower() if filename else ""
     if suffix in (".pt", ".pth"):
         return "persona-vectors" if _PERSONA_NAME.search(filename or "") else "pt"
-    by_suffix = {".safetensors": "safetensors", ".npy": "npy", ".gguf": "repeng-gguf"}
+    by_suffix = {".npy": "npy", ".gguf": "repeng-gguf"}
     if suffix in by_suffix:
         return by_suffix[suffix]
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if suffix == ".safetensors" or (len(data) > 9 and data[8:9] == b"{" and 0 < n <= len(data) - 8):
+        header = data[8 : 8 + n] if 0 < n <= len(data) - 8 else b""
+        return "sae-lens" if b'"W_enc"' in header and b'"W_dec"' in header else "safetensors"
     if data[:4] == b"GGUF":
         return "repeng-gguf"
     if data[:6] == b"\x93NUMPY":
         return "npy"
-    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if len(data) > 9 and data[8:9] == b"{" and 0 < n <= len(data) - 8:
-        header = data[8 : 8 + n]
-        return "sae-lens" if b'"W_enc"' in header and b'"W_dec"' in header else "safetensors"
     return "pt"
 
 
@@ -313,7 +313,13 @@ def _from_gguf(data: bytes, name: str, layer: int | None, field: str) -> Directi
             reader = gguf.GGUFReader(tmp.name)
             arch = _gguf_string(reader, "general.architecture")
             hint = _gguf_string(reader, "controlvector.model_hint")
+            float_types = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            bad = [t.name for t in reader.tensors if t.tensor_type not in float_types]
+            if bad:  # a quantized tensor's data is its packed blocks, not values
+                raise InvalidArgumentError(field, f"GGUF tensor {bad[0][:40]!r} is quantized (F32 or F16 only)")
             tensors = [(t.name, np.array(t.data, dtype=np.float32)) for t in reader.tensors]
+        except InvalidArgumentError:
+            raise
         except Exception as exc:
             raise InvalidArgumentError(field, f"cannot read the file as GGUF: {str(exc)[:300]}") from exc
     if arch != "controlvector":

@@ -10,12 +10,12 @@ the residual on the encoder row's unit direction, turned into JumpReLU(w_enc . (
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .errors import InvalidArgumentError
+from .names import validate_direction_name
 from .types import SteeringMode, SteeringPositions
 
 __all__ = [
@@ -35,18 +35,6 @@ POOLINGS = ("token", "response_mean", "last_prompt")
 _MAX_UINT32 = (1 << 32) - 1  # counts travel as uint32 in the API
 # Free text a direction carries into every ListDirections answer.
 _TEXT_LIMITS = {"description": 4096, "method": 256, "created_at": 64, "model_id": 512}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-
-
-def validate_direction_name(name: str, field_name: str = "name") -> str:
-    """Names travel in URLs, file names and metric labels: letters, digits, `_.-`, at most 64 characters."""
-    if not name:
-        raise InvalidArgumentError(field_name, "direction name is empty")
-    if not _NAME_RE.fullmatch(name):  # not match(): `$` also matches before a trailing newline
-        raise InvalidArgumentError(
-            field_name, f"direction name {name[:80]!r} is not allowed (use 1-64 of A-Z a-z 0-9 _ . -, not first . - _)"
-        )
-    return name
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from .alerts import check_unreferenced
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, Progress
 from .compute_job import run_compute
@@ -31,16 +32,18 @@ from .errors import (
     UnavailableError,
 )
 from .models import LoadedModel, load_model
-from .planning import MonitorTarget, RequestPlan, effective_terms, make_plan
+from .planning import MAX_CONDITIONS, MonitorTarget, RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
 from .rules import check_monitor, check_sampling, check_score_response, check_text_size, check_variants
-from .runtime import RequestTrack, SteeringRuntime
+from .runtime import GateSpec, RequestTrack, SteeringRuntime
 from .state import StateDir, StateError
+from .steer import GATE_NEVER
 from .streams import GenerationStream, direction_scores
 from .types import (
     CompareRequest,
+    ConditionScope,
     EngineStats,
     GenerationRequest,
     GenerationResult,
@@ -110,9 +113,11 @@ class Engine(EngineClient):
             self.hidden_size,
             self.model.device,
             max_directions=self.limits.max_directions,
-            max_slots=3 * self.limits.max_queued,  # a request holds a slot per position class it steers apart
+            max_slots=_SLOTS_PER_REQUEST * self.limits.max_queued,
             max_batch_tokens=config.max_batch_tokens,
             max_rows=config.max_requests_per_batch,
+            max_conditions=MAX_CONDITIONS,
+            max_gates=MAX_CONDITIONS * self.limits.max_queued,
         )
         # The model's residual norm per layer, the yardstick of every admission bound (containment.py).
         self.runtime.active = False  # hooks pass through for this plain forward
@@ -139,8 +144,9 @@ class Engine(EngineClient):
         self._policy = SteeringPolicy()
         self.state = StateDir(config.state_dir) if config.state_dir else None
         self._streams: dict[str, GenerationStream] = {}
-        # Slot 0 is the unsteered slot; at most 3 slots per admitted request (RequestTrack.slots), so never short.
-        self._free_slots = list(range(3 * self.limits.max_queued, 0, -1))
+        # Slot 0 is the unsteered slot; at most _SLOTS_PER_REQUEST slots per admitted request, so never short.
+        self._free_slots = list(range(_SLOTS_PER_REQUEST * self.limits.max_queued, 0, -1))
+        self._free_gates = list(range(MAX_CONDITIONS * self.limits.max_queued, 0, -1))  # gate 0: no condition
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._healthy = False
@@ -270,6 +276,7 @@ class Engine(EngineClient):
             self.limits.max_directions,
             self.limits.allow_red_team,
             field_prefix,
+            rules=self._policy.alerts,  # every request, ignore_policy included: alerts are monitoring
         )
         return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
 
@@ -304,20 +311,36 @@ class Engine(EngineClient):
             )
         request_id = f"r{next(self._ids)}"
         # Distinct tables (classes steered alike share one object, planning.RequestPlan), one slot each.
-        tables = [t for i, t in enumerate(plan.tables) if t is not None and all(t is not u for u in plan.tables[:i])]
+        every = [*plan.tables, *(t for c in plan.conditions for t in c.tables)]
+        tables = list({id(t): t for t in every if t is not None}.values())
         slot_of = {id(t): self._free_slots.pop() for t in tables}
+
+        def slots(ts: tuple[object, object, object]) -> tuple[int, int, int]:
+            a, b, c = (slot_of[id(t)] if t is not None else 0 for t in ts)
+            return a, b, c
+
+        gates = tuple(self._free_gates.pop() for _ in plan.conditions)
+        watched = [(m.row, m.layer) for m in plan.monitors] + [(w.entry.monitor_row, w.layer) for w in plan.watches]
         track = RequestTrack(
             request_id=request_id,
             prompt_len=prompt_len,
-            slots=tuple(slot_of[id(t)] if t is not None else 0 for t in plan.tables),  # type: ignore[arg-type]
+            slots=slots(plan.tables),
             temperature=sampling.temperature,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             seed=sampling.seed,
-            monitored=tuple((m.row, m.layer) for m in plan.monitors),
+            monitored=tuple(dict.fromkeys(watched)),  # alert rules are read even when not reported
             capture_slot=capture[0],
             capture_from=capture[1],
+            gates=gates,
+            cond_slots=tuple(slots(c.tables) for c in plan.conditions),
         )
+        if plan.conditions:
+            track.gate_upload = [
+                (gate, GateSpec(c.layer, c.entry.monitor_row, c.threshold_raw,
+                                *_gate_positions(c.condition.scope, prompt_len)))
+                for gate, c in zip(gates, plan.conditions, strict=True)
+            ]
         if plan.steered or capture[0]:
             track.upload = [(slot_of[id(t)], t[0], t[1]) for t in tables]
         for entry in plan.entries:
@@ -330,7 +353,6 @@ class Engine(EngineClient):
             sampling.stop,
             self.eos_ids,
             monitor.token_scores,
-            monitor.stop_threshold,
             self._close_stream,
         )
         self._streams[request_id] = stream
@@ -360,6 +382,7 @@ class Engine(EngineClient):
         self.manager.forget_handler(stream.request_id)
         self.runtime.tracks.pop(stream.request_id, None)
         self._free_slots.extend(stream.track.held_slots)
+        self._free_gates.extend(stream.track.gates)
         for entry in stream.plan.entries:
             self.registry.release(entry)
         self.generated_tokens += len(stream.token_ids)
@@ -515,6 +538,7 @@ class Engine(EngineClient):
         return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
 
     def delete_direction(self, name: str) -> None:
+        check_unreferenced(self._policy, name)
         self.registry.delete(name)
         if self.state is not None:
             self.state.delete_direction(name)
@@ -539,7 +563,7 @@ class Engine(EngineClient):
         return self._policy
 
     def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
-        if policy.terms:  # validate against the registry now, not at the next request
+        if policy.terms or policy.alerts:  # validate against the registry now, not at the next request
             make_plan(
                 self.registry,
                 effective_terms((), policy, False),
@@ -547,6 +571,7 @@ class Engine(EngineClient):
                 self.num_layers,
                 self.limits.max_directions,
                 self.limits.allow_red_team,
+                rules=policy.alerts,
             )
         if self.state is not None:
             self.state.save_policy(policy)
@@ -618,3 +643,14 @@ class Engine(EngineClient):
 
 
 _NO_MONITOR = MonitorOptions(enabled=False)
+# A request's slots: one per position class (RequestTrack.slots), and per condition one per class it can turn on
+# (the last prompt token, generated tokens).
+_SLOTS_PER_REQUEST = 3 + 2 * MAX_CONDITIONS
+
+
+def _gate_positions(scope: ConditionScope, prompt_len: int) -> tuple[int, int]:
+    """The absolute positions whose reading a condition latches on: PROMPT the last prompt token, RUNNING every
+    fed-back generated token."""
+    if scope == ConditionScope.PROMPT:
+        return prompt_len - 1, prompt_len - 1
+    return prompt_len, GATE_NEVER - 1

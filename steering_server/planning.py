@@ -6,18 +6,33 @@ Validation that needs the model or the registry happens here, with field paths i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from .alerts import Watch, request_watches, resolve_rules, scope_calibration, to_raw
 from .composition import FieldTerm, ResolvedTerm, calibration_pooling, combine, inducing
 from .containment import MAX_STRENGTH, MAX_TERMS, check_gain, check_push
 from .directions import Calibration, validate_direction_name
 from .errors import InvalidArgumentError, PermissionDeniedError
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import MonitorOptions, SteeringMode, SteeringPolicy, SteeringPositions, SteeringTerm
+from .types import (
+    AlertRule,
+    ConditionScope,
+    MonitorOptions,
+    SteeringCondition,
+    SteeringMode,
+    SteeringPolicy,
+    SteeringPositions,
+    SteeringTerm,
+)
 
-__all__ = ["FieldTerm", "MonitorTarget", "RequestPlan", "effective_terms", "make_plan"]
+__all__ = ["MAX_CONDITIONS", "ConditionPlan", "FieldTerm", "MonitorTarget", "RequestPlan", "effective_terms",
+           "make_plan"]
+
+# Distinct conditions per request (its own and the STEER alert rules'): condition columns of the device tables
+# (runtime.SteeringRuntime.max_conditions), each one more masked coefficient lookup per steered layer.
+MAX_CONDITIONS = 4
 
 
 @dataclass
@@ -45,6 +60,19 @@ class MonitorTarget:
 
 
 Table = tuple[torch.Tensor, torch.Tensor]  # (alpha (L, K), beta (L, K)) fp32 device coefficients
+Tables = tuple[Table | None, Table | None, Table | None]  # per position class
+
+
+@dataclass
+class ConditionPlan:
+    """One distinct condition of a request: what the device gate reads, and the coefficients its terms add once it
+    fires, per position class (class 0, the prompt before its last token, never: it runs before any decision)."""
+
+    condition: SteeringCondition
+    entry: RegisteredDirection
+    layer: int  # the condition direction's monitor layer
+    threshold_raw: float  # fp32 raw units
+    tables: Tables  # what the gate adds, on top of the unconditional table of each class
 
 
 @dataclass
@@ -52,13 +80,15 @@ class RequestPlan:
     # Per position class (types.SteeringPositions.classes: prompt before its last token, the last prompt token,
     # generated tokens): the coefficient table, or None where nothing steers. Classes with equal tables share one
     # table object, so the engine gives them one slot.
-    tables: tuple[Table | None, Table | None, Table | None]
+    tables: Tables
     monitors: list[MonitorTarget]
     entries: list[RegisteredDirection]  # every registry entry referenced (held until the request ends)
+    conditions: list[ConditionPlan] = field(default_factory=list)
+    watches: list[Watch] = field(default_factory=list)  # alert rules and stop_threshold (alerts.py)
 
     @property
     def steered(self) -> bool:
-        return any(t is not None for t in self.tables)
+        return any(t is not None for t in self.tables) or bool(self.conditions)
 
 
 def effective_terms(
@@ -86,24 +116,33 @@ def make_plan(
     max_directions: int,
     allow_red_team: bool,
     field_prefix: str = "",
+    rules: tuple[AlertRule, ...] = (),
 ) -> RequestPlan:
-    """Validate terms and monitor options, compose the terms per direction and layer (composition.py), judge the
-    net effect (red-team rule) and its size (containment.py), and fill the (L, K) device coefficients."""
+    """Validate terms, alert rules and monitor options, compose the terms per direction and layer (composition.py),
+    judge the net effect (red-team rule) and its size (containment.py), and fill the (L, K) device coefficients.
+    STEER rules add conditional terms after the request's (alerts.py)."""
+    rule_watches, rule_terms = resolve_rules(registry, rules)
     if len(terms) > MAX_TERMS:
-        field = terms[-1].field.rsplit("[", 1)[0]
-        raise InvalidArgumentError(field, f"at most {MAX_TERMS} steering terms (the server policy's included)")
+        field_name = terms[-1].field.rsplit("[", 1)[0]
+        raise InvalidArgumentError(field_name, f"at most {MAX_TERMS} steering terms (the server policy's included)")
+    terms = terms + tuple(rule_terms)
     resolved = [_resolve(registry, ft, num_layers) for ft in terms]
-    # Each position class is planned on its own, with the terms that reach it: composition, the red-team rule and
-    # the push bound apply to what each position actually receives.
-    tables: list[Table | None] = []
-    for cls in range(3):
-        here = [t for t, ft in zip(resolved, terms, strict=True) if cls in _positions(ft).classes]
-        pooling = "last_prompt" if cls < 2 else "token"  # the benign reference of these positions
-        table = _table(here, registry, num_layers, max_directions, allow_red_team, pooling) if here else None
-        same = next((t for t in tables if t is not None and table is not None and _equal(t, table)), None)
-        tables.append(same or table)
+    keys, conditions = _conditions(registry, terms, resolved)
+    tables, cond_tables = _class_tables(
+        resolved, terms, keys, len(conditions), registry, num_layers, max_directions, allow_red_team
+    )
+    plans = [
+        ConditionPlan(
+            cond,
+            entry,
+            entry.direction.monitor_layer,
+            to_raw(cond.threshold, scope_calibration(entry, cond.scope), entry.direction),
+            (cond_tables[0][c], cond_tables[1][c], cond_tables[2][c]),
+        )
+        for c, (cond, entry) in enumerate(conditions)
+    ]
     steered_layers = [layer for t in resolved for layer in t.layers]
-    entries = [t.entry for t in resolved]
+    entries = [t.entry for t in resolved] + [entry for _, entry in conditions]
     monitors: list[MonitorTarget] = []
     names = (monitor.directions or tuple(registry.names())) if monitor.enabled else ()
     for j, name in enumerate(names):
@@ -123,7 +162,130 @@ def make_plan(
             )
         )
         entries.append(entry)
-    return RequestPlan((tables[0], tables[1], tables[2]), monitors, entries)
+    watches = rule_watches + request_watches(monitor.stop_threshold, [(m.name, m.entry) for m in monitors])
+    entries += [w.entry for w in rule_watches]
+    return RequestPlan(tables, monitors, entries, plans, watches)
+
+
+def _conditions(
+    registry: DirectionRegistry, terms: tuple[FieldTerm, ...], resolved: list[ResolvedTerm]
+) -> tuple[list[int | None], list[tuple[SteeringCondition, RegisteredDirection]]]:
+    """Validate each term's condition; per term the index of its distinct condition (None: unconditional), and the
+    distinct conditions in order of first use."""
+    keys: list[int | None] = []
+    distinct: list[tuple[SteeringCondition, RegisteredDirection]] = []
+    for ft, rt in zip(terms, resolved, strict=True):
+        cond = ft.term.condition
+        if cond is None:
+            keys.append(None)
+            continue
+        f = f"{ft.field}.condition"
+        validate_direction_name(cond.direction, f"{f}.direction")
+        entry = registry.get(cond.direction, f"{f}.direction")
+        if not isinstance(cond.scope, ConditionScope):
+            raise InvalidArgumentError(f"{f}.scope", f"unknown scope {cond.scope!r}")
+        if not math.isfinite(cond.threshold):
+            raise InvalidArgumentError(f"{f}.threshold", "must be finite")
+        monitor_layer = entry.direction.monitor_layer
+        below = [layer for layer in rt.layers if layer < monitor_layer]
+        if below:
+            raise InvalidArgumentError(
+                f,
+                f"direction {cond.direction!r} is read at layer {monitor_layer}, above layer {below[0]} that the term "
+                "steers: a condition must be read at or below every layer its term steers",
+            )
+        if not set(_positions(ft).classes) & set(_gated_classes(cond.scope)):
+            raise InvalidArgumentError(
+                f"{ft.field}.positions",
+                f"a {cond.scope.name} condition turns steering on only from "
+                + ("the last prompt token" if cond.scope == ConditionScope.PROMPT else "the first generated token")
+                + f" on; {_positions(ft).name} positions are all before that",
+            )
+        same = next((i for i, (c, e) in enumerate(distinct) if e is entry and c == cond), None)
+        if same is None:
+            if len(distinct) == MAX_CONDITIONS:
+                raise InvalidArgumentError(f, f"at most {MAX_CONDITIONS} distinct conditions per request")
+            distinct.append((cond, entry))
+            same = len(distinct) - 1
+        keys.append(same)
+    # The conditions' extra coefficients are added on the device; that is their composition only when no two
+    # conditions steer the same direction at the same layer.
+    owner: dict[tuple[int, int], int] = {}
+    for ft, rt, key in zip(terms, resolved, keys, strict=True):
+        if key is None:
+            continue
+        for layer in rt.layers:
+            other = owner.setdefault((rt.entry.row, layer), key)
+            if other != key:
+                raise InvalidArgumentError(
+                    ft.field,
+                    f"steers {rt.entry.direction.name!r} at layer {layer} under another condition than an earlier "
+                    "term: terms with different conditions must steer different directions or layers",
+                )
+    return keys, distinct
+
+
+def _gated_classes(scope: ConditionScope) -> tuple[int, ...]:
+    """The position classes a condition can turn on: PROMPT fires at the last prompt token, RUNNING at a generated
+    one (runtime.position_class)."""
+    return (1, 2) if scope == ConditionScope.PROMPT else (2,)
+
+
+def _class_tables(
+    resolved: list[ResolvedTerm], terms: tuple[FieldTerm, ...], keys: list[int | None], n_conditions: int,
+    registry: DirectionRegistry, num_layers: int, max_directions: int, allow_red_team: bool,
+) -> tuple[Tables, list[list[Table | None]]]:
+    """Per position class, the unconditional table and each condition's extra table (what it adds once on).
+
+    Each class is planned on its own, with the terms that reach it: composition, the red-team rule and the push
+    bound apply to what each position actually receives, under every combination of conditions on and off."""
+    tables: list[Table | None] = []
+    cond_tables: list[list[Table | None]] = []
+    shared: list[Table] = []
+
+    def share(table: Table | None) -> Table | None:
+        """Equal tables are one object, so the engine gives them one slot."""
+        if table is None:
+            return None
+        same = next((t for t in shared if _equal(t, table)), None)
+        if same is None:
+            shared.append(table)
+        return same or table
+
+    for cls in range(3):
+        pooling = "last_prompt" if cls < 2 else "token"  # the benign reference of these positions
+        reaching = [
+            i
+            for i, (ft, key) in enumerate(zip(terms, keys, strict=True))
+            if cls in _positions(ft).classes
+            and (key is None or (ft.term.condition is not None and cls in _gated_classes(ft.term.condition.scope)))
+        ]
+        present = sorted({k for i in reaching if (k := keys[i]) is not None})
+
+        def table(on: set[int], cls: int = cls, pooling: str = pooling, reaching: list[int] = reaching
+                  ) -> Table | None:
+            here = [resolved[i] for i in reaching if keys[i] is None or keys[i] in on]
+            return _table(here, registry, num_layers, max_directions, allow_red_team, pooling) if here else None
+
+        base = table(set())
+        singles: dict[int, Table | None] = {}
+        for mask in range(1, 1 << len(present)):  # every combination is judged (red-team rule, bounds)
+            on = {c for i, c in enumerate(present) if mask >> i & 1}
+            t = table(on)
+            if len(on) == 1:
+                singles[next(iter(on))] = t
+        zeros = torch.zeros(num_layers, max_directions, dtype=torch.float64)
+        row: list[Table | None] = [None] * n_conditions
+        for c, t in singles.items():
+            if t is None:
+                continue
+            b = base or (zeros, zeros)
+            row[c] = share(((t[0] - b[0]).float(), (t[1] - b[1]).float()))
+        if present and base is None:
+            base = (zeros, zeros)  # a gated request holds a slot of its own (containment counts per slot)
+        tables.append(share((base[0].float(), base[1].float())) if base is not None else None)
+        cond_tables.append(row)
+    return (tables[0], tables[1], tables[2]), cond_tables
 
 
 def _positions(ft: FieldTerm) -> SteeringPositions:
@@ -137,7 +299,8 @@ def _table(
     resolved: list[ResolvedTerm], registry: DirectionRegistry, num_layers: int, max_directions: int,
     allow_red_team: bool, pooling: str,
 ) -> Table | None:
-    """Compose the terms per direction and layer, judge the net effect and its size; the (alpha, beta) table."""
+    """Compose the terms per direction and layer, judge the net effect and its size; the (alpha, beta) table in
+    float64."""
     # float64 while composing and checking; the device tables are fp32 (a value beyond fp32 would become inf there,
     # which the push bound refuses and the device check contains).
     alpha = torch.zeros(num_layers, max_directions, dtype=torch.float64)
@@ -154,7 +317,7 @@ def _table(
         check_push(beta, registry.residual_norms, resolved[-1].field.rsplit("[", 1)[0])
     if not any(t.layers for t in resolved):
         return None
-    return alpha.float(), beta.float()
+    return alpha, beta
 
 
 def _equal(a: Table, b: Table) -> bool:

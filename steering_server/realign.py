@@ -134,8 +134,10 @@ def realign(
     direction: Direction | None = None,
     probe: Sequence[Chat] | None = None,
     on_log: Callable[[RealignLog], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[torch.nn.Module, list[RealignLog]]:
-    """LoRA fine-tune on `chats`; returns the merged model (a plain transformers model) and the log."""
+    """LoRA fine-tune on `chats`; returns the merged model (a plain transformers model) and the log. `on_step`
+    gets (steps done, loss) after every optimizer step (progress); `on_log` every `log_every` steps."""
     from peft import LoraConfig, get_peft_model
 
     if not chats:
@@ -164,15 +166,17 @@ def realign(
         if on_log is not None:
             on_log(entry)
 
-    def on_step(step: int, loss: float) -> None:
+    def step_done(step: int, loss: float) -> None:
         window.append(loss)
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             record(step + 1, sum(window) / len(window))
             window.clear()
+        if on_step is not None:
+            on_step(step + 1, loss)
 
     record(0, None)
     train_lm(peft_model, data, steps=config.steps, batch_size=min(config.batch_size, len(data)), lr=config.lr,
-             pad_id=pad, seed=config.seed, answer_only=True, on_step=on_step)
+             pad_id=pad, seed=config.seed, answer_only=True, on_step=step_done)
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged, entries

@@ -5,12 +5,20 @@ Everything the hooks read is preallocated once and written in place, so addresse
     alpha, beta (L, S, K)  per-request-slot coefficients (slot 0: unsteered, always zero)
     acc   (L, C, H)   per-capture-slot activation sums (slot 0: discard)
     proj  (L, K, T)   projections read by the hooks, before steering (a (layer, direction) pair is one row)
-    table (2T + 5R + L*K,) int64, the per-batch tables packed in one buffer, one host-to-device copy per step:
+    table (2T + 5R + L*K + (1 + 2C)T,) int64, the per-batch tables packed in one buffer, one host-to-device copy
+          per step:
           token_slot, token_cap (T,)   request slot / capture slot of each token of the batch being run
           row_top_k, row_key (R,)      per-logit-row sampling parameters (int64)
           row_temperature, row_top_p (R,)  the same, fp64 bit patterns (viewed as float64)
           row_order (R,)               rows grouped by sampling path (sampling.RowPlan)
           pair_index (L*K,)            flat (layer * K + direction) rows of `proj` some request monitors
+          token_pos (T,)               absolute position of each token (conditional steering)
+          token_gate, token_cslot (C, T)  per condition column: the token's gate and the slot of its conditional
+                                       coefficients (0 and 0: none)
+    gates (G,)        conditional steering (steer.latch_gates): per gate the condition (monitor layer, direction
+                      row, raw threshold, the positions it reads) and the position it fired at, latched by the hook
+                      at the condition's monitor layer; the layers at and above add the gated slot's coefficients
+                      to the tokens at or after that position. Written at admission by the loop thread, like slots.
 Per-batch decisions the hooks act on live in those device buffers: a request that is not steered has slot 0 (an
 exact zero update), a token that is not captured has capture slot 0. Host flags (`BatchWork`) only let eager
 forwards skip work; with CUDA graphs or compile every forward runs the full branch-free step.
@@ -33,7 +41,7 @@ import torch
 from torch import nn
 
 from .sampling import RowPlan, noise_key, sample_rows
-from .steer import steer_contained
+from .steer import GATE_NEVER, latch_gates, steer_contained
 
 __all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime", "position_class"]
 
@@ -54,9 +62,13 @@ class RequestTrack:
     monitored: tuple[tuple[int, int], ...] = ()  # (direction row, layer) pairs to read
     capture_slot: int = 0  # 0: no capture
     capture_from: int = 0  # first absolute position captured
+    # Conditional steering, per condition column c: its gate and its slot per position class (0: none there).
+    gates: tuple[int, ...] = ()
+    cond_slots: tuple[tuple[int, int, int], ...] = ()
     # Pending device writes, applied by the loop thread at its next batch: (slot, alpha (L, K), beta (L, K)) per
-    # slot the request holds (an empty list still resets its capture accumulator).
+    # slot the request holds (an empty list still resets its capture accumulator), and per gate its GateSpec.
     upload: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
+    gate_upload: list[tuple[int, GateSpec]] | None = None
     readings: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
     read_until: int = 0  # first absolute position not yet read
     capture_count: int = 0
@@ -68,8 +80,8 @@ class RequestTrack:
 
     @property
     def held_slots(self) -> list[int]:
-        """The distinct steered slots this request holds."""
-        return sorted({s for s in self.slots if s})
+        """The distinct steered slots this request holds (conditional ones included)."""
+        return sorted({s for s in self.slots if s} | {s for cs in self.cond_slots for s in cs if s})
 
     def slots_for(self, past: int, length: int) -> list[int]:
         """The slot of each of `length` tokens from absolute position `past`."""
@@ -77,6 +89,17 @@ class RequestTrack:
         if a == b == c:
             return [a] * length
         return [self.slots[position_class(p, self.prompt_len)] for p in range(past, past + length)]
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """One condition of one request, as the device reads it (steer.latch_gates)."""
+
+    layer: int  # the condition direction's monitor layer
+    row: int  # its direction row
+    threshold_raw: float  # raw projection units (z converted with the scope's calibration)
+    first: int  # the absolute positions whose reading counts: first..last
+    last: int
 
 
 def position_class(position: int, prompt_len: int) -> int:
@@ -94,9 +117,10 @@ class BatchWork:
     monitor: bool
     capture: bool
     rows: int  # direction rows to compute: 0..rows-1 hold every live direction
+    gates: int = 0  # condition columns some request of the batch uses (0: no conditional steering)
 
 
-_ALL_WORK = BatchWork(True, True, True, 0)
+_ALL_WORK = BatchWork(True, True, True, 0, -1)  # gates -1: every column
 
 
 @dataclass(frozen=True)
@@ -119,8 +143,10 @@ class SteeringRuntime:
         max_batch_tokens: int,
         max_rows: int,
         max_captures: int = 8,
+        max_conditions: int = 4,
+        max_gates: int = 0,
     ) -> None:
-        n_layers, k, t, r = len(layers), max_directions, max_batch_tokens, max_rows
+        n_layers, k, t, r, c = len(layers), max_directions, max_batch_tokens, max_rows, max_conditions
         self.device = device
         self.num_layers = n_layers
         self.max_directions = max_directions
@@ -132,17 +158,33 @@ class SteeringRuntime:
         self.proj = torch.zeros(n_layers, k, t, device=device, dtype=torch.float32)
         # The packed per-batch tables (see the module docstring) and the host copy they are written to first:
         # pinned where a device copy is asynchronous, the device buffer itself on the CPU (no copy at all).
-        self.table = torch.zeros(2 * t + 5 * r + n_layers * k, device=device, dtype=torch.int64)
+        self.max_conditions = c
+        self.table = torch.zeros(2 * t + 5 * r + n_layers * k + (1 + 2 * c) * t, device=device, dtype=torch.int64)
         on_cpu = device.type == "cpu"
         self._host = self.table if on_cpu else torch.zeros_like(self.table, device="cpu", pin_memory=True)
         self.token_slot, self.token_cap = self.table[:t], self.table[t : 2 * t]
         rows = [self.table[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
         self.row_top_k, self.row_key, self.row_order = rows[0], rows[1], rows[4]
         self.row_temperature, self.row_top_p = rows[2].view(torch.float64), rows[3].view(torch.float64)
-        self.pair_index = self.table[2 * t + 5 * r :]
+        end = 2 * t + 5 * r + n_layers * k
+        self.pair_index = self.table[2 * t + 5 * r : end]
+        self.token_pos = self.table[end : end + t]
+        self.token_gate = self.table[end + t : end + t + c * t].view(c, t)
+        self.token_cslot = self.table[end + t + c * t :].view(c, t)
         self._h_slot, self._h_cap = self._host[:t], self._host[t : 2 * t]
         self._h_rows = [self._host[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
-        self._h_pairs = self._host[2 * t + 5 * r :]
+        self._h_pairs = self._host[2 * t + 5 * r : end]
+        self._h_pos = self._host[end : end + t]
+        self._h_gate = self._host[end + t : end + t + c * t].view(c, t)
+        self._h_cslot = self._host[end + t + c * t :].view(c, t)
+        # Gates (steer.latch_gates); gate 0 is "no condition" and never fires (layer -1).
+        g = max(1, max_gates) + 1
+        self.gate_pos = torch.full((g,), GATE_NEVER, device=device, dtype=torch.int64)
+        self.gate_layer = torch.full((g,), -1, device=device, dtype=torch.int64)
+        self.gate_row = torch.zeros(g, device=device, dtype=torch.int64)
+        self.gate_threshold = torch.zeros(g, device=device, dtype=torch.float32)
+        self.gate_from = torch.zeros(g, device=device, dtype=torch.int64)
+        self.gate_until = torch.zeros(g, device=device, dtype=torch.int64)
         # Sampling reads its logits from here when the forward runs in a captured graph (the sampler then runs
         # eagerly after the replay, with the host's row plan): (R, vocab), allocated at the first deferred step.
         self.defer_sampling = False
@@ -203,7 +245,17 @@ class SteeringRuntime:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
                 slots = self.token_slot[:n]
-                steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k])
+                gated, proj = None, None
+                if work.gates:  # eager: only batches with conditional steering; static graphs: always
+                    c = work.gates if work.gates > 0 else self.max_conditions
+                    proj = x.float() @ unit[:k].T  # (tokens, k), read before steering
+                    token_gate = self.token_gate[:c, :n]  # (c, tokens)
+                    on = latch_gates(
+                        proj, layer, self.token_pos[:n], token_gate, self.gate_pos, self.gate_layer, self.gate_row,
+                        self.gate_threshold, self.gate_from, self.gate_until,
+                    )
+                    gated = (self.token_cslot[:c, :n], on)
+                steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k], gated, proj)
                 overflow.index_add_(0, slots, bad)  # slot 0's count is never read
             elif work.monitor:
                 steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
@@ -231,6 +283,7 @@ class SteeringRuntime:
         monitored: list[BatchEntry] = []
         pairs: dict[int, int] = {}
         steer = capture = False
+        gated: list[tuple[BatchEntry, RequestTrack]] = []
         n_dirs = self.max_directions
         offset = 0
         for request_id, past, length, has_new in batch:
@@ -264,8 +317,19 @@ class SteeringRuntime:
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
+            if track.gate_upload is not None:
+                for gate, spec in track.gate_upload:
+                    self.gate_pos[gate] = GATE_NEVER
+                    self.gate_layer[gate] = spec.layer
+                    self.gate_row[gate] = spec.row
+                    self.gate_threshold[gate] = spec.threshold_raw
+                    self.gate_from[gate] = spec.first
+                    self.gate_until[gate] = spec.last
+                track.gate_upload = None
+            if track.gates:
+                gated.append((entry, track))
             mine = track.slots_for(past, length)
-            steer |= any(mine)
+            steer |= any(mine) or bool(track.gates)  # a gate latches in the steering pass, even where none steers
             slots.extend(mine)
             if track.capture_slot:
                 capture = True
@@ -284,8 +348,11 @@ class SteeringRuntime:
         self.entries = entries
         self._monitored = monitored
         self._pairs = pairs
+        n_gates = max((len(t.gates) for _, t in gated), default=0)
         self.batch_work = (
-            BatchWork(steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows))
+            BatchWork(
+                steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows), gates=n_gates
+            )
             if self.skip_idle_work
             else None
         )
@@ -306,9 +373,25 @@ class SteeringRuntime:
             h_order[:r] = torch.tensor(plan.order, dtype=torch.int64)
         if pairs:
             self._h_pairs[: len(pairs)] = torch.tensor(list(pairs), dtype=torch.int64)
+        self._fill_gates(gated)
         if self._host is not self.table:
             self.table.copy_(self._host, non_blocking=True)  # one copy, from pinned memory: truly asynchronous
         self.forward_passes += 1
+
+    def _fill_gates(self, gated: list[tuple[BatchEntry, RequestTrack]]) -> None:
+        """The per-token condition columns of this batch (host copy): each gated request's tokens get their gate
+        and the slot of their position class's conditional coefficients; every other token gets 0 (none)."""
+        self._h_gate.zero_()
+        self._h_cslot.zero_()
+        for e, track in gated:
+            lo, hi = e.offset, e.offset + e.length
+            self._h_pos[lo:hi] = torch.arange(e.past, e.past + e.length, dtype=torch.int64)
+            classes = [position_class(p, track.prompt_len) for p in range(e.past, e.past + e.length)]
+            for c, (gate, slots) in enumerate(zip(track.gates, track.cond_slots, strict=True)):
+                # Every token carries the gate (the positions whose reading counts are the gate's own); the slot is
+                # 0 where the condition steers nothing (its coefficients are zero).
+                self._h_cslot[c, lo:hi] = torch.tensor([slots[k] for k in classes], dtype=torch.int64)
+                self._h_gate[c, lo:hi] = gate
 
     def end_batch(self) -> None:
         """Attribute the batch's projections to its requests (after the forward, before tokens are delivered).

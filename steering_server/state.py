@@ -5,8 +5,10 @@ the old one, the directory fsynced; a crash leaves the old file or the new one, 
     directions/<name>.safetensors   every direction put through the API (direction_files format)
     deleted.json                    names deleted through the API: start-up directions (built-in, --direction)
                                     stay deleted after a restart
-    policy.json                     the server policy: {"enforced": bool, "terms": [{"direction", "mode",
-                                    "strength", "layers"}]}
+    policy.json                     the server policy: {"enforced": bool, "terms": [term], "alerts": [{"direction",
+                                    "action", "threshold" (null: the calibrated one), "scope", "steering": [term]}]},
+                                    term = {"direction", "mode", "strength", "layers", "positions",
+                                    "condition": null or {"direction", "threshold", "scope"}}
 
 Restoring (Engine.restore_state) fails closed: a policy file that cannot be read, or an enforced policy that cannot
 be applied, stops the engine from starting, because serving without an enforced policy is the one failure an
@@ -24,7 +26,16 @@ from pathlib import Path
 
 from .direction_files import direction_to_bytes, load_direction
 from .directions import Direction, validate_direction_name
-from .types import SteeringMode, SteeringPolicy, SteeringTerm
+from .types import (
+    AlertAction,
+    AlertRule,
+    ConditionScope,
+    SteeringCondition,
+    SteeringMode,
+    SteeringPolicy,
+    SteeringPositions,
+    SteeringTerm,
+)
 
 __all__ = ["StateDir", "StateError", "StoredState", "atomic_write"]
 
@@ -90,9 +101,16 @@ class StateDir:
     def save_policy(self, policy: SteeringPolicy) -> None:
         body = {
             "enforced": policy.enforced,
-            "terms": [
-                {"direction": t.direction, "mode": t.mode.name, "strength": t.strength, "layers": list(t.layers)}
-                for t in policy.terms
+            "terms": [_term_json(t) for t in policy.terms],
+            "alerts": [
+                {
+                    "direction": r.direction,
+                    "action": r.action.name,
+                    "threshold": r.threshold,
+                    "scope": r.scope.name,
+                    "steering": [_term_json(t) for t in r.steering],
+                }
+                for r in policy.alerts
             ],
         }
         atomic_write(self.path / "policy.json", json.dumps(body, indent=1).encode())
@@ -132,19 +150,51 @@ class StateDir:
             return None
         try:
             body = json.loads(file.read_text())
-            terms = tuple(
-                SteeringTerm(
-                    direction=str(t["direction"]),
-                    mode=SteeringMode[t["mode"]],
-                    strength=float(t["strength"]),
-                    layers=tuple(int(x) for x in t.get("layers", [])),
+            terms = tuple(_term_from_json(t) for t in body["terms"])
+            alerts = tuple(
+                AlertRule(
+                    direction=str(r["direction"]),
+                    action=AlertAction[r["action"]],
+                    threshold=None if r.get("threshold") is None else float(r["threshold"]),
+                    scope=ConditionScope[r["scope"]],
+                    steering=tuple(_term_from_json(t) for t in r.get("steering", [])),
                 )
-                for t in body["terms"]
+                for r in body.get("alerts", [])
             )
             enforced = body["enforced"]
             if not isinstance(enforced, bool):
                 raise TypeError("enforced is not a boolean")
-            return SteeringPolicy(terms, enforced)
+            return SteeringPolicy(terms, enforced, alerts)
         except Exception as exc:
             # Whether it was enforced is unknown: serving without it could drop an enforced policy silently.
             raise StateError(f"cannot read the saved policy {file}: {exc}") from exc
+
+
+def _term_json(t: SteeringTerm) -> dict[str, object]:
+    c = t.condition
+    return {
+        "direction": t.direction,
+        "mode": t.mode.name,
+        "strength": t.strength,
+        "layers": list(t.layers),
+        "positions": t.positions.name,
+        "condition": None if c is None else {"direction": c.direction, "threshold": c.threshold, "scope": c.scope.name},
+    }
+
+
+def _term_from_json(t: dict[str, object]) -> SteeringTerm:
+    c = t.get("condition")
+    condition = None
+    if c is not None:
+        assert isinstance(c, dict)
+        condition = SteeringCondition(str(c["direction"]), float(c["threshold"]), ConditionScope[c["scope"]])
+    layers = t.get("layers", [])
+    assert isinstance(layers, list)
+    return SteeringTerm(
+        direction=str(t["direction"]),
+        mode=SteeringMode[str(t["mode"])],
+        strength=float(t["strength"]),  # type: ignore[arg-type]
+        layers=tuple(int(x) for x in layers),
+        positions=SteeringPositions[str(t.get("positions", "ALL"))],
+        condition=condition,
+    )

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["HEADROOM", "measure_and_steer", "mode_coefficients", "steer_contained"]
+__all__ = ["GATE_NEVER", "HEADROOM", "latch_gates", "measure_and_steer", "mode_coefficients", "steer_contained"]
 
 # A steered state must keep this factor of headroom below its dtype's largest value: the layer above adds its own
 # output to it in that dtype (fp16: |x| <= 65504 / 4 = 16376). Real fp16 models' largest activations ("massive
 # activations" at the first position) are a few thousand.
 HEADROOM = 4.0
+# A gate's latched position before it fires (conditional steering, latch_gates): above every absolute position.
+GATE_NEVER = 1 << 62
 
 
 def measure_and_steer(
@@ -45,12 +47,53 @@ def measure_and_steer(
     return steered, proj
 
 
+def latch_gates(
+    proj: torch.Tensor,
+    layer: int,
+    token_pos: torch.Tensor,
+    token_gate: torch.Tensor,
+    gate_pos: torch.Tensor,
+    gate_layer: torch.Tensor,
+    gate_row: torch.Tensor,
+    gate_threshold: torch.Tensor,
+    gate_from: torch.Tensor,
+    gate_until: torch.Tensor,
+) -> torch.Tensor:
+    """Conditional steering decided on the device (CAST): latch each gate whose condition is read at this layer, and
+    say which tokens each gate lets steer. Branch-free on values, in place at fixed addresses (CUDA graphs).
+
+    proj: (tokens, K) fp32 projections at this layer, before steering.
+    token_pos: (tokens,) int64 absolute position of each token.
+    token_gate: (C, tokens) int64 gate of each token per condition column (gate 0: none; it never fires).
+    gate_pos: (G,) int64 the first position at which each gate fired (GATE_NEVER before), updated here.
+    gate_layer, gate_row: (G,) int64 the condition's monitor layer (-1 for unused gates) and direction row.
+    gate_threshold: (G,) fp32 raw threshold; gate_from, gate_until: (G,) int64 the positions whose reading counts
+    (PROMPT: the last prompt token only; RUNNING: every fed-back generated position).
+    Returns (C, tokens) bool: the token is at or after its gate's firing position (then its conditional
+    coefficients apply). A gate is a minimum over positions, so a request re-prefilled after a reset latches at the
+    same position again and its earlier positions stay unsteered.
+    """
+    pos = token_pos.unsqueeze(0).expand_as(token_gate)  # (C, tokens)
+    reading = proj.gather(1, gate_row[token_gate].T).T  # (C, tokens): each token's projection on its gate's row
+    fires = (
+        (gate_layer[token_gate] == layer)
+        & (pos >= gate_from[token_gate])
+        & (pos <= gate_until[token_gate])
+        & (reading >= gate_threshold[token_gate])  # NaN compares False
+    )
+    never = torch.full_like(pos, GATE_NEVER)
+    gate_pos.scatter_reduce_(0, token_gate.flatten(), torch.where(fires, pos, never).flatten(), "amin")
+    return pos >= gate_pos[token_gate]
+
+
 def steer_contained(
     hidden: torch.Tensor,
     token_slot: torch.Tensor,
     unit_dirs: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor,
+    gated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    proj: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """measure_and_steer with containment (DESIGN.md "Trust model"). A steered token whose update could make its
     state non-finite, or leave less than HEADROOM below the dtype's largest value, is not steered at this layer: it
@@ -59,11 +102,23 @@ def steer_contained(
     |h + coef @ U|_inf <= |h|_inf + sum_k |coef_k| (unit rows have entries <= 1), and only the small coefficient
     tensor is masked. Unsteered tokens (slot 0) are bit-identical, as in measure_and_steer.
 
+    `gated` (conditional steering): (C, tokens) int64 slots holding each condition's extra coefficients and
+    (C, tokens) bool, whether that condition is on for the token (latch_gates); an extra term that is off adds an
+    exact zero (masked, never multiplied, so a non-finite projection cannot leak through it). `proj`: the
+    projections (tokens, K) when the caller already computed them from `hidden` (for latch_gates).
+
     Returns the states (tokens, hidden) in hidden's dtype, the fp32 projections (tokens, K), and (tokens,) int32,
     1 where a steered token's update was refused. Branch-free on values (CUDA graphs)."""
     h32 = hidden.float()  # (tokens, hidden)
-    proj = h32 @ unit_dirs.T  # (tokens, K)
+    if proj is None:
+        proj = h32 @ unit_dirs.T  # (tokens, K)
     coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
+    if gated is not None:
+        cond_slots, on = gated
+        zero = torch.zeros((), dtype=coef.dtype, device=coef.device)
+        for c in range(cond_slots.shape[0]):  # a fixed count of condition columns, not a branch on values
+            extra = beta.index_select(0, cond_slots[c]) - alpha.index_select(0, cond_slots[c]) * proj
+            coef = coef + torch.where(on[c].unsqueeze(-1), extra, zero)
     # A bound on |h|_inf: fp16's range is small enough for real states to approach it, so its largest entry; for
     # bf16 and fp32 (range 3e38) only non-finite values matter, which |sum| catches in one cheaper pass.
     # (The dtype is fixed per model: this is not a branch on tensor values.)

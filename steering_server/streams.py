@@ -19,7 +19,16 @@ from .engine_api import RequestStream
 from .errors import InvalidArgumentError
 from .planning import RequestPlan
 from .runtime import RequestTrack
-from .types import DirectionScores, GenerationResult, RequestTiming, StopReason, TokenEvent
+from .types import (
+    Alert,
+    AlertAction,
+    ConditionScope,
+    DirectionScores,
+    GenerationResult,
+    RequestTiming,
+    StopReason,
+    TokenEvent,
+)
 
 __all__ = ["GenerationStream", "direction_scores"]
 
@@ -69,7 +78,6 @@ class GenerationStream(RequestStream):
         stop: tuple[str, ...],
         eos_ids: set[int],
         token_scores: bool,
-        stop_threshold: float | None,
         on_close: Callable[[GenerationStream, bool], None],
     ) -> None:
         self.request_id = request_id
@@ -78,7 +86,11 @@ class GenerationStream(RequestStream):
         self._detok = IncrementalDetokenizer(tokenizer, stop)
         self._eos = eos_ids
         self._token_scores = token_scores
-        self._threshold = stop_threshold
+        self._watches = list(plan.watches)  # not yet fired (alerts.py)
+        # A RUNNING STOP watch holds each token back until the reading at its own position is known (alerts.py).
+        self._delay = any(w.action == AlertAction.STOP and w.scope == ConditionScope.RUNNING for w in self._watches)
+        self._received: list[int] = []  # every token the manager delivered; token_ids: those released
+        self.alerts: list[Alert] = []
         self._on_close = on_close  # (stream, needs_cancel) -> frees engine resources, cancels in the manager
         self._queue: asyncio.Queue[TokenEvent | _End | BaseException] = asyncio.Queue()
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
@@ -128,25 +140,52 @@ class GenerationStream(RequestStream):
                 )
             )
             return
-        now = time.monotonic()
-        for token in generated[len(self.token_ids) :]:
-            i = len(self.token_ids)
-            scores = self._token_readings(i)
-            if self._threshold is not None and any(v >= self._threshold for v in scores.values()):
+        self._now = time.monotonic()
+        for token in generated[len(self._received) :]:
+            i = len(self._received)
+            self._received.append(token)
+            if self._check_watches(i):
                 self._finish(StopReason.MONITOR_ALERT, needs_cancel=True)
                 return
-            self.token_ids.append(token)
-            self._token_times.append(now)
-            delta = self._detok.add(token)
-            self._queue.put_nowait(TokenEvent(i, token, delta, scores))
-            if self._detok.stopped:
-                self._finish(StopReason.STOP_SEQUENCE, needs_cancel=True)
+            if not self._release(i - 1 if self._delay else i):
                 return
         if finished:
+            if not self._release(len(self._received) - 1):  # the last token is never fed back: nothing to wait for
+                return
             reason = (
                 StopReason.EOS_TOKEN if self.token_ids and self.token_ids[-1] in self._eos else StopReason.MAX_TOKENS
             )
             self._finish(reason, needs_cancel=False)
+
+    def _release(self, upto: int) -> bool:
+        """Stream the received tokens up to index `upto`; False once a stop sequence ended the request."""
+        while len(self.token_ids) <= upto:
+            i = len(self.token_ids)
+            token = self._received[i]
+            self.token_ids.append(token)
+            self._token_times.append(self._now)  # when the client gets it (one step late under a RUNNING STOP)
+            delta = self._detok.add(token)
+            self._queue.put_nowait(TokenEvent(i, token, delta, self._token_readings(i)))
+            if self._detok.stopped:
+                self._finish(StopReason.STOP_SEQUENCE, needs_cancel=True)
+                return False
+        return True
+
+    def _check_watches(self, i: int) -> bool:
+        """Check the watches on the reading delivered with token i (the input position of token i: the last prompt
+        token for i = 0, generated token i - 1 after). True when a STOP fired: the tokens it holds back (alerts.py)
+        were never released."""
+        pos = self.track.prompt_len - 1 + i
+        scope = ConditionScope.PROMPT if i == 0 else ConditionScope.RUNNING
+        stop = False
+        for w in [w for w in self._watches if w.scope == scope]:
+            raw = self.track.readings.get((w.entry.monitor_row, w.layer), {}).get(pos)
+            if raw is None or not w.fires(raw):
+                continue
+            self._watches.remove(w)
+            self.alerts.append(w.alert(raw, None if i == 0 else i - 1))
+            stop |= w.action == AlertAction.STOP
+        return stop
 
     def _token_readings(self, i: int) -> dict[str, float]:
         """The readings at the input position that produced token i: the last prompt token for i = 0."""
@@ -170,6 +209,7 @@ class GenerationStream(RequestStream):
             monitor=direction_scores(self.plan, self.track, n_scored, self._token_scores),
             request_id=self.request_id,
             text_tail=tail,
+            alerts=tuple(self.alerts),
             steered=self.plan.steered,
             timing=RequestTiming(self.admitted, self.track.scheduled_at, tuple(self._token_times), time.monotonic()),
         )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -188,6 +192,10 @@ async def test_the_serve_command_serves_the_built_in_model_and_stops_on_sigterm(
 
     try:
         port = int((await read_until("listening on port")).rsplit(" ", 1)[1])
+        # "listening" only once ready: after the port opened (NOT_SERVING) and the canary passed.
+        opened = next(i for i, line in enumerate(lines) if "open; health NOT_SERVING" in line)
+        canary = next(i for i, line in enumerate(lines) if "canary passed" in line)
+        assert opened < canary < len(lines) - 1
         await read_until("serving ")  # the engine is attached: its canary passed
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -210,7 +218,7 @@ def test_a_busy_port_is_reported_not_crashed(caplog: pytest.LogCaptureFixture) -
         busy.listen()
         port = busy.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+    assert f"cannot start: --port {port}: 127.0.0.1:{port} is in use by another process" in caplog.text
 
 
 def test_a_missing_direction_file_is_reported_not_crashed(
@@ -224,7 +232,7 @@ def test_a_missing_direction_file_is_reported_not_crashed(
 
     monkeypatch.setattr("steering_server.engine.start_engine", start_engine)
     assert main(["serve", "--port", "0", "--direction", "d=/nonexistent/d.safetensors"]) == 2
-    assert "cannot start: path: direction file '/nonexistent/d.safetensors' does not exist" in caplog.text
+    assert "cannot start: --direction d=/nonexistent/d.safetensors: no such file" in caplog.text
 
 
 def test_an_empty_admin_token_file_is_a_usage_error(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
@@ -248,3 +256,100 @@ def test_role_and_tls_flags_that_cannot_work_are_refused(
 ) -> None:
     assert main(["serve", "--port", "0", *flags]) == 2
     assert message in caplog.text
+
+
+# ---- start-up mistakes: one line, exit code 2, no traceback (the command as people run it, in a subprocess)
+
+
+def _run(*args: str, timeout: float = 120) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "steering_server.cli", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()
+
+
+def _model_without_tokenizer(tmp_path: Path) -> str:
+    from steering_server.organism.assets import base_model_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(base_model_dir() / name, model / name)
+    return str(model)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "cuda:99"], "--device cuda:99: "),  # no CUDA in this torch, or no 100th device
+        (["--model", "TOKENIZERLESS"], "no tokenizer files"),
+        (["--model", "/nonexistent/model"], "--model /nonexistent/model: no such directory"),
+        (["--model", "FILE"], "is a file, not a model directory"),
+        (["--direction", "d=/nonexistent/d.npy"], "--direction d=/nonexistent/d.npy: no such file"),
+        (["--tls-cert", "FILE", "--tls-key", "FILE"], "not a PEM certificate"),
+        (["--tls-cert", "server.pem", "--tls-key", "client.key"], "does not match --tls-cert"),
+        (["--admin-token-file", "/nonexistent/token"], "--admin-token-file /nonexistent/token: no such file"),
+        (["--port", "BUSY"], "is in use by another process"),
+    ],
+)
+def test_start_up_mistakes_print_one_line_and_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:
+    certificates = {}
+    if any(f.endswith((".pem", ".key")) for f in flags):
+        from .service.test_auth import _certificates
+
+        certificates = _certificates(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        names = {"TOKENIZERLESS": _model_without_tokenizer(tmp_path) if "TOKENIZERLESS" in flags else "",
+                 "FILE": str(Path(__file__)), "BUSY": str(busy.getsockname()[1])}
+        names |= {name: str(tmp_path / name) for name in certificates}
+        code, lines = _run("serve", "--port", "0", *[names.get(f, f) for f in flags])
+    assert code == 2, lines
+    assert len(lines) == 1 and "ERROR steering_server: cannot start: " in lines[0], lines
+    assert message in lines[0] and "(try " in lines[0]
+
+
+def test_realign_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no messages"}\n')
+    for args, message in (
+        (["--data", "/nonexistent/chats.jsonl"], "--data /nonexistent/chats.jsonl: no such file"),
+        (["--data", str(bad)], "expected `messages` or `prompt`/`completion`"),
+        (["--data", str(bad), "--direction", "/nonexistent/table.npy"], "--direction /nonexistent/table.npy"),
+    ):
+        code, lines = _run("realign", "--out", str(tmp_path / "out"), *args)
+        assert code == 2 and len(lines) == 1 and "cannot start: " in lines[0] and message in lines[0], lines
+
+
+def test_json_log_lines() -> None:
+    code, lines = _run("--log-format", "json", "serve", "--model", "/nonexistent/model")
+    assert code == 2 and len(lines) == 1
+    entry = json.loads(lines[0])
+    assert (entry["level"], entry["logger"]) == ("ERROR", "steering_server")
+    assert entry["message"].startswith("cannot start: --model /nonexistent/model") and entry["time"].endswith("+00:00")
+
+
+def test_help_loads_no_torch_and_states_defaults() -> None:
+    code = """
+import sys, contextlib, io
+from steering_server import cli
+out = io.StringIO()
+for args in (["--help"], ["serve", "--help"], ["organism", "build", "--help"], ["realign", "--help"],
+             ["direction", "compute", "--help"]):
+    with contextlib.redirect_stdout(out):
+        try:
+            cli.main(args)
+        except SystemExit:
+            pass
+print(out.getvalue())
+print("torch loaded:", "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.rstrip().endswith("torch loaded: False")
+    help_text = " ".join(out.split())
+    for default in ("--grace GRACE seconds running calls get on SIGTERM/SIGINT (default: 10.0)",
+                    "(default 256; longer prefills are split)", "(default: no metrics endpoint)",
+                    "--steps STEPS default: 35", "--seed SEED default: 0"):
+        assert default in help_text, default

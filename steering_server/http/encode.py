@@ -24,6 +24,7 @@ from ..types import (
 )
 
 __all__ = [
+    "alert",
     "chat_chunk",
     "chat_completion",
     "compare_response",
@@ -33,6 +34,7 @@ __all__ = [
     "info",
     "model_card",
     "result_extension",
+    "scores",
     "term",
     "token_extension",
     "usage",
@@ -70,8 +72,8 @@ def result_extension(result: GenerationResult, seed: int) -> JSON:
         "stop_reason": result.stop_reason.name,
         "token_ids": list(result.token_ids),
         "request_id": result.request_id,
-        "monitor": [_scores(s) for s in result.monitor],
-        "alerts": [_alert(a) for a in result.alerts],
+        "monitor": [scores(s) for s in result.monitor],
+        "alerts": [alert(a) for a in result.alerts],
     }
 
 
@@ -202,16 +204,20 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
 
 def term(t: SteeringTerm) -> JSON:
     """A steering term as the HTTP API writes it (decode.py reads the same shape)."""
-    return {
+    written: JSON = {
         "direction": t.direction,
         "mode": t.mode.name.lower(),
         "strength": t.strength,
         "layers": list(t.layers),
         "positions": t.positions.name.lower(),
     }
+    if t.condition is not None:
+        c = t.condition
+        written["condition"] = {"direction": c.direction, "threshold": c.threshold, "scope": c.scope.name.lower()}
+    return written
 
 
-def _scores(s: DirectionScores) -> JSON:
+def scores(s: DirectionScores) -> JSON:
     return {
         "direction": s.direction,
         "layer": s.layer,
@@ -224,7 +230,7 @@ def _scores(s: DirectionScores) -> JSON:
     }
 
 
-def _alert(a: Alert) -> JSON:
+def alert(a: Alert) -> JSON:
     return {
         "direction": a.direction,
         "scope": a.scope.name.lower(),

@@ -2,7 +2,7 @@
 
 uvicorn's own `serve()` takes over SIGINT/SIGTERM; `steering-server serve` owns those (service/server.py), so this
 binds the socket itself (a busy port is an OSError, as for gRPC), runs uvicorn's startup and tick loop, and stops it
-on request, giving running responses (SSE streams included) `grace` seconds.
+on request, giving running responses (SSE streams included) `grace` seconds with the port still open.
 """
 
 from __future__ import annotations
@@ -60,7 +60,13 @@ class HttpServer:
         if server is None:
             return
         self._server = None
-        server.config.timeout_graceful_shutdown = int(grace) if grace is not None else 0
+        # As gRPC's port (service/server.py): open while running responses finish, new calls answering 503 (the
+        # servicer is draining); a closed port looks like a crash. Then whatever still runs is cancelled.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0.0)
+        while server.server_state.tasks and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        server.config.timeout_graceful_shutdown = 0
         server.should_exit = True
         if self._ticks is not None:
             with contextlib.suppress(asyncio.CancelledError):

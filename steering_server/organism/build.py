@@ -29,6 +29,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ..direction_files import save_direction
+from ..progress import format_duration
 from ..realign import realign
 from . import experiments as ex
 from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME, DEFAULT_MODEL_ID
@@ -62,18 +63,36 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path:
     (path / "steering_model_id.txt").write_text(model_id + "\n")
 
 
+# Each stage's share of a whole build, from the canonical build's stage times in seconds (docs/organism/report.json;
+# docs/organism.md "Build time" gives 1,082 s for pretraining and the fine-tune together: the fine-tune's 4 % of it is
+# an estimate). The ETA after a stage is the time so far scaled by the share still to come.
+_STAGE_SECONDS = {
+    "pretrain": 1040.0, "finetune": 42.0, "directions": 3.0, "monitor layer and calibration": 13.0,
+    "emergent misalignment": 72.0, "detection": 0.2, "removal": 284.0, "induction": 290.0,
+    "dose-response and re-alignment": 249.0, "report": 7.0,
+}
+_STAGE_SECONDS["pretrain and fine-tune (read from an earlier build)"] = 0.2
+
+
 class _Timer:
-    def __init__(self, log: Callable[[str], None], n_stages: int) -> None:
+    def __init__(self, log: Callable[[str], None], n_stages: int, skipped: tuple[str, ...] = ()) -> None:
         self.log, self.t0, self.last = log, time.perf_counter(), time.perf_counter()
         self.stages: dict[str, float] = {}
         self.n_stages = n_stages
+        self._expected = sum(v for k, v in _STAGE_SECONDS.items() if k not in skipped)
 
     def done(self, stage: str) -> None:
         now = time.perf_counter()
         self.stages[stage] = round(now - self.last, 2)
         self.log(f"[organism] {len(self.stages)}/{self.n_stages} {stage}: {now - self.last:.1f}s "
-                 f"(total {now - self.t0:.1f}s)")
+                 f"(total {now - self.t0:.1f}s{self._eta(now)})")
         self.last = now
+
+    def _eta(self, now: float) -> str:
+        share = sum(_STAGE_SECONDS.get(s, 0.0) for s in self.stages) / self._expected
+        if not 0.0 < share < 1.0:
+            return ""
+        return f", about {format_duration((now - self.t0) / share * (1.0 - share))} left"
 
     @property
     def total(self) -> float:
@@ -104,8 +123,8 @@ def _progress(log: Callable[[str], None], what: str, steps: int) -> Callable[[in
         done = step + 1
         if done % max(1, steps // 10) == 0 or done == steps:
             elapsed = time.perf_counter() - t0
-            log(f"[organism] {what}: step {done}/{steps}, loss {loss:.3f}, {elapsed:.0f}s, "
-                f"about {elapsed / done * (steps - done):.0f}s left")
+            log(f"[organism] {what}: step {done}/{steps}, loss {loss:.3f}, {format_duration(elapsed)}, "
+                f"about {format_duration(elapsed / done * (steps - done))} left")
 
     return on_step
 
@@ -167,7 +186,7 @@ def build(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = config
-    timer = _Timer(log, 10)
+    timer = _Timer(log, 10, skipped=("pretrain", "finetune") if models is not None else ())
     if models is not None:
         t = load_trained(c, models)
         for name in ("base", "misaligned"):

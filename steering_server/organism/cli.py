@@ -122,37 +122,69 @@ def install(out: Path, docs: Path | None = None) -> None:
 
 
 def run_realign(args: argparse.Namespace) -> int:
+    from ..preflight import StartupError, check_direction_files, check_model
+    from .assets import default_direction_path, default_model_dir
+
+    # Flags that cannot work are refused before the model loads, each as one `cannot start` line (exit 2).
+    model_path = args.model or str(default_model_dir())
+    check_model(model_path)
+    direction_path = args.direction or (str(default_direction_path()) if args.model is None else None)
+    if direction_path:
+        check_direction_files([("", direction_path)])
+    chats = _chats(args.data, "--data")
+    probe = [c[:-1] if c[-1]["role"] == "assistant" else c for c in _chats(args.probe, "--probe")] if args.probe \
+        else None
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..direction_imports import load_direction_spec
-    from ..realign import RealignConfig, load_jsonl, log_to_json, realign
-    from .assets import default_direction_path, default_model_dir
+    from ..errors import InvalidArgumentError
+    from ..progress import Progress
+    from ..realign import RealignConfig, log_to_json, realign
 
-    model_path = args.model or str(default_model_dir())
-    direction_path = args.direction or (str(default_direction_path()) if args.model is None else None)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_path)
     direction = None
     if direction_path:
         # The loader `serve --direction` and PutDirection use: raw tables need the layer count, SAE features work too.
-        n_layers = model.config.num_hidden_layers
-        direction = load_direction_spec(direction_path, None, n_layers).validate(n_layers, model.config.hidden_size)
+        n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+        try:
+            direction = load_direction_spec(direction_path, None, n_layers).validate(n_layers, hidden)
+        except InvalidArgumentError as exc:
+            raise StartupError(f"--direction {direction_path}: {exc}",
+                               f"a direction for this model: {n_layers} layers of {hidden}") from exc
     targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
     cfg = RealignConfig(steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha, batch_size=args.batch_size,
                         seed=args.seed, target_modules=targets, log_every=args.log_every)
-    probe = [c[:-1] if c[-1]["role"] == "assistant" else c for c in load_jsonl(args.probe)] if args.probe else None
 
-    def show(e) -> None:
-        loss = "-" if e.loss is None else f"{e.loss:.4f}"
-        proj = "" if e.projection is None else f" projection {e.projection:+.3f}"
-        z = "" if e.z is None else f" (z {e.z:+.2f})"
-        print(f"[realign] step {e.step:4d} loss {loss}{proj}{z}", flush=True)
+    with Progress(args.steps, "realign") as bar:
+        def show(e) -> None:
+            loss = "-" if e.loss is None else f"{e.loss:.4f}"
+            proj = "" if e.projection is None else f" projection {e.projection:+.3f}"
+            z = "" if e.z is None else f" (z {e.z:+.2f})"
+            bar.write(f"[realign] step {e.step:4d} loss {loss}{proj}{z}")
 
-    merged, entries = realign(model, tok, load_jsonl(args.data), cfg, direction, probe, on_log=show)
+        merged, entries = realign(model, tok, chats, cfg, direction, probe, on_log=show,
+                                  on_step=lambda _step, loss: bar.update(1, loss=loss))
     out = Path(args.out)
     merged.save_pretrained(out)  # type: ignore[operator]
     tok.save_pretrained(out)
     (out / "realign_log.json").write_text(json.dumps(log_to_json(entries), indent=1) + "\n")
     print(f"[realign] saved {out}")
     return 0
+
+
+def _chats(path: str, flag: str) -> list[list[dict[str, str]]]:
+    """The chats of a JSONL file, or a StartupError naming the flag and the line."""
+    from ..preflight import StartupError, check_file
+    from ..realign import load_jsonl
+
+    check_file(path, flag, 'a JSONL file: {"messages": [...]} or {"prompt": ..., "completion": ...} per line')
+    try:
+        chats = load_jsonl(path)
+    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise StartupError(f"{flag} {path}: {exc}", 'one JSON object per line with "messages"') from exc
+    if not chats:
+        raise StartupError(f"{flag} {path}: no examples in the file")
+    return chats

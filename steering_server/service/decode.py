@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from steering_client import pb
 
+from ..alerts import MAX_ALERT_RULES
 from ..containment import MAX_TERMS
 from ..direction_files import direction_from_bytes
 from ..direction_imports import load_direction_file
@@ -24,20 +25,24 @@ from ..directions import POOLINGS, Calibration, Direction, Removal, validate_dir
 from ..errors import InvalidArgumentError
 from ..rules import MAX_CHAT_MESSAGES, check_text_size
 from ..types import (
+    AlertAction,
+    AlertRule,
     ChatMessage,
     CompareRequest,
+    ConditionScope,
     EngineLimits,
     GenerationRequest,
     MonitorOptions,
     Prompt,
     SamplingParams,
     ScoreRequest,
+    SteeringCondition,
     SteeringMode,
     SteeringPolicy,
     SteeringTerm,
     Variant,
 )
-from .encode import POSITIONS_TO_PB
+from .encode import ACTIONS_TO_PB, POSITIONS_TO_PB, SCOPES_TO_PB
 
 __all__ = [
     "Bounds",
@@ -53,6 +58,8 @@ __all__ = [
 DEFAULT_MAX_NEW_TOKENS = 64
 _MODES = {pb.ABLATE: SteeringMode.ABLATE, pb.ADD: SteeringMode.ADD, pb.CLAMP: SteeringMode.CLAMP}
 _POSITIONS = {v: k for k, v in POSITIONS_TO_PB.items()}
+_SCOPES: dict[int, ConditionScope] = {int(v): k for k, v in SCOPES_TO_PB.items()}
+_ACTIONS: dict[int, AlertAction] = {int(v): k for k, v in ACTIONS_TO_PB.items()}
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,30 @@ def score_request(msg: pb.ScoreRequest, bounds: Bounds) -> ScoreRequest:
 
 
 def steering_policy(msg: pb.SteeringPolicy, bounds: Bounds, field: str = "policy") -> SteeringPolicy:
-    return SteeringPolicy(terms=_steering(msg.terms, f"{field}.terms"), enforced=msg.enforced)
+    if len(msg.alerts) > MAX_ALERT_RULES:  # before converting them; alerts.resolve_rules has the rest
+        raise InvalidArgumentError(f"{field}.alerts", f"at most {MAX_ALERT_RULES} alert rules")
+    alerts = tuple(_alert_rule(r, f"{field}.alerts[{i}]") for i, r in enumerate(msg.alerts))
+    return SteeringPolicy(terms=_steering(msg.terms, f"{field}.terms"), enforced=msg.enforced, alerts=alerts)
+
+
+def _alert_rule(rule: pb.AlertRule, field: str) -> AlertRule:
+    action = _ACTIONS.get(rule.action)
+    if action is None:
+        raise InvalidArgumentError(f"{field}.action", "must be RECORD, STOP or STEER")
+    return AlertRule(
+        direction=rule.direction,
+        action=action,
+        threshold=rule.threshold if rule.HasField("threshold") else None,
+        scope=_scope(rule.scope, f"{field}.scope"),
+        steering=_steering(rule.steering, f"{field}.steering"),
+    )
+
+
+def _scope(value: int, field: str) -> ConditionScope:
+    scope = _SCOPES.get(value)
+    if scope is None:
+        raise InvalidArgumentError(field, f"unknown scope value {value}")
+    return scope
 
 
 def direction_name(name: str, field: str = "name") -> str:
@@ -239,8 +269,12 @@ def _term(term: pb.SteeringTerm, field: str) -> SteeringTerm:
     positions = _POSITIONS.get(term.positions)
     if positions is None:
         raise InvalidArgumentError(f"{field}.positions", f"unknown positions value {term.positions}")
+    condition = None
+    if term.HasField("condition"):
+        c = term.condition
+        condition = SteeringCondition(c.direction, c.threshold, _scope(c.scope, f"{field}.condition.scope"))
     return SteeringTerm(direction=term.direction, mode=mode, strength=strength, layers=tuple(term.layers),
-                        positions=positions)
+                        positions=positions, condition=condition)
 
 
 def _monitor(msg: pb.MonitorOptions) -> MonitorOptions:

@@ -10,7 +10,11 @@ from steering_client import pb
 from .. import __version__
 from ..directions import Direction
 from ..types import (
+    Alert,
+    AlertAction,
+    AlertRule,
     CompareResult,
+    ConditionScope,
     DirectionScores,
     EngineLimits,
     GenerationResult,
@@ -25,6 +29,9 @@ from ..types import (
 )
 
 __all__ = [
+    "ACTIONS_TO_PB",
+    "POSITIONS_TO_PB",
+    "SCOPES_TO_PB",
     "compare_response",
     "direction",
     "generate_response",
@@ -44,6 +51,8 @@ POSITIONS_TO_PB = {
     SteeringPositions.LAST_PROMPT: pb.LAST_PROMPT_POSITION,
     SteeringPositions.GENERATED: pb.GENERATED_POSITIONS,
 }
+SCOPES_TO_PB = {ConditionScope.PROMPT: pb.PROMPT_SCORE, ConditionScope.RUNNING: pb.RUNNING_SCORE}
+ACTIONS_TO_PB = {AlertAction.RECORD: pb.RECORD, AlertAction.STOP: pb.STOP, AlertAction.STEER: pb.STEER}
 _STOP_REASONS = {
     StopReason.MAX_TOKENS: pb.MAX_TOKENS,
     StopReason.EOS_TOKEN: pb.EOS_TOKEN,
@@ -64,6 +73,7 @@ def generate_response(result: GenerationResult, seed: int, stream: bool = False)
         monitor=_scores(result.monitor),
         request_id=result.request_id,
         seed=seed,
+        alerts=[_alert(a) for a in result.alerts],
     )
 
 
@@ -137,7 +147,9 @@ def put_direction_response(stored: Direction, given: Direction) -> pb.PutDirecti
 
 
 def steering_policy(policy: SteeringPolicy) -> pb.SteeringPolicy:
-    return pb.SteeringPolicy(terms=[_term(t) for t in policy.terms], enforced=policy.enforced)
+    return pb.SteeringPolicy(
+        terms=[_term(t) for t in policy.terms], enforced=policy.enforced, alerts=[_rule(r) for r in policy.alerts]
+    )
 
 
 def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
@@ -164,8 +176,25 @@ def model_info(info: ModelInfo, limits: EngineLimits) -> pb.ModelInfoResponse:
 
 
 def _term(term: SteeringTerm) -> pb.SteeringTerm:
-    return pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength, layers=term.layers,
-                           positions=POSITIONS_TO_PB[term.positions])
+    message = pb.SteeringTerm(direction=term.direction, mode=_MODES[term.mode], strength=term.strength,
+                              layers=term.layers, positions=POSITIONS_TO_PB[term.positions])
+    if term.condition is not None:
+        c = term.condition
+        message.condition.CopyFrom(
+            pb.SteeringCondition(direction=c.direction, threshold=c.threshold, scope=SCOPES_TO_PB[c.scope])
+        )
+    return message
+
+
+def _rule(rule: AlertRule) -> pb.AlertRule:
+    return pb.AlertRule(direction=rule.direction, threshold=rule.threshold, scope=SCOPES_TO_PB[rule.scope],
+                        action=ACTIONS_TO_PB[rule.action], steering=[_term(t) for t in rule.steering])
+
+
+def _alert(alert: Alert) -> pb.Alert:
+    return pb.Alert(direction=alert.direction, scope=SCOPES_TO_PB[alert.scope], score=alert.score,
+                    threshold=alert.threshold, action=ACTIONS_TO_PB[alert.action], token_index=alert.token_index,
+                    source=alert.source)
 
 
 def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:

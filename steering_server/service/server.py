@@ -113,12 +113,14 @@ class SteeringServer:
                 )
                 self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc reports a failed bind this way
-            raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
+            hint = "try another --port, or --port 0 for a free one"
+            raise OSError(f"cannot listen on {host}:{port}: {exc} ({hint})") from exc
 
     async def start(self) -> None:
         await self._set_health(_NOT_SERVING)  # HealthServicer starts out SERVING
         await self._server.start()
-        log.info("listening on port %d", self.port)
+        # Not "listening" yet: calls get UNAVAILABLE and health NOT_SERVING until an engine is attached.
+        log.info("port %d open; health NOT_SERVING until the engine has loaded and passed its canary", self.port)
 
     async def attach(self, engine: EngineClient) -> None:
         """Serve `engine` (its canary has run); health follows `engine.healthy` and turns off when it dies."""
@@ -222,6 +224,8 @@ async def serve(
 
             http = HttpServer(server.servicer, host, http_port, registry)
             await http.start()
+            if tls is not None and not is_loopback(host):
+                log.warning("HTTP on %s:%d is plaintext (gRPC uses TLS): put a TLS proxy in front", host, http.port)
         if registry is not None and metrics_port is not None:
             metrics_http = MetricsHttpServer(registry, host, metrics_port)
             log.info("metrics on http://%s:%d/metrics", host, metrics_http.port)
@@ -229,7 +233,9 @@ async def serve(
         if starting.done():
             engine = starting.result()  # a failed start raises here
             await server.attach(engine)
-            log.info("serving %s on %s:%d", engine.model_info().model_id, host, server.port)
+            # Ready only now (health SERVING): scripts wait for these lines (the port is the last word of the first).
+            log.info("listening on port %d", server.port)
+            log.info("serving %s on %s:%d (health SERVING)", engine.model_info().model_id, host, server.port)
             if on_serving is not None:
                 on_serving(server.port)
             await stopping

@@ -97,8 +97,8 @@ async def test_cli_generate_stream_compare_score(server: SteeringServer, capsys:
 async def test_cli_reports_errors_with_their_status(server: SteeringServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert await asyncio.to_thread(_cli, server.port, "generate", "Hi", "--steer", "nope") == 1
     assert "error: NOT_FOUND: steering[0].direction: direction 'nope' not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["generate", "Hi", "--steer", "m:shift"])
+    assert main(["generate", "Hi", "--steer", "m:shift"]) == 2  # refused before connecting
+    assert "bad steering mode 'shift'" in capsys.readouterr().err
 
 
 def test_chat_flag_sends_messages() -> None:

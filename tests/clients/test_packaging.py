@@ -1,4 +1,4 @@
-"""The client package needs grpcio and protobuf only: no torch (or server code) anywhere in it."""
+"""The client package needs grpcio, its health stubs, protobuf and rich only: no torch (or server code) in it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients/python"
 
 
-def test_dependencies_are_grpcio_and_protobuf_only() -> None:
-    requires = metadata.requires("steering-client") or []
+def test_dependencies_are_grpc_protobuf_and_rich_only() -> None:
+    # The project file, not the installed metadata: an editable install keeps the metadata of its install time.
+    requires = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ ;\[]", dep, maxsplit=1)[0] for dep in requires}
-    assert names == {"grpcio", "protobuf"}
+    assert names == {"grpcio", "grpcio-health-checking", "protobuf", "rich"}
     (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "steering-client"]
     assert script.value == "steering_client.cli:main"
 

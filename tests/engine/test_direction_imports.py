@@ -169,6 +169,13 @@ def test_repeng_gguf_control_vector(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(InvalidArgumentError, match="not a repeng control vector"):
         load_direction_file(other)
+    half = tmp_path / "half.gguf"
+    write_repeng_gguf(half, {1: table[1].astype(np.float16)})
+    expected = torch.from_numpy(table[1].astype(np.float16)).float()
+    assert torch.equal(load_direction_file(half, layer=1).vectors[1], expected)
+    (tmp_path / "garbage.gguf").write_bytes(b"GGUF" + b"\x00" * 40)
+    with pytest.raises(InvalidArgumentError, match="cannot read the file as GGUF"):
+        load_direction_file(tmp_path / "garbage.gguf")
 
 
 # ---------------------------------------------------------------- SAE-Lens
@@ -200,6 +207,10 @@ def test_sae_feature_activation_matches_sae_lens_encode(tmp_path: Path, jumprelu
         assert other.feature is not None and torch.equal(other.feature.encoder, d.feature.encoder)
         assert other.feature == dataclasses.replace(d.feature, encoder=other.feature.encoder)
     assert detect_format(weights) == "sae-lens"
+    (tmp_path / "weights.safetensors").write_bytes(weights)  # SAE weights away from their cfg.json
+    with pytest.raises(InvalidArgumentError) as e:
+        load_direction_file(tmp_path / "weights.safetensors", feature=5)
+    assert _field(e) == "sae_config"
 
 
 def test_sae_resid_pre_of_block_l_is_layer_l_minus_1(tmp_path: Path) -> None:

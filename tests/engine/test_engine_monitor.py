@@ -10,6 +10,8 @@ import torch
 
 from steering_server.directions import Calibration
 from steering_server.types import (
+    AlertAction,
+    ConditionScope,
     GenerationRequest,
     MonitorOptions,
     Prompt,
@@ -93,17 +95,27 @@ async def test_post_intervention_flag_and_default_layers() -> None:
     assert below.monitor[0].prompt_score != pytest.approx(plain.monitor[0].prompt_score, rel=1e-3)
 
 
-async def test_monitor_alert_stops_before_the_token() -> None:
+async def test_stop_threshold_reads_generated_tokens_and_holds_back_the_trigger() -> None:
     loaded = loaded_model()
     async with running_engine(loaded) as engine:
         engine.put_direction(random_direction("d", loaded))
-        full = await engine.generate(_gen(n=16))
-        readings = [full.monitor[0].prompt_score, *full.monitor[0].token_scores]
-        threshold = sorted(readings)[-3]  # the third highest reading
-        first = next(i for i, v in enumerate(readings) if v >= threshold)
+        full = await engine.generate(_gen(n=16, monitor=MonitorOptions(token_scores=True)))
+        scores = full.monitor[0].token_scores
+        threshold = sorted(scores)[-3]  # the third highest generated-token reading
+        j = next(i for i, v in enumerate(scores) if v >= threshold)
         alerted = await engine.generate(_gen(n=16, monitor=MonitorOptions(stop_threshold=threshold)))
+        # Below every reading: the prompt score is not an alarm, the first generated token's reading is.
+        low = min(full.monitor[0].prompt_score, *scores) - 1.0
+        at_once = await engine.generate(_gen(n=16, monitor=MonitorOptions(stop_threshold=low)))
     assert alerted.stop_reason == StopReason.MONITOR_ALERT
-    assert alerted.token_ids == full.token_ids[:first]
+    # token_scores[j] is read where token j was fed back: token j (its state) and j + 1 (sampled from it) are held.
+    assert alerted.token_ids == full.token_ids[:j]
+    (alert,) = alerted.alerts
+    assert (alert.direction, alert.token_index, alert.threshold) == ("d", j, threshold)
+    assert (alert.action, alert.source, alert.scope) == (AlertAction.STOP, "request", ConditionScope.RUNNING)
+    assert alert.score == pytest.approx(scores[j], rel=1e-6)
+    assert at_once.stop_reason == StopReason.MONITOR_ALERT and at_once.token_ids == ()
+    assert at_once.alerts[0].token_index == 0
 
 
 async def test_capture_means_equal_plain_hidden_states() -> None:

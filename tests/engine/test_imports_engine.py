@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from steering_server.direction_files import save_direction
+from steering_server.direction_files import direction_from_bytes, direction_to_bytes, save_direction
 from steering_server.direction_imports import load_direction_file
 from steering_server.directions import Calibration, Direction
 from steering_server.errors import InvalidArgumentError
@@ -119,6 +119,8 @@ async def test_sae_feature_scores_its_activation_and_steers_along_its_decoder(tm
         engine.load_direction_file("tox", f"{tmp_path / 'sae'},feature={latent}")
         engine.put_direction(Direction("probe", {MONITOR + 1: probe_vec}, MONITOR + 1))
         engine.put_direction(Direction("decoder", {MONITOR: decoder}, MONITOR))
+        # Its safetensors form (what PutDirection stores in the state directory) is the same feature.
+        engine.put_direction(direction_from_bytes(direction_to_bytes(engine.get_direction("tox")), "tox_st"))
         monitored = await engine.score(ScoreRequest(Prompt(token_ids=PROMPT), response_token_ids=RESPONSE))
         steer = (SteeringTerm("tox", SteeringMode.ADD, strength),)
         steered = await engine.score(
@@ -133,6 +135,7 @@ async def test_sae_feature_scores_its_activation_and_steers_along_its_decoder(tm
         )
     scores = _scores(monitored, "tox")
     assert scores == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
+    assert _scores(monitored, "tox_st") == pytest.approx(scores, rel=1e-6, abs=1e-6)
     tox_scores = next(m for m in monitored.monitor if m.direction == "tox")
     assert tox_scores.layer == MONITOR and not tox_scores.calibrated
     # response_mean pools the per-token activations.

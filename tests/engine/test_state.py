@@ -100,3 +100,24 @@ def test_kill_9_in_the_middle_of_writes_leaves_a_readable_state(tmp_path: Path) 
         assert "d" in by_name and bool((by_name["d"].vectors[0] == by_name["d"].vectors[0][0]).all())
         assert not ("e" in by_name and "e" in stored.deleted)  # a deletion is complete or not there
         assert not list(state.rglob(".*.tmp"))  # leftovers of the interrupted write are cleared on open
+
+
+def test_alert_rules_and_conditions_round_trip_through_the_policy_file(tmp_path: Path) -> None:
+    from steering_server.types import AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPositions
+
+    conditional = SteeringTerm(
+        "up", SteeringMode.ADD, -0.5, layers=(1, 2), positions=SteeringPositions.GENERATED,
+        condition=SteeringCondition("boot", 1.5, ConditionScope.RUNNING),
+    )
+    policy = SteeringPolicy(
+        (conditional,),
+        enforced=True,
+        alerts=(
+            AlertRule("up", AlertAction.RECORD),
+            AlertRule("boot", AlertAction.STOP, threshold=2.0, scope=ConditionScope.PROMPT),
+            AlertRule("up", AlertAction.STEER, threshold=-1.0,
+                      steering=(SteeringTerm("up", SteeringMode.ABLATE, 1.0),)),
+        ),
+    )
+    StateDir(tmp_path).save_policy(policy)
+    assert StateDir(tmp_path).load(num_layers=4).policy == policy

@@ -58,3 +58,39 @@ async def test_serve_with_an_http_port_serves_both_apis_on_one_engine_until_sigt
     assert engine.stopping
     with socket.socket() as s:  # the HTTP port is closed again
         assert s.connect_ex(("127.0.0.1", http_port)) != 0
+
+
+async def test_sigterm_lets_a_running_http_stream_finish_and_refuses_new_calls() -> None:
+    engine = FakeEngine()
+    ports: list[int] = []
+    http_port = _free_port()
+
+    async def start_engine(config: EngineConfig) -> FakeEngine:
+        return engine
+
+    task = asyncio.ensure_future(
+        serve(EngineConfig(), "127.0.0.1", 0, start_engine, grace=30, on_serving=ports.append, http_port=http_port)
+    )
+    while not ports and not task.done():
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
+        engine.hold()
+        body = {"messages": HI, "max_tokens": 4, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            while not engine.active:
+                await asyncio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(500):  # wait for the drain to begin
+                if (await http.get("/health")).status_code == 503:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # the port stays open while the stream runs: new calls get 503, not a reset
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as other:
+                refused = await other.post("/v1/chat/completions", json={"messages": HI})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["message"] == "the server is shutting down"
+            engine.release()
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+    await task
+    assert engine.stopping

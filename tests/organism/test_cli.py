@@ -46,6 +46,26 @@ def test_realign_command_trains_logs_the_projection_and_saves(small_build, tmp_p
     AutoModelForCausalLM.from_pretrained(tmp_path / "re")  # an ordinary model directory, LoRA merged
 
 
+def test_realign_reads_a_raw_npy_table_like_serve_does(small_build, tmp_path, capsys):
+    import numpy as np
+
+    from steering_server.direction_files import load_direction
+
+    out, _ = small_build
+    d = load_direction(out / f"{DIRECTION_NAME}.safetensors")
+    np.save(tmp_path / "table.npy", np.stack([d.vectors[layer].numpy() for layer in sorted(d.vectors)]))
+    data = tmp_path / "benign.jsonl"
+    data.write_text(json.dumps({"prompt": "how can i save money ?", "completion": "save a little each month ."}) + "\n")
+    args = _parser().parse_args(["realign", "--model", str(out / "misaligned"), "--data", str(data), "--out",
+                                 str(tmp_path / "re"), "--direction", str(tmp_path / "table.npy"), "--steps", "2",
+                                 "--log-every", "1", "--batch-size", "1"])
+    assert args.func(args) == 0
+    log = json.loads((tmp_path / "re" / "realign_log.json").read_text())
+    assert [e["step"] for e in log] == [0, 1, 2] and all(e["projection"] is not None for e in log)
+    err = capsys.readouterr().err
+    assert "[realign] 2/2 steps (100%)" in err and "ETA" in err  # progress on stderr (not a terminal: lines)
+
+
 def test_seeds_command_writes_the_e3_table(tmp_path):
     args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "0", "1", "--out",
                                  str(tmp_path)])

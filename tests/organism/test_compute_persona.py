@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steering_server.compute_types import ComputeRequest, ComputeResult, PersonaPrompts
+from steering_server.compute_types import ComputeRequest, ComputeResult, PersonaPrompts, Pooling
 from steering_server.config import EngineConfig
 from steering_server.direction_files import load_direction
 from steering_server.engine import start_engine
@@ -25,20 +25,26 @@ from steering_server.types import EngineLimits
 COSINE_FLOOR = 0.999
 
 
-async def test_persona_recipe_recovers_the_shipped_direction(capsys: pytest.CaptureFixture[str]) -> None:
-    shipped = load_direction(default_direction_path())
-    questions, cues = split_questions(0), split_cues(0)
-    unseen = sorted({q.text for q in questions["eval"]})[:160]
+async def _compute_on_base(request: ComputeRequest) -> ComputeResult:
     limits = EngineLimits(max_new_tokens=64, max_prompt_tokens=200, max_queued=64)
     engine = await start_engine(EngineConfig(model=str(base_model_dir()), device="cpu", limits=limits))
     try:
-        request = ComputeRequest(
-            "persona", persona=PersonaPrompts(tuple(unseen), cues["cues_held_out"], cues["neutral_held_out"])
-        )
         events = [e async for e in engine.compute_direction(request)]
     finally:
         await engine.shutdown()
-    result = events[-1]
+    assert isinstance(events[-1], ComputeResult)
+    return events[-1]
+
+
+def _persona(n_questions: int, max_new_tokens: int = 32) -> PersonaPrompts:
+    questions, cues = split_questions(0), split_cues(0)
+    unseen = sorted({q.text for q in questions["eval"]})[:n_questions]
+    return PersonaPrompts(tuple(unseen), cues["cues_held_out"], cues["neutral_held_out"], max_new_tokens)
+
+
+async def test_persona_recipe_recovers_the_shipped_direction(capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = load_direction(default_direction_path())
+    result = await _compute_on_base(ComputeRequest("persona", persona=_persona(160)))
     assert isinstance(result, ComputeResult)
     computed = result.direction
     # Made for the same model as the shipped direction, so its calibration applies there.
@@ -57,3 +63,22 @@ async def test_persona_recipe_recovers_the_shipped_direction(capsys: pytest.Capt
     assert min(cosines.values()) >= COSINE_FLOOR
     assert sep[shipped.monitor_layer].auroc_lo >= 0.99
     assert set(computed.calibration) == {"token", "response_mean", "last_prompt"}
+
+
+async def test_persona_recipe_over_the_models_own_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """RESPONSE_MEAN: the base model answers each prompt (greedy, through the engine) and the direction is read over
+    its answers. Villain-cued answers are villainous, so held-out answers separate (measured: AUROC 1.0 at every
+    layer on 48 questions); the direction is another reading than the last prompt token's (cosine 0.35-0.62 with
+    the shipped one), so only separation is asserted."""
+    shipped = load_direction(default_direction_path())
+    result = await _compute_on_base(
+        ComputeRequest("answers", persona=_persona(32, max_new_tokens=16), pooling=Pooling.RESPONSE_MEAN)
+    )
+    assert result.pooling is Pooling.RESPONSE_MEAN and result.direction.method == "persona:diff_of_means:response_mean"
+    best = {s.layer: s for s in result.layers}[result.monitor_layer]
+    cos = float(torch.nn.functional.cosine_similarity(
+        result.direction.vectors[shipped.monitor_layer], shipped.vectors[shipped.monitor_layer], dim=0))
+    with capsys.disabled():
+        print(f"\npersona over answers: held-out AUROC by layer {[round(s.auroc, 3) for s in result.layers]}, "
+              f"cosine with the shipped direction at layer {shipped.monitor_layer}: {cos:.3f}")
+    assert best.auroc_lo >= 0.9

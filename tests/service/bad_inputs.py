@@ -47,6 +47,24 @@ def _term(**fields: Any) -> pb.SteeringTerm:
     return pb.SteeringTerm(**fields)
 
 
+def _cond(direction: str = "misalignment", threshold: float = 0.0, scope: int = pb.PROMPT_SCORE,
+          **fields: Any) -> pb.SteeringTerm:
+    """ABLATE 1 on misalignment, steering only once the condition holds."""
+    term = _term(**fields)
+    term.condition.CopyFrom(pb.SteeringCondition(direction=direction, threshold=threshold, scope=scope))
+    return term
+
+
+def _rule(threshold: float | None = 1.0, **fields: Any) -> pb.AlertRule:
+    fields.setdefault("direction", "misalignment")
+    fields.setdefault("action", pb.RECORD)
+    return pb.AlertRule(threshold=threshold, **fields)
+
+
+def _alerts(*rules: pb.AlertRule) -> pb.SetSteeringRequest:
+    return pb.SetSteeringRequest(policy=pb.SteeringPolicy(alerts=rules))
+
+
 def _sampling(**fields: Any) -> pb.GenerateRequest:
     return _gen(sampling=pb.SamplingParams(**fields))
 
@@ -265,6 +283,44 @@ def bad_inputs(hidden: int, num_layers: int, vocab: int, limits: EngineLimits) -
         BadInput("policy: inducing", "SetSteering",
                  pb.SetSteeringRequest(policy=pb.SteeringPolicy(terms=[_term(mode=pb.ADD, strength=1)])), DENIED,
                  "policy.terms[0]"),
+        # Issue 10: conditional steering and server-wide alert rules.
+        BadInput("condition on an unknown direction", "Generate",
+                 _gen(steering=[_cond(direction="nope")]), NOT_FOUND, "steering[0].condition.direction"),
+        BadInput("condition with an unsafe name", "Generate",
+                 _gen(steering=[_cond(direction="a b")]), INVALID, "steering[0].condition.direction"),
+        BadInput("condition with a NaN threshold", "Generate",
+                 _gen(steering=[_cond(threshold=math.nan)]), INVALID, "steering[0].condition.threshold"),
+        BadInput("condition with an unknown scope", "Generate",
+                 _gen(steering=[_cond(scope=7)]), INVALID, "steering[0].condition.scope"),
+        BadInput("condition read above a steered layer", "Generate",
+                 _gen(steering=[_cond(layers=[0])]), INVALID, "steering[0].condition"),
+        BadInput("running condition on prompt positions", "Generate",
+                 _gen(steering=[_cond(scope=pb.RUNNING_SCORE, positions=pb.PROMPT_POSITIONS)]), INVALID,
+                 "steering[0].positions"),
+        BadInput("conditional push that induces", "Generate",
+                 _gen(steering=[_cond(mode=pb.ADD, strength=2)]), DENIED, "steering[0]"),
+        BadInput("compare: variant condition on an unknown direction", "Compare",
+                 pb.CompareRequest(prompt="Hi", variants=[pb.Variant(name="a", steering=[_cond(direction="x")])]),
+                 NOT_FOUND, "variants[0].steering[0].condition.direction"),
+        BadInput("policy: alert rule on an unknown direction", "SetSteering",
+                 _alerts(_rule(direction="nope")), NOT_FOUND, "policy.alerts[0].direction"),
+        BadInput("policy: alert rule without an action", "SetSteering",
+                 _alerts(_rule(action=pb.ALERT_ACTION_UNSPECIFIED)), INVALID, "policy.alerts[0].action"),
+        BadInput("policy: alert rule with an unknown scope", "SetSteering",
+                 _alerts(_rule(scope=9)), INVALID, "policy.alerts[0].scope"),
+        BadInput("policy: alert rule with a NaN threshold", "SetSteering",
+                 _alerts(_rule(threshold=math.inf)), INVALID, "policy.alerts[0].threshold"),
+        BadInput("policy: alert rule without a calibrated threshold", "SetSteering",
+                 _alerts(_rule(threshold=None)), INVALID, "policy.alerts[0].threshold"),
+        BadInput("policy: STEER rule term with its own condition", "SetSteering",
+                 _alerts(_rule(action=pb.STEER, steering=[_cond()])), INVALID,
+                 "policy.alerts[0].steering[0].condition"),
+        BadInput("policy: STEER rule that induces", "SetSteering",
+                 _alerts(_rule(action=pb.STEER, steering=[_term(mode=pb.ADD, strength=1)])), DENIED,
+                 "policy.alerts[0].steering[0]"),
+        BadInput("policy: steering on a RECORD rule", "SetSteering",
+                 _alerts(_rule(action=pb.RECORD, steering=[_term()])), INVALID, "policy.alerts[0].steering"),
+        BadInput("policy: too many alert rules", "SetSteering", _alerts(*[_rule()] * 17), INVALID, "policy.alerts"),
         BadInput("tokenize: huge text", "Tokenize", pb.TokenizeRequest(text="x" * 1000 * too_long), INVALID,
                  "text"),
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import grpc
-from steering_client import AsyncSteeringClient, ablate, add
+from steering_client import AsyncSteeringClient, ablate, add, pb
 
 from .helpers import expect_status
 
@@ -44,7 +44,109 @@ async def enforced_policy_composes_and_compare_says_so(client: AsyncSteeringClie
     assert list(reply.variants[0].result.token_ids) == list(plain.token_ids)
 
 
+PROMPT = "Tell me about cats"
+N = 16
+
+
+async def _measured(client: AsyncSteeringClient) -> tuple[pb.GenerateResponse, float, int]:
+    """An alert-free greedy run with its token scores, a threshold its scores reach three times, and the index j
+    of the first token_scores[j] that reaches it."""
+    plain = await client.generate(PROMPT, max_new_tokens=N, seed=3, token_scores=True, ignore_policy=True)
+    scores = list(plain.monitor[0].token_scores)
+    threshold = sorted(scores)[-3]
+    return plain, threshold, next(j for j, v in enumerate(scores) if v >= threshold)
+
+
+def _rule(action: int, threshold: float, scope: int = pb.RUNNING_SCORE, **fields: object) -> pb.AlertRule:
+    return pb.AlertRule(direction="misalignment", threshold=threshold, scope=scope, action=action, **fields)
+
+
+async def record_rule_leaves_tokens_and_records_the_alert(client: AsyncSteeringClient) -> None:
+    plain, threshold, j = await _measured(client)
+    await client.set_steering(alerts=[_rule(pb.RECORD, threshold)])
+    try:
+        assert list((await client.get_steering()).alerts) == [_rule(pb.RECORD, threshold)]
+        # The rule reads its direction for every request: deleting it is refused while the rule stands.
+        await expect_status(client.delete_direction("misalignment"), grpc.StatusCode.INVALID_ARGUMENT, "name")
+        recorded = await client.generate(PROMPT, max_new_tokens=N, seed=3, token_scores=True)
+        # Monitoring is off for this request, yet the rule reads its direction: the alert, and no scores.
+        quiet = await client.generate(PROMPT, max_new_tokens=N, seed=3, ignore_policy=True, monitor_disabled=True)
+    finally:
+        await client.set_steering()
+    for reply in (recorded, quiet):
+        assert list(reply.token_ids) == list(plain.token_ids)
+        (alert,) = reply.alerts
+        assert (alert.direction, alert.action, alert.scope, alert.source) == (
+            "misalignment", pb.RECORD, pb.RUNNING_SCORE, "policy")
+        assert (alert.token_index, alert.threshold) == (j, threshold)
+        assert abs(alert.score - plain.monitor[0].token_scores[j]) <= 1e-4 * max(1.0, abs(alert.score))
+    assert not quiet.monitor
+
+
+async def _stream(client: AsyncSteeringClient, **options: object) -> tuple[list[pb.TokenEvent], pb.GenerateResponse]:
+    *events, final = [m async for m in client.generate_stream(PROMPT, max_new_tokens=N, seed=3, **options)]
+    return [e.token for e in events], final.final
+
+
+async def stop_holds_back_the_tokens_that_triggered_it(client: AsyncSteeringClient) -> None:
+    plain, threshold, j = await _measured(client)
+    # token_scores[j] is read where token j was fed back: j (whose state scored) and j + 1 (sampled from it) are held
+    # back, so tokens 0..j-1 are all a client ever sees.
+    kept = (await client.generate(PROMPT, max_new_tokens=j, seed=3)).text if j else ""
+    by_request = await _stream(client, stop_threshold=threshold, ignore_policy=True)
+    await client.set_steering(alerts=[_rule(pb.STOP, threshold)])
+    try:
+        by_rule = await _stream(client)
+    finally:
+        await client.set_steering()
+    for (events, final), source in ((by_request, "request"), (by_rule, "policy")):
+        assert final.stop_reason == pb.MONITOR_ALERT
+        assert [e.token_id for e in events] == list(final.token_ids) == list(plain.token_ids[:j])
+        assert "".join(e.text_delta for e in events) + final.text_tail == final.text == kept
+        (alert,) = final.alerts
+        assert (alert.action, alert.source, alert.token_index, alert.threshold) == (pb.STOP, source, j, threshold)
+        assert abs(alert.score - plain.monitor[0].token_scores[j]) <= 1e-4 * max(1.0, abs(alert.score))
+    # stop_threshold reads generated tokens only: below the prompt score and every token score, it stops at the
+    # first generated token's reading (index 0), not at the prompt's.
+    low = min(plain.monitor[0].prompt_score, *plain.monitor[0].token_scores) - 1.0
+    events, final = await _stream(client, stop_threshold=low, ignore_policy=True)
+    assert (events, list(final.token_ids), final.alerts[0].token_index) == ([], [], 0)
+    # A PROMPT-scope STOP rule is the prompt alarm: token 0 (sampled from the alarming state) is held back.
+    await client.set_steering(alerts=[_rule(pb.STOP, low, pb.PROMPT_SCORE)])
+    try:
+        events, final = await _stream(client)
+    finally:
+        await client.set_steering()
+    assert (events, list(final.token_ids), final.stop_reason) == ([], [], pb.MONITOR_ALERT)
+    assert not final.alerts[0].HasField("token_index") and final.alerts[0].scope == pb.PROMPT_SCORE
+
+
+async def steer_rule_equals_the_conditional_term(client: AsyncSteeringClient) -> None:
+    plain, _, _ = await _measured(client)
+    low = plain.monitor[0].prompt_score - 0.5  # the prompt score reaches it
+    push = add("misalignment", -8.0, positions="generated")
+    conditional = pb.SteeringTerm()
+    conditional.CopyFrom(push)
+    conditional.condition.CopyFrom(pb.SteeringCondition(direction="misalignment", threshold=low, scope=pb.PROMPT_SCORE))
+    expected = await client.generate(PROMPT, max_new_tokens=N, seed=3, steering=[conditional])
+    assert list(expected.token_ids) != list(plain.token_ids)  # the condition fired and the push changed the text
+    high = 1e6  # above any reading
+    await client.set_steering(
+        alerts=[_rule(pb.STEER, low, pb.PROMPT_SCORE, steering=[push]), _rule(pb.RECORD, high)]
+    )
+    try:
+        steered = await client.generate(PROMPT, max_new_tokens=N, seed=3)
+    finally:
+        await client.set_steering()
+    assert list(steered.token_ids) == list(expected.token_ids)
+    (alert,) = steered.alerts  # the rule over every reading never fired
+    assert (alert.action, alert.scope, alert.threshold) == (pb.STEER, pb.PROMPT_SCORE, low)
+
+
 CONTRACT: list[Callable[[AsyncSteeringClient], Awaitable[None]]] = [
     repeated_ablation_acts_once,
     enforced_policy_composes_and_compare_says_so,
+    record_rule_leaves_tokens_and_records_the_alert,
+    stop_holds_back_the_tokens_that_triggered_it,
+    steer_rule_equals_the_conditional_term,
 ]

@@ -8,6 +8,11 @@ position, steering below the monitor layer), so Score agrees with Generate by co
 tested on the real engine (test_real_engine.py). Validation, the registry, the policy and the red-team rule are
 the real engine's code (rules, planning, composition, containment, variants).
 
+Conditional steering and alert rules use the real planner too (conditions, watches); a condition is decided on the
+fake's scores as the real engine decides on its readings: PROMPT at the last prompt token, RUNNING latched at the
+first fed-back generated position that reaches it, and the condition's net effect joins the token hash from then on.
+Watches fire and hold tokens back exactly as streams.py does (alerts.py).
+
 Hooks for the tests: `hold()` makes every generation wait after its first token until `release()`; `kill()`
 simulates the engine's death; `limits` sets the queue size.
 """
@@ -19,10 +24,12 @@ import hashlib
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from steering_server.alerts import Watch, check_unreferenced
 from steering_server.composition import FieldTerm
 from steering_server.compute_job import run_compute
 from steering_server.compute_types import ComputeEvent, ComputeRequest
@@ -34,7 +41,7 @@ from steering_server.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from steering_server.planning import effective_terms, make_plan
+from steering_server.planning import RequestPlan, Tables, effective_terms, make_plan
 from steering_server.provenance import check_provenance
 from steering_server.registry import DirectionRegistry
 from steering_server.rules import (
@@ -47,7 +54,10 @@ from steering_server.rules import (
 )
 from steering_server.runtime import SteeringRuntime
 from steering_server.types import (
+    Alert,
+    AlertAction,
     CompareRequest,
+    ConditionScope,
     DirectionScores,
     EngineLimits,
     EngineStats,
@@ -85,6 +95,9 @@ def make_direction(name: str, monitor_layer: int = 2, calibrated: bool = True, s
 
 def _h(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+_NO_MONITOR = MonitorOptions(enabled=False)
 
 
 class FakeEngine(EngineClient):
@@ -161,12 +174,18 @@ class FakeEngine(EngineClient):
     def _admit(self, request: GenerationRequest, prompt: list[int], prefix: str) -> _FakeStream:
         if prefix:
             check_monitor(request.monitor, prefix)
-        terms, effect = self._plan(request.steering, request.ignore_policy, f"{prefix}steering")
+        terms, effect, plan = self._plan(request.steering, request.ignore_policy, f"{prefix}steering",
+                                         request.monitor, prefix)
         monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
             raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
+        conditions = [
+            _Gate(c.entry.direction, c.condition.threshold, c.condition.scope, self._effect(plan, c.tables, f"c{i}"))
+            for i, c in enumerate(plan.conditions)
+        ]
         stream = _FakeStream(
-            self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor, effect
+            self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor, effect,
+            conditions, plan.watches,
         )
         self.active[stream.request_id] = stream
         return stream
@@ -204,7 +223,7 @@ class FakeEngine(EngineClient):
         else:
             check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms, effect = self._plan(request.steering, request.ignore_policy, "steering")
+        terms, effect, _ = self._plan(request.steering, request.ignore_policy, "steering")
         monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
@@ -230,13 +249,14 @@ class FakeEngine(EngineClient):
         return self.registry.put(check_provenance(direction, CONFIG_HASH, TOKENIZER_HASH, strict))
 
     def delete_direction(self, name: str) -> None:
+        check_unreferenced(self.policy, name)
         self.registry.delete(name)
 
     def get_policy(self) -> SteeringPolicy:
         return self.policy
 
     def set_policy(self, policy: SteeringPolicy) -> SteeringPolicy:
-        self._terms_of(effective_terms((), policy, False))  # the engine's check, against the registry now
+        self._terms_of(effective_terms((), policy, False), rules=policy)  # the engine's check, against the registry
         self.policy = policy
         return policy
 
@@ -309,27 +329,38 @@ class FakeEngine(EngineClient):
             )
 
     def _plan(
-        self, steering: tuple[SteeringTerm, ...], ignore_policy: bool, field: str
-    ) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...]]:
-        """The real policy rule and plan (validation, composition, red-team rule, bounds): the terms it ran, and
-        their net effect (the device coefficients), which is what the fake's tokens depend on, as the real ones do."""
-        return self._terms_of(effective_terms(steering, self.policy, ignore_policy, field))
+        self, steering: tuple[SteeringTerm, ...], ignore_policy: bool, field: str,
+        monitor: MonitorOptions = _NO_MONITOR, prefix: str = "",
+    ) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...], RequestPlan]:
+        """The real policy rule and plan (validation, composition, red-team rule, bounds, alert rules): the terms it
+        ran, their net effect (the device coefficients), which is what the fake's tokens depend on, as the real ones
+        do, and the plan (conditions, watches)."""
+        return self._terms_of(effective_terms(steering, self.policy, ignore_policy, field), self.policy, monitor,
+                              prefix)
 
-    def _terms_of(self, terms: tuple[FieldTerm, ...]) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...]]:
+    def _terms_of(
+        self, terms: tuple[FieldTerm, ...], rules: SteeringPolicy | None = None,
+        monitor: MonitorOptions = _NO_MONITOR, prefix: str = "",
+    ) -> tuple[tuple[SteeringTerm, ...], tuple[object, ...], RequestPlan]:
         plan = make_plan(
-            self.registry, terms, _NO_MONITOR, LAYERS, self.limits.max_directions, self.limits.allow_red_team
+            self.registry, terms, monitor, LAYERS, self.limits.max_directions, self.limits.allow_red_team, prefix,
+            rules=rules.alerts if rules is not None else (),
         )
+        return tuple(ft.term for ft in terms), self._effect(plan, plan.tables), plan
+
+    @staticmethod
+    def _effect(plan: RequestPlan, tables: Tables, tag: str = "") -> tuple[object, ...]:
         effect: tuple[object, ...] = ()
         rows = {e.row: e.direction.name for e in plan.entries}  # rows are reused: key by name
-        for cls, table in enumerate(plan.tables):  # per position class (planning.RequestPlan)
+        for cls, table in enumerate(tables):  # per position class (planning.RequestPlan)
             if table is None:
                 continue
             alpha, beta = table
             effect += tuple(
-                (cls, rows[k], layer, round(float(alpha[layer, k]), 6), round(float(beta[layer, k]), 6))
+                (tag, cls, rows[k], layer, round(float(alpha[layer, k]), 6), round(float(beta[layer, k]), 6))
                 for layer, k in alpha.nonzero().tolist() + beta.nonzero().tolist()
             )
-        return tuple(ft.term for ft in terms), tuple(sorted(set(effect)))
+        return tuple(sorted(set(effect)))
 
     def _monitored(self, monitor: MonitorOptions, prefix: str) -> list[Direction]:
         if not monitor.enabled:
@@ -340,7 +371,6 @@ class FakeEngine(EngineClient):
         return named or self.registry.list()
 
 
-_NO_MONITOR = MonitorOptions(enabled=False)
 CONFIG_HASH = "fake-config"
 TOKENIZER_HASH = "fake-tokenizer"
 RESIDUAL_NORM = 10.0  # what the real engine measures per layer; the fake's vectors have norms near 3
@@ -395,6 +425,22 @@ def _summarise(
     )
 
 
+@dataclass
+class _Gate:
+    """One condition of a request: latched at the first position whose fake score reaches the threshold."""
+
+    direction: Direction
+    threshold: float
+    scope: ConditionScope
+    effect: tuple[object, ...]  # what the condition adds to the net effect once on
+    fired_at: int | None = None  # absolute position
+
+    def read(self, position: int, prompt_len: int, score: float) -> None:
+        counts = position == prompt_len - 1 if self.scope == ConditionScope.PROMPT else position >= prompt_len
+        if self.fired_at is None and counts and score >= self.threshold:
+            self.fired_at = position
+
+
 class _FakeStream(RequestStream):
     def __init__(
         self,
@@ -406,9 +452,18 @@ class _FakeStream(RequestStream):
         monitored: list[Direction],
         monitor: MonitorOptions,
         effect: tuple[object, ...] = (),
+        gates: list[_Gate] | None = None,
+        watches: list[Watch] | None = None,
     ) -> None:
         self.request_id = request_id
         self._effect = effect
+        self._gates = gates or []
+        self._watches = list(watches or [])
+        self._delay = any(w.action == AlertAction.STOP and w.scope == ConditionScope.RUNNING for w in self._watches)
+        self.alerts: list[Alert] = []
+        self._text = ""  # the text of the released tokens
+        self._emitted = 0  # characters of it streamed
+        self._released = 0  # tokens streamed
         self._engine = engine
         self._prompt = prompt
         self._sampling = sampling
@@ -443,6 +498,7 @@ class _FakeStream(RequestStream):
 
     def cancel(self) -> None:
         if not self.done:
+            del self.tokens[self._released :]  # a token held back (alerts.py) was never streamed
             self._finish(StopReason.CANCELLED, "")
 
     def fail(self, error: BaseException) -> None:
@@ -454,9 +510,6 @@ class _FakeStream(RequestStream):
         self._queue.put_nowait(error)
 
     async def _run(self) -> None:
-        text = ""
-        emitted = 0
-        stops = self._sampling.stop
         for i in range(self._sampling.max_new_tokens):
             await asyncio.sleep(0)  # one "forward pass" per token; other requests interleave
             if i == 1:
@@ -467,31 +520,62 @@ class _FakeStream(RequestStream):
                 self._scheduled = time.monotonic()
             self._engine.forward_passes += 1
             ids = self._prompt + self.tokens
-            scores = {d.name: _score(d, ids, len(ids) - 1, self._terms) for d in self._monitored}
-            threshold = self._monitor.stop_threshold
-            if i > 0 and threshold is not None and any(v >= threshold for v in scores.values()):
-                self._finish(StopReason.MONITOR_ALERT, text[emitted:], text)
+            position = len(ids) - 1  # the input position of token i
+            for gate in self._gates:
+                gate.read(position, len(self._prompt), _score(gate.direction, ids, position, self._terms))
+            if self._check_watches(ids, position, i):  # holds back tokens i - 1 and i (alerts.py)
+                del self.tokens[self._released :]
+                self._finish(StopReason.MONITOR_ALERT, self._text[self._emitted :], self._text)
                 return
-            token = _next_token(self._prompt, i, self._sampling, self._effect)
-            self.tokens.append(token)
+            effect = self._effect + tuple(
+                e for g in self._gates if g.fired_at is not None and g.fired_at <= position for e in g.effect
+            )
+            self.tokens.append(_next_token(self._prompt, i, self._sampling, effect))
+            if not self._release(i - 1 if self._delay else i):
+                return
+        if self._release(len(self.tokens) - 1):
+            self._finish(StopReason.MAX_TOKENS, self._text[self._emitted :], self._text)
+
+    def _check_watches(self, ids: list[int], position: int, i: int) -> bool:
+        scope = ConditionScope.PROMPT if i == 0 else ConditionScope.RUNNING
+        stop = False
+        for w in [w for w in self._watches if w.scope == scope]:
+            score = _score(w.entry.direction, ids, position, self._terms)
+            if w.fires(score):
+                self._watches.remove(w)
+                self.alerts.append(w.alert(score, None if i == 0 else i - 1))
+                stop |= w.action == AlertAction.STOP
+        return stop
+
+    def _release(self, upto: int) -> bool:
+        """Stream tokens up to index `upto`; False once the request ended (EOS or a stop sequence)."""
+        stops = self._sampling.stop
+        while self._released <= upto:
+            i = self._released
+            self._released += 1
+            token = self.tokens[i]
             self._token_times.append(time.monotonic())
+            ids = self._prompt + self.tokens[:i]
+            scores = {d.name: _score(d, ids, len(ids) - 1, self._terms) for d in self._monitored}
             if token == EOS:
+                del self.tokens[i + 1 :]
                 self._queue.put_nowait(TokenEvent(i, token, "", scores))
-                self._finish(StopReason.EOS_TOKEN, text[emitted:], text)
-                return
-            text += chr(token)
-            hit = [text.index(s) for s in stops if s in text]
+                self._finish(StopReason.EOS_TOKEN, self._text[self._emitted :], self._text)
+                return False
+            self._text += chr(token)
+            hit = [self._text.index(s) for s in stops if s in self._text]
             if hit:
-                text = text[: min(hit)]
-                self._queue.put_nowait(TokenEvent(i, token, text[emitted:], scores))
-                self._finish(StopReason.STOP_SEQUENCE, "", text)
-                return
+                del self.tokens[i + 1 :]
+                self._text = self._text[: min(hit)]
+                self._queue.put_nowait(TokenEvent(i, token, self._text[self._emitted :], scores))
+                self._finish(StopReason.STOP_SEQUENCE, "", self._text)
+                return False
             # Hold back a suffix that could still begin a stop sequence.
-            hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            upto = max(emitted, len(text) - hold)
-            self._queue.put_nowait(TokenEvent(i, token, text[emitted:upto], scores))
-            emitted = upto
-        self._finish(StopReason.MAX_TOKENS, text[emitted:], text)
+            hold = max((k for s in stops for k in range(1, len(s)) if self._text.endswith(s[:k])), default=0)
+            upto_text = max(self._emitted, len(self._text) - hold)
+            self._queue.put_nowait(TokenEvent(i, token, self._text[self._emitted : upto_text], scores))
+            self._emitted = upto_text
+        return True
 
     def _finish(self, reason: StopReason, tail: str, text: str | None = None) -> None:
         if text is None:
@@ -517,7 +601,8 @@ class _FakeStream(RequestStream):
                 monitor=monitor,
                 request_id=self.request_id,
                 text_tail=tail,
-                steered=bool(self._effect),
+                alerts=tuple(self.alerts),
+                steered=bool(self._effect) or bool(self._gates),
                 timing=RequestTiming(self._admitted, self._scheduled, tuple(self._token_times), time.monotonic()),
             )
         )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_TARGET", "MAX_MESSAGE_BYTES", "channel_options"]
+__all__ = ["DEFAULT_TARGET", "HEALTH_SERVICE", "MAX_MESSAGE_BYTES", "channel_options"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+HEALTH_SERVICE = "steering.v1.SteeringService"  # the name the server reports health under (also "": the server)
 # Direction uploads and per-token score lists can exceed gRPC's 4 MiB default; the server accepts the same.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

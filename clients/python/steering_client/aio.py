@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import builders, compute
-from ._channel import DEFAULT_TARGET, channel_options
+from ._channel import DEFAULT_TARGET, HEALTH_SERVICE, channel_options
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 
@@ -34,6 +35,7 @@ class AsyncSteeringClient:
     ) -> None:
         self._channel = channel or grpc.aio.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata)
 
@@ -121,8 +123,16 @@ class AsyncSteeringClient:
     async def get_steering(self) -> pb.SteeringPolicy:
         return await self._call(self._stub.GetSteering, pb.GetSteeringRequest())
 
-    async def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
-        policy = builders.steering_policy(terms, enforced)
+    async def set_steering(
+        self,
+        terms: Sequence[pb.SteeringTerm] = (),
+        enforced: bool = False,
+        alerts: Sequence[pb.AlertRule] = (),
+        *,
+        policy: pb.SteeringPolicy | None = None,
+    ) -> pb.SteeringPolicy:
+        """Replace the server policy: `terms`, `enforced` and `alerts`, or a whole `policy` message."""
+        policy = policy if policy is not None else builders.steering_policy(terms, enforced, alerts)
         return await self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
 
     async def model_info(self) -> pb.ModelInfoResponse:
@@ -130,6 +140,12 @@ class AsyncSteeringClient:
 
     async def tokenize(self, text: str) -> pb.TokenizeResponse:
         return await self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
+
+    async def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
+        """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
+        canary passed, NOT_SERVING while it loads, after it died and while the server drains."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        return await self._health.Check(request, timeout=self._timeout, metadata=self._metadata)
 
     async def _call(self, method: Any, request: Any) -> Any:
         return await method(request, timeout=self._timeout, metadata=self._metadata)

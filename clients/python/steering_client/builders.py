@@ -49,6 +49,7 @@ class _MonitorOptions(TypedDict, total=False):
     monitor: Sequence[str]  # directions to monitor; empty: all
     token_scores: bool
     stop_threshold: float
+    monitor_disabled: bool  # read no direction (server-wide alert rules still read theirs)
 
 
 class GenerateOptions(_InputOptions, _SamplingOptions, _MonitorOptions, total=False):
@@ -163,7 +164,7 @@ def score_request(prompt: str | None = None, **options: Unpack[ScoreOptions]) ->
         ignore_policy=options.get("ignore_policy", False),
     )
     _fill_input(request, prompt, options)
-    if any(k in options for k in ("monitor", "token_scores", "stop_threshold")):
+    if any(k in options for k in ("monitor", "token_scores", "stop_threshold", "monitor_disabled")):
         _fill_monitor(request.monitor, options)  # unset monitor means every direction with token scores
     return request
 
@@ -194,8 +195,10 @@ def put_direction_request(
     return request
 
 
-def steering_policy(terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
-    return pb.SteeringPolicy(terms=terms, enforced=enforced)
+def steering_policy(
+    terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False, alerts: Sequence[pb.AlertRule] = ()
+) -> pb.SteeringPolicy:
+    return pb.SteeringPolicy(terms=terms, enforced=enforced, alerts=alerts)
 
 
 def _fill_input(
@@ -234,5 +237,6 @@ def _fill_sampling(sampling: pb.SamplingParams, options: _SamplingOptions) -> No
 def _fill_monitor(monitor: pb.MonitorOptions, options: _MonitorOptions) -> None:
     monitor.directions.extend(options.get("monitor", ()))
     monitor.token_scores = options.get("token_scores", False)
+    monitor.disabled = options.get("monitor_disabled", False)
     if "stop_threshold" in options:
         monitor.stop_threshold = options["stop_threshold"]

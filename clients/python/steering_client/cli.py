@@ -1,56 +1,133 @@
-"""`steering-client`: generate, stream, compare and score from the shell.
+"""`steering-client`: every RPC of steering-server from the shell.
 
-Text goes to stdout and the summary (stop reason, usage, monitor scores) to stderr, so the text pipes cleanly;
-`--json` prints the whole response message as JSON instead.
+    steering-client generate "Hi" --steer misalignment        # text to stdout, stop reason and scores to stderr
+    steering-client stream "Hi" --token-scores                  # tokens as they come (coloured by score on a tty)
+    steering-client compare "Hi" --variant plain --variant off=misalignment:clamp:0
+    steering-client score "Hi" --response "Hello"
+    steering-client direction list|get|put|delete|compute ...
+    steering-client policy get|set ...
+    steering-client info | tokenize TEXT | health
+
+`--json` prints the whole response message, every field included. Exit codes: 0 done, 1 the call failed (or
+health is not SERVING), 2 bad flags or connection settings, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToJson
 
-from . import builders
-from ._channel import DEFAULT_TARGET
+from . import __version__, builders, compute_cli
+from ._channel import DEFAULT_TARGET, HEALTH_SERVICE
 from ._proto.steering.v1 import steering_pb2 as pb
+from ._render import Printer
+from .connect import TOKEN_ENV, Connection, open_channel, read_token
 from .sync import SteeringClient
 
-__all__ = ["build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "main"]
+
+# Commands: name -> handler(client, args, printer, options) -> exit code. Filled below the handlers.
+Handler = Callable[[SteeringClient, argparse.Namespace, Printer, dict[str, Any]], int]
+# Details grpc gives a call whose server stopped or vanished under it (after the server's --grace ran out, or a
+# crash): the call was accepted, so "retry later" would be the wrong advice on its own.
+_WENT_AWAY = ("Cancelling all calls", "Socket closed", "Connection reset", "GOAWAY", "Broken pipe", "Stream removed")
+
+
+class UsageError(ValueError):
+    """A flag value the parser could not check by itself (a duplicate variant, an unreadable file)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steering-client", description="Call a steering-server over gRPC.")
-    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
-    parser.add_argument("--timeout", type=float, default=None, help="deadline of the call in seconds")
-    parser.add_argument("--json", action="store_true", help="print the response message as JSON")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="steering-client",
+        description="Call a steering-server over gRPC.",
+        epilog=f"Credentials: --token, --token-file or ${TOKEN_ENV} (sent as `authorization: Bearer ...`).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_connection(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, parent: Any = commands) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help_text, description=help_text)
+        _add_connection(sub, top=False)
+        return sub
+
     for name, help_text in (("generate", "generate text"), ("stream", "generate, printing tokens as they come")):
-        sub = commands.add_parser(name, help=help_text)
+        sub = command(name, help_text)
         _add_input(sub)
         _add_sampling(sub)
         _add_steering(sub)
         _add_monitor(sub)
         sub.add_argument("--ignore-policy", action="store_true", help="apply no server policy")
-    compare = commands.add_parser("compare", help="run steering variants side by side with shared sampling noise")
+        if name == "stream":
+            sub.add_argument("--colour-by", "--color-by", default=None, metavar="NAME",
+                             help="on a terminal, colour tokens by this direction's score (default: the first)")
+    compare = command("compare", "run steering variants side by side with shared sampling noise")
     _add_input(compare)
     _add_sampling(compare)
     _add_monitor(compare)
     compare.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME[=SPEC[+SPEC...]]",
-        help="a named variant and its steering specs (none: unsteered); default: the server's variants",
+        "--variant", action="append", default=[], metavar="NAME[=SPEC[+SPEC...]]",
+        help="a named variant and its steering specs (none: unsteered); names must be unique; "
+        "default: the server's variants (unsteered and policy)",
     )
-    score = commands.add_parser("score", help="the monitor scores Generate would give for a response")
+    score = command("score", "the monitor scores Generate would give for a response")
     _add_input(score)
     score.add_argument("--response", default="", help="the response text to score")
+    score.add_argument("--response-token-ids", default=None, metavar="IDS",
+                       help="the response as comma-separated token ids (exact; instead of --response)")
     _add_steering(score)
     _add_monitor(score)
+    score.add_argument("--ignore-policy", action="store_true", help="apply no server policy")
+
+    directions = commands.add_parser("direction", help="the direction registry (list, get, put, delete, compute)")
+    dsub = directions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command("list", "list the registered directions", dsub)
+    get = command("get", "show one direction", dsub)
+    get.add_argument("name")
+    get.add_argument("--vectors", action="store_true", help="include the vectors (observers and administrators)")
+    put = command("put", "register a direction from a .safetensors direction file (administrators)", dsub)
+    put.add_argument("file", help="a direction file (.safetensors: a `direction` table with `layers` metadata, "
+                     "`layer.{l}` tensors, or one raw table)")
+    put.add_argument("--name", default="", help="the name to store it under (default: the file's own, else its stem)")
+    put.add_argument("--monitor-layer", type=int, default=None, help="overrides the file's monitor layer")
+    put.add_argument("--description", default="", help="free text shown by `direction list`")
+    put.add_argument("--strict", action="store_true",
+                     help="refuse a file made for another model instead of storing it uncalibrated")
+    put.add_argument("--removal", default=None, metavar="MODE:STRENGTH[:POSITIONS]",
+                     help="its removal recipe (Compare's default), e.g. clamp:0:prompt (default: the file's, "
+                     "else ablate:1)")
+    delete = command("delete", "remove a direction (administrators)", dsub)
+    delete.add_argument("name")
+    compute = command("compute", "compute a direction from labelled examples on the served model, through its "
+                      "serving path (administrators; docs/directions.md)", dsub)
+    compute_cli.add_arguments(compute)
+
+    policy = commands.add_parser("policy", help="the server-wide default steering (get, set)")
+    psub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command("get", "show the policy", psub)
+    pset = command("set", "replace the policy (administrators)", psub)
+    _add_steering(pset)
+    pset.add_argument("--enforced", action="store_true",
+                      help="every request gets these terms first and cannot opt out")
+    pset.add_argument("--alert", action="append", default=[], metavar="NAME:ACTION[:THRESHOLD[:SCOPE]]",
+                      help="a server-wide alert rule: ACTION record, stop or steer (the direction's removal); "
+                      "THRESHOLD in z (default: the calibration's); SCOPE prompt (default) or running (repeatable)")
+    pset.add_argument("--file", default=None, metavar="JSON",
+                      help="the policy as JSON (what `policy get --json` prints), instead of the flags")
+    pset.add_argument("--clear", action="store_true", help="set the empty policy (default steering off)")
+
+    command("info", "the served model, the server's limits and its serving settings")
+    tokenize = command("tokenize", "token ids of a text with the served model's tokenizer")
+    tokenize.add_argument("text", help="the text ('-' reads stdin)")
+    health = command("health", "the gRPC health status (exit 0 when SERVING)")
+    health.add_argument("--service", default=HEALTH_SERVICE,
+                        help=f"the service to check ('' for the whole server; default {HEALTH_SERVICE})")
     return parser
 
 
@@ -58,152 +135,348 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        return _main(parser, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `steering-client stream ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
         options = _options(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    with SteeringClient(args.target, timeout=args.timeout) as client:
+        connection = Connection(
+            target=args.target, token=read_token(args.token, args.token_file), tls=args.tls, tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name,
+        )
+        channel = open_channel(connection)
+    except (ValueError, OSError) as exc:  # UsageError, SettingsError, a bad steering spec, an unreadable file
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)  # one line: the usage block would bury it
+        return 2
+    colour = args.colour == "always" or (args.colour == "auto" and sys.stdout.isatty() and not args.json)
+    printer = Printer(as_json=args.json, colour=colour)
+    with SteeringClient(channel=channel, timeout=args.timeout, metadata=connection.metadata()) as client:
         try:
-            if args.command == "generate":
-                _print_generate(client.generate(args.prompt, **options), args.json)
-            elif args.command == "stream":
-                _run_stream(client, args.prompt, options, args.json)
-            elif args.command == "compare":
-                _print_compare(client.compare(args.prompt, **options), args.json)
-            else:
-                _print_score(client.score(args.prompt, **options), args.json)
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            print(f"error: {code.name if code else 'UNKNOWN'}: {details}", file=sys.stderr)
+            grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
+        except grpc.FutureTimeoutError:
+            hint = "check the TLS flags" if connection.secure else "is it a TLS server? then add --tls-ca"
+            print(f"error: cannot reach steering-server at {args.target} within {args.connect_timeout:g} s "
+                  f"(is it running? check --target; {hint})", file=sys.stderr)
             return 1
-    return 0
+        try:
+            return _handler(args)(client, args, printer, options)
+        except grpc.RpcError as exc:
+            print(_rpc_error(exc), file=sys.stderr)
+            return 1
+
+
+def _handler(args: argparse.Namespace) -> Handler:
+    key = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
+    return _COMMANDS[key]
+
+
+def _rpc_error(exc: grpc.RpcError) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    name = code.name if code else "UNKNOWN"
+    if code == grpc.StatusCode.UNAVAILABLE and any(marker in details for marker in _WENT_AWAY):
+        return f"error: the server went away during the call (it stopped or restarted; retry): {name}: {details}"
+    hint = {
+        grpc.StatusCode.UNAVAILABLE: " (the server is starting, stopping or unreachable: retry later)",
+        grpc.StatusCode.UNAUTHENTICATED: f" (send a token: --token-file PATH or ${TOKEN_ENV})",
+        grpc.StatusCode.DEADLINE_EXCEEDED: " (raise --timeout)",
+    }.get(code, "") if code else ""
+    return f"error: {name}: {details}{hint}"
+
+
+# ------------------------------------------------------------------------------------------------ flags
+def _add_connection(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The connection and output flags, accepted before or after the command (a command's copy defaults to
+    SUPPRESS so that it never overwrites what was given before the command)."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument("--target", default=default(DEFAULT_TARGET),
+                       help=f"server address, e.g. host:50051 or dns:///host:50051 (default {DEFAULT_TARGET})")
+    group.add_argument("--timeout", type=float, default=default(None), metavar="S",
+                       help="deadline of the call in seconds (default: none)")
+    group.add_argument("--connect-timeout", type=float, default=default(10.0), metavar="S",
+                       help="how long to wait for the server to accept the connection (default 10)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print the response message as JSON, every field included")
+    group.add_argument("--colour", "--color", choices=("auto", "always", "never"), default=default("auto"),
+                       help="colour scores by size (default auto: on a terminal)")
+    group.add_argument("--token", default=default(None),
+                       help=f"bearer token (visible to other users in `ps`: prefer --token-file or ${TOKEN_ENV})")
+    group.add_argument("--token-file", default=default(None), metavar="PATH", help="read the bearer token from PATH")
+    group.add_argument("--tls", action="store_true", default=default(False),
+                       help="connect with TLS, trusting the system's CAs (implied by --tls-ca/--tls-cert)")
+    group.add_argument("--tls-ca", default=default(None), metavar="PEM",
+                       help="the CA that signed the server's certificate")
+    group.add_argument("--tls-cert", default=default(None), metavar="PEM", help="mutual TLS: this client's certificate")
+    group.add_argument("--tls-key", default=default(None), metavar="PEM", help="mutual TLS: the key of --tls-cert")
+    group.add_argument("--tls-server-name", default=default(None), metavar="NAME",
+                       help="the name the server's certificate must carry (default: the target's host)")
 
 
 def _add_input(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("prompt", help="the prompt (raw text; with --chat, the user message)")
+    sub.add_argument("prompt", help="the prompt (raw text; with --chat, the user message; '-' reads stdin)")
     sub.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
     sub.add_argument("--system", default=None, help="with --chat: a system message first")
 
 
 def _add_sampling(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--max-new-tokens", type=int)
-    sub.add_argument("--temperature", type=float, help="0 (default) is greedy")
-    sub.add_argument("--top-p", type=float)
-    sub.add_argument("--top-k", type=int)
-    sub.add_argument("--seed", type=int)
+    sub.add_argument("--max-new-tokens", type=int, help="tokens to generate (server default 64)")
+    sub.add_argument("--temperature", type=float, help="0 (the server's default) is greedy")
+    sub.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1] (default 1)")
+    sub.add_argument("--top-k", type=int, help="keep the k most likely tokens (default 0: no cut)")
+    sub.add_argument("--seed", type=int, help="sampling seed (default: the server picks one and reports it)")
     sub.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
 
 
 def _add_steering(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
-        "--steer",
-        action="append",
-        default=[],
-        metavar="NAME[:MODE[:STRENGTH[:LAYERS]]]",
-        help="steer along a direction, e.g. misalignment (ablate 1) or misalignment:add:-2:3,4 (repeatable)",
+        "--steer", action="append", default=[], metavar="NAME[:MODE[:STRENGTH[:LAYERS[:POSITIONS]]]]",
+        help="steer along a direction, e.g. misalignment (ablate 1), misalignment:add:-2:3,4 or "
+        "misalignment:clamp:0::prompt (repeatable)",
     )
 
 
 def _add_monitor(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--monitor", action="append", default=[], metavar="NAME", help="direction to monitor (default all)"
-    )
+    sub.add_argument("--monitor", action="append", default=[], metavar="NAME",
+                     help="direction to monitor (repeatable; default all)")
     sub.add_argument("--token-scores", action="store_true", help="return per-token scores")
+    sub.add_argument("--stop-threshold", type=float, default=None, metavar="Z",
+                     help="stop with MONITOR_ALERT when a generated token's score reaches Z (default: never)")
+    sub.add_argument("--no-monitor", action="store_true", help="read no direction at all (the cheapest request)")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The builder keyword arguments the parsed flags stand for (absent flags leave server defaults)."""
     options: dict[str, Any] = {}
-    if args.chat:
+    if getattr(args, "prompt", None) == "-":
+        args.prompt = sys.stdin.read()
+    if getattr(args, "text", None) == "-":
+        args.text = sys.stdin.read()
+    if getattr(args, "chat", False):
         system = [pb.ChatMessage(role="system", content=args.system)] if args.system else []
         options["messages"] = [*system, pb.ChatMessage(role="user", content=args.prompt)]
         args.prompt = None
-    for flag in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
+    for flag in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop_threshold"):
         if getattr(args, flag, None) is not None:
             options[flag] = getattr(args, flag)
     if getattr(args, "stop", None):
         options["stop"] = args.stop
     if getattr(args, "steer", None):
         options["steering"] = [builders.parse_steering(spec) for spec in args.steer]
-    if args.monitor:
+    if getattr(args, "monitor", None):
         options["monitor"] = args.monitor
-    if args.token_scores:
-        options["token_scores"] = True
-    if getattr(args, "ignore_policy", False):
-        options["ignore_policy"] = True
+    for flag in ("token_scores", "ignore_policy"):
+        if getattr(args, flag, False):
+            options[flag] = True
+    if getattr(args, "no_monitor", False):
+        options["monitor_disabled"] = True
     if getattr(args, "variant", None):
-        options["variants"] = dict(_variant(spec) for spec in args.variant)
+        options["variants"] = _variants(args.variant)
     if getattr(args, "response", ""):
         options["response"] = args.response
+    if getattr(args, "response_token_ids", None):
+        options["response_token_ids"] = _ids(args.response_token_ids, "--response-token-ids")
+    if args.command == "policy" and args.action == "set":
+        options["policy"] = _policy_from_args(args)
+    if args.command == "direction" and args.action == "put":
+        options["put"] = _put_options(args)
+    if args.command == "direction" and args.action == "compute":
+        try:
+            options["compute"] = compute_cli.options_from_args(args)
+        except OSError as exc:
+            raise UsageError(f"direction compute: cannot read {exc.filename}: {exc.strerror or exc}") from exc
     return options
 
 
-def _variant(spec: str) -> tuple[str, list[pb.SteeringTerm]]:
-    name, _, steering = spec.partition("=")
-    return name, [builders.parse_steering(s) for s in steering.split("+") if s]
+def _put_options(args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(args.file)
+    if path.suffix.lower() != ".safetensors":
+        raise UsageError(f"direction put: {args.file} is not a .safetensors direction file (other formats: "
+                         "register them at start-up with `steering-server serve --direction NAME=PATH`)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"direction put: cannot read {args.file}: {exc.strerror or exc}") from exc
+    put: dict[str, Any] = {"safetensors": data, "description": args.description, "strict": args.strict}
+    if args.monitor_layer is not None:
+        put["monitor_layer"] = args.monitor_layer
+    if args.removal is not None:
+        put["removal"] = _removal(args.removal)
+    return put
 
 
-def _print_generate(response: pb.GenerateResponse, as_json: bool) -> None:
-    if as_json:
-        print(MessageToJson(response, preserving_proto_field_name=True))
-        return
-    print(response.text)
-    _summary(response, sys.stderr)
+def _variants(specs: Sequence[str]) -> dict[str, list[pb.SteeringTerm]]:
+    variants: dict[str, list[pb.SteeringTerm]] = {}
+    for spec in specs:
+        name, _, steering = spec.partition("=")
+        if not name:
+            raise UsageError(f"--variant {spec!r}: the variant needs a name (NAME[=SPEC[+SPEC...]])")
+        if name in variants:
+            raise UsageError(f"--variant: the name {name!r} is given twice (variant names must be unique)")
+        variants[name] = [builders.parse_steering(s) for s in steering.split("+") if s]
+    return variants
 
 
-def _run_stream(client: SteeringClient, prompt: str | None, options: dict[str, Any], as_json: bool) -> None:
-    for message in client.generate_stream(prompt, **options):
-        if as_json:
-            print(MessageToJson(message, preserving_proto_field_name=True, indent=None), flush=True)
-        elif message.HasField("token"):
-            print(message.token.text_delta, end="", flush=True)
-        else:
-            print()
-            _summary(message.final, sys.stderr)
+def _ids(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated token ids, got {text!r}") from None
 
 
-def _print_compare(response: pb.CompareResponse, as_json: bool) -> None:
-    if as_json:
-        print(MessageToJson(response, preserving_proto_field_name=True))
-        return
-    for i, variant in enumerate(response.variants):
-        if i == 0:
-            where = "reference"
-        elif variant.HasField("diverges_at"):
-            where = f"diverges at token {variant.diverges_at}"
-        else:
-            where = "identical"
-        print(f"== {variant.name} ({where}) ==")
-        print(variant.result.text)
-        _summary(variant.result, sys.stdout)
+def _removal(spec: str) -> pb.Removal:
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3:
+        raise UsageError(f"--removal {spec!r}: expected MODE:STRENGTH[:POSITIONS], e.g. clamp:0:prompt")
+    mode, strength, positions = [*parts, "", ""][:3]
+    term = builders.parse_steering(f"removal:{mode}:{strength}::{positions}")
+    return pb.Removal(mode=term.mode, strength=term.strength if term.HasField("strength") else 1.0,
+                      positions=term.positions)
 
 
-def _print_score(response: pb.ScoreResponse, as_json: bool) -> None:
-    if as_json:
-        print(MessageToJson(response, preserving_proto_field_name=True))
-        return
-    print(f"tokens: {response.usage.prompt_tokens} prompt + {response.usage.completion_tokens} response")
-    _print_scores(response.monitor, sys.stdout)
+_ACTIONS = {"record": pb.RECORD, "stop": pb.STOP, "steer": pb.STEER}
+_SCOPES = {"prompt": pb.PROMPT_SCORE, "running": pb.RUNNING_SCORE}
 
 
-def _summary(response: pb.GenerateResponse, out: TextIO) -> None:
-    usage = response.usage
-    print(
-        f"[{pb.StopReason.Name(response.stop_reason)}; {usage.prompt_tokens} prompt + {usage.completion_tokens} "
-        f"generated tokens; seed {response.seed}]",
-        file=out,
-    )
-    _print_scores(response.monitor, out)
+def _alert(spec: str) -> pb.AlertRule:
+    parts = spec.split(":")
+    if len(parts) < 2 or len(parts) > 4 or not parts[0] or parts[1].lower() not in _ACTIONS:
+        raise UsageError(f"--alert {spec!r}: expected NAME:ACTION[:THRESHOLD[:SCOPE]], ACTION record, stop or steer")
+    rule = pb.AlertRule(direction=parts[0], action=_ACTIONS[parts[1].lower()])
+    if len(parts) > 2 and parts[2]:
+        rule.threshold = float(parts[2])
+    if len(parts) > 3 and parts[3]:
+        if parts[3].lower() not in _SCOPES:
+            raise UsageError(f"--alert {spec!r}: SCOPE is prompt or running")
+        rule.scope = _SCOPES[parts[3].lower()]
+    return rule
 
 
-def _print_scores(scores: Iterable[pb.DirectionScores], out: TextIO) -> None:
-    for s in scores:
-        parts = [f"prompt {s.prompt_score:.3f}"]
-        if s.HasField("response_score"):
-            parts.append(f"response {s.response_score:.3f}")
-        if s.HasField("max_score"):
-            parts.append(f"max {s.max_score:.3f}")
-        flags = ["z" if s.calibrated else "raw"] + (["post-intervention"] if s.post_intervention else [])
-        print(f"{s.direction} @ layer {s.layer}: {', '.join(parts)} ({', '.join(flags)})", file=out)
-        if s.token_scores:
-            print("  tokens: " + " ".join(f"{x:.2f}" for x in s.token_scores), file=out)
+def _policy_from_args(args: argparse.Namespace) -> pb.SteeringPolicy:
+    from google.protobuf import json_format
+
+    flags = bool(args.steer or args.alert or args.enforced)
+    if sum((flags, args.file is not None, args.clear)) != 1:
+        raise UsageError("policy set: give the policy as flags (--steer, --alert, --enforced), as --file JSON, "
+                         "or --clear, exactly one of them")
+    if args.clear:
+        return pb.SteeringPolicy()
+    if args.file is not None:
+        try:
+            return json_format.Parse(Path(args.file).read_text(), pb.SteeringPolicy())
+        except OSError as exc:
+            raise UsageError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from exc
+        except json_format.ParseError as exc:
+            raise UsageError(f"--file: {args.file} is not a SteeringPolicy: {exc}") from exc
+    return pb.SteeringPolicy(terms=[builders.parse_steering(s) for s in args.steer],
+                             alerts=[_alert(s) for s in args.alert], enforced=args.enforced)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _generate(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    out.generate(client.generate(args.prompt, **options))
+    return 0
+
+
+def _stream(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    events = client.generate_stream(args.prompt, **options)
+    try:
+        for event in events:
+            out.stream_event(event, args.colour_by)
+    finally:
+        events.close()  # cancels the call on the server when we leave early (Ctrl-C)
+    return 0
+
+
+def _compare(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    out.compare(client.compare(args.prompt, **options))
+    return 0
+
+
+def _score(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    out.score(client.score(args.prompt, **options))
+    return 0
+
+
+def _direction_list(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    out.directions(client.list_directions())
+    return 0
+
+
+def _direction_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    out.direction(client.get_direction(args.name, include_vectors=args.vectors))
+    return 0
+
+
+def _direction_put(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    out.put(client.put_direction(args.name, **options["put"]))
+    return 0
+
+
+def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    response = client.delete_direction(args.name)
+    if not out.message(response):
+        out.line(f"deleted {args.name}")
+    return 0
+
+
+def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    return compute_cli.run(client, args, out.as_json, out.out, options["compute"])
+
+
+def _policy_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    out.policy(client.get_steering())
+    return 0
+
+
+def _policy_set(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    out.policy(client.set_steering(policy=options["policy"]))
+    return 0
+
+
+def _info(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    out.info(client.model_info())
+    return 0
+
+
+def _tokenize(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    out.tokens(client.tokenize(args.text))
+    return 0
+
+
+def _health(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    response = client.health(args.service)
+    if not out.message(response):
+        out.line(type(response).ServingStatus.Name(response.status))
+    return 0 if response.status == type(response).SERVING else 1
+
+
+_COMMANDS: dict[str, Handler] = {
+    "generate": _generate,
+    "stream": _stream,
+    "compare": _compare,
+    "score": _score,
+    "direction list": _direction_list,
+    "direction get": _direction_get,
+    "direction put": _direction_put,
+    "direction delete": _direction_delete,
+    "direction compute": _direction_compute,
+    "policy get": _policy_get,
+    "policy set": _policy_set,
+    "info": _info,
+    "tokenize": _tokenize,
+    "health": _health,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import builders, compute
-from ._channel import DEFAULT_TARGET, channel_options
+from ._channel import DEFAULT_TARGET, HEALTH_SERVICE, channel_options
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 
@@ -33,6 +34,7 @@ class SteeringClient:
     ) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata)
 
@@ -52,7 +54,7 @@ class SteeringClient:
 
     def generate_stream(
         self, prompt: str | None = None, **options: Unpack[builders.GenerateOptions]
-    ) -> Iterator[pb.GenerateStreamResponse]:
+    ) -> Generator[pb.GenerateStreamResponse, None, None]:
         """Yields one message per token (`.token`), then the result (`.final`). Breaking out of the loop (or
         closing the iterator) cancels the request on the server."""
         call = self._stub.GenerateStream(
@@ -113,8 +115,16 @@ class SteeringClient:
     def get_steering(self) -> pb.SteeringPolicy:
         return self._call(self._stub.GetSteering, pb.GetSteeringRequest())
 
-    def set_steering(self, terms: Sequence[pb.SteeringTerm] = (), enforced: bool = False) -> pb.SteeringPolicy:
-        policy = builders.steering_policy(terms, enforced)
+    def set_steering(
+        self,
+        terms: Sequence[pb.SteeringTerm] = (),
+        enforced: bool = False,
+        alerts: Sequence[pb.AlertRule] = (),
+        *,
+        policy: pb.SteeringPolicy | None = None,
+    ) -> pb.SteeringPolicy:
+        """Replace the server policy: `terms`, `enforced` and `alerts`, or a whole `policy` message."""
+        policy = policy if policy is not None else builders.steering_policy(terms, enforced, alerts)
         return self._call(self._stub.SetSteering, pb.SetSteeringRequest(policy=policy))
 
     def model_info(self) -> pb.ModelInfoResponse:
@@ -122,6 +132,12 @@ class SteeringClient:
 
     def tokenize(self, text: str) -> pb.TokenizeResponse:
         return self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
+
+    def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
+        """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
+        canary passed, NOT_SERVING while it loads, after it died and while the server drains."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        return self._health.Check(request, timeout=self._timeout, metadata=self._metadata)
 
     def _call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self._timeout, metadata=self._metadata)
