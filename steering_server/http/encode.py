@@ -212,6 +212,7 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
                 for r in policy.alerts
             ],
         },
+        "features": {"watch": True},  # the page shows its monitor feed panel
     }
 
 
