@@ -88,3 +88,25 @@ async def test_a_bad_filter_is_400_naming_the_parameter(secured: str) -> None:
             refused = await client.get("/v1/steering/monitor", params=params, headers=headers)
             assert refused.status_code == 400, params
             assert refused.json()["error"]["message"].startswith(f"{field}:"), refused.json()
+
+
+async def test_a_stopping_server_ends_its_watchers(fake: FakeEngine) -> None:
+    """A watcher would otherwise hold the stop for the whole grace period (the feed runs until its client leaves)."""
+    servicer = SteeringServicer(fake, Metrics(), Access(open_admin=True))
+    http = HttpServer(servicer)
+    await http.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http.port}", timeout=60) as client:
+            async with client.stream("GET", "/v1/steering/monitor") as response:
+                assert response.status_code == 200
+                await wait_until(lambda: fake.monitor_feed.watchers == 1, "the watcher subscribed")
+                servicer.draining = True
+                lines = await asyncio.wait_for(_lines(response), 10)
+            assert lines == [": watching"]
+        assert fake.monitor_feed.watchers == 0
+    finally:
+        await http.stop(None)
+
+
+async def _lines(response: httpx.Response) -> list[str]:
+    return [line async for line in response.aiter_lines() if line]
