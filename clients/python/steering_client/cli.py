@@ -38,6 +38,12 @@ Handler = Callable[[SteeringClient, argparse.Namespace, Printer, dict[str, Any]]
 _WENT_AWAY = ("Cancelling all calls", "Socket closed", "Connection reset", "GOAWAY", "Broken pipe", "Stream removed")
 
 
+# PutDirection `format` values (docs/directions.md "Direction files and imports").
+_FORMATS = ("safetensors", "pt", "npy", "persona-vectors", "steering-vectors", "repeng-gguf", "sae-lens")
+# The server refuses larger requests (grpc's receive limit there); a bigger file is registered at start-up.
+_MAX_UPLOAD = 16 * 1024 * 1024
+
+
 class UsageError(ValueError):
     """A flag value the parser could not check by itself (a duplicate variant, an unreadable file)."""
 
@@ -91,9 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     get = command("get", "show one direction", dsub)
     get.add_argument("name")
     get.add_argument("--vectors", action="store_true", help="include the vectors (observers and administrators)")
-    put = command("put", "register a direction from a .safetensors direction file (administrators)", dsub)
-    put.add_argument("file", help="a direction file (.safetensors: a `direction` table with `layers` metadata, "
-                     "`layer.{l}` tensors, or one raw table)")
+    put = command("put", "register a direction from a file (administrators); any import format", dsub)
+    put.add_argument("file", help="a direction file (.safetensors, .pt, .npy, persona-vectors, steering-vectors, "
+                     "repeng .gguf, an SAE-Lens sae_weights.safetensors or its directory; docs/directions.md)")
+    put.add_argument("--format", default="", choices=("", "auto", *_FORMATS), metavar="FORMAT",
+                     help=f"the file's format: {', '.join(_FORMATS)} (default: recognised from the file)")
+    put.add_argument("--feature", type=int, default=None, help="SAE-Lens: the latent to import")
+    put.add_argument("--sae-config", default=None, metavar="CFG_JSON",
+                     help="SAE-Lens: the SAE's cfg.json (default: cfg.json beside the weights)")
+    put.add_argument("--numbering", default="", choices=("", "layers", "hidden_states"),
+                     help="tables: row l is layer l (layers) or row l + 1 is (hidden_states, persona-vectors)")
     put.add_argument("--name", default="", help="the name to store it under (default: the file's own, else its stem)")
     put.add_argument("--monitor-layer", type=int, default=None, help="overrides the file's monitor layer")
     put.add_argument("--description", default="", help="free text shown by `direction list`")
@@ -102,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--removal", default=None, metavar="MODE:STRENGTH[:POSITIONS]",
                      help="its removal recipe (Compare's default), e.g. clamp:0:prompt (default: the file's, "
                      "else ablate:1)")
+    compute = command("compute", "compute a difference-of-means direction on the served model (administrators)",
+                      dsub)
+    compute.add_argument("name", help="the direction's name")
+    recipe = compute.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--examples", metavar="JSONL",
+                        help='contrastive answers: one {"prompt"|"messages", "response", "label"} per line')
+    recipe.add_argument("--persona", metavar="JSON",
+                        help='persona prompts: {"questions": [...], "positive_systems": [...], '
+                        '"negative_systems": [...]}')
+    compute.add_argument("--pooling", choices=("last_prompt", "response_mean"), default=None,
+                         help="default: response_mean for --examples, last_prompt for --persona")
+    compute.add_argument("--layers", default="", help="comma-separated layers (default: all)")
+    compute.add_argument("--target-fpr", type=float, default=None, help="thresholds' false-positive rate (0.01)")
+    compute.add_argument("--held-out-share", type=float, default=None, help="share of each label held out (0.3)")
+    compute.add_argument("--seed", type=int, default=0, help="split, persona system prompts, bootstrap (default 0)")
+    compute.add_argument("--max-new-tokens", type=int, default=None, help="--persona: tokens per answer (32)")
+    compute.add_argument("--description", default="")
+    compute.add_argument("--store", action="store_true", help="register it on the server under NAME")
+    compute.add_argument("--out", default=None, metavar="FILE",
+                         help="write the direction file (.safetensors) here (--json then omits its bytes)")
     delete = command("delete", "remove a direction (administrators)", dsub)
     delete.add_argument("name")
 
@@ -287,24 +320,72 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["policy"] = _policy_from_args(args)
     if args.command == "direction" and args.action == "put":
         options["put"] = _put_options(args)
+    if args.command == "direction" and args.action == "compute":
+        options["compute"] = _compute_options(args)
     return options
 
 
 def _put_options(args: argparse.Namespace) -> dict[str, Any]:
+    """PutDirection's `file` and what describes it: the server's one loader reads every import format."""
     path = Path(args.file)
-    if path.suffix.lower() != ".safetensors":
-        raise UsageError(f"direction put: {args.file} is not a .safetensors direction file (other formats: "
-                         "register them at start-up with `steering-server serve --direction NAME=PATH`)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"direction put: cannot read {args.file}: {exc.strerror or exc}") from exc
-    put: dict[str, Any] = {"safetensors": data, "description": args.description, "strict": args.strict}
+    fmt = args.format
+    sae_config = Path(args.sae_config) if args.sae_config else None
+    if path.is_dir():  # an SAE-Lens directory: its weights and cfg.json
+        path, sae_config, fmt = path / "sae_weights.safetensors", sae_config or path / "cfg.json", fmt or "sae-lens"
+    elif sae_config is None and fmt == "sae-lens":
+        sae_config = path.with_name("cfg.json")
+    data = _read(path, "direction put")
+    if len(data) > _MAX_UPLOAD:
+        raise UsageError(f"direction put: {path} is {len(data) / 2**20:.0f} MiB, above the server's 16 MiB request "
+                         "limit (register it at start-up: steering-server serve --direction NAME=PATH)")
+    put: dict[str, Any] = {"file": data, "format": "" if fmt == "auto" else fmt, "numbering": args.numbering,
+                           "description": args.description, "strict": args.strict}
+    if sae_config is not None:
+        put["sae_config"] = _read(sae_config, "--sae-config").decode("utf-8", errors="replace")
+    if args.feature is not None:
+        put["feature"] = args.feature
     if args.monitor_layer is not None:
         put["monitor_layer"] = args.monitor_layer
     if args.removal is not None:
         put["removal"] = _removal(args.removal)
     return put
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _compute_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ComputeDirection's options from the flags (the files are read here, before connecting)."""
+    import json
+
+    from . import compute
+
+    options: dict[str, Any] = {"seed": args.seed, "description": args.description, "store": args.store,
+                               "return_file": args.out is not None}
+    try:
+        if args.examples:
+            options["examples"] = compute.examples_from_jsonl(args.examples)
+        else:
+            spec = json.loads(Path(args.persona).read_text(encoding="utf-8"))
+            options["persona"] = compute.persona_prompts(
+                spec.get("questions", ()), spec.get("positive_systems", ()), spec.get("negative_systems", ()),
+                args.max_new_tokens,
+            )
+    except OSError as exc:
+        raise UsageError(f"direction compute: cannot read {args.examples or args.persona}: "
+                         f"{exc.strerror or exc}") from exc
+    if args.pooling:
+        options["pooling"] = args.pooling
+    if args.layers:
+        options["layers"] = _ids(args.layers, "--layers")
+    for key in ("target_fpr", "held_out_share"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
 
 
 def _variants(specs: Sequence[str]) -> dict[str, list[pb.SteeringTerm]]:
@@ -415,6 +496,24 @@ def _direction_put(client: SteeringClient, args: argparse.Namespace, out: Printe
     return 0
 
 
+def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    events = client.compute_direction_stream(args.name, **options["compute"])
+    try:
+        for event in events:
+            if event.HasField("progress"):
+                out.compute_progress(event.progress)
+                continue
+            result = event.result
+            if args.out is not None:
+                Path(args.out).write_bytes(result.safetensors)
+                result.ClearField("safetensors")  # written to the file, not printed
+            out.compute_result(result, args.out)
+    finally:
+        events.close()  # leaving early (Ctrl-C) cancels the job on the server
+        out.progress_done()
+    return 0
+
+
 def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
     response = client.delete_direction(args.name)
     if not out.message(response):
@@ -458,6 +557,7 @@ _COMMANDS: dict[str, Handler] = {
     "direction get": _direction_get,
     "direction put": _direction_put,
     "direction delete": _direction_delete,
+    "direction compute": _direction_compute,
     "policy get": _policy_get,
     "policy set": _policy_set,
     "info": _info,

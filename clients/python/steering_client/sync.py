@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +88,7 @@ class SteeringClient:
 
     def compute_direction_stream(
         self, name: str, **options: Unpack[compute.ComputeOptions]
-    ) -> Iterator[pb.ComputeDirectionEvent]:
+    ) -> Generator[pb.ComputeDirectionEvent, None, None]:
         """Progress events (`.progress`), then the result (`.result`). Breaking out of the loop cancels the job."""
         call = self._stub.ComputeDirection(
             compute.compute_direction_request(name, **options), timeout=self._timeout, metadata=self._metadata
