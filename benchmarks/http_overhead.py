@@ -3,8 +3,9 @@
 Runs the same greedy steered request (fixed length, no EOS cut: the token counts are checked equal) through
 `engine.generate_stream` in process, `GenerateStream` over loopback gRPC and `POST /v1/completions` with
 `stream: true` over loopback HTTP (server-sent events, read with httpx), interleaved, and prints the median time per
-token of each with its spread and the differences. Tiny random-weight model (no download), so the engine's own time
-is small and the differences are the front ends'. Usage:
+token of each with its spread and the differences, and the process's CPU time per token (client and server share
+the process, so it counts both ends; steadier than wall time on a busy machine). Tiny random-weight model (no
+download), so the engine's own time is small and the differences are the front ends'. Usage:
     python benchmarks/http_overhead.py [--tokens 128 --rounds 7 --concurrency 1 8]
 """
 
@@ -103,18 +104,26 @@ async def main(args: argparse.Namespace) -> None:
             await _in_process(engine, 1, 8)
             for n in args.concurrency:
                 times: dict[str, list[float]] = {"in-process": [], "gRPC": [], "HTTP": []}
+                cpu: dict[str, list[float]] = {k: [] for k in times}
                 for _ in range(args.rounds):  # interleaved, so drift hits all alike
+                    cpu_start = time.process_time()
                     seconds, count = await _in_process(engine, n, args.tokens)
                     times["in-process"].append(seconds / (count / n) * 1e3)
-                    for name, run in (("gRPC", _over_grpc(client, n, args.tokens)),
-                                      ("HTTP", _over_http(web, n, args.tokens))):
+                    cpu["in-process"].append((time.process_time() - cpu_start) / count * 1e3)
+                    for name in ("gRPC", "HTTP"):
+                        cpu_start = time.process_time()
+                        run = _over_grpc(client, n, args.tokens) if name == "gRPC" else _over_http(web, n, args.tokens)
                         seconds, got = await run
                         assert got == count, (name, got, count)
                         times[name].append(seconds / (count / n) * 1e3)
+                        cpu[name].append((time.process_time() - cpu_start) / count * 1e3)
                 base, grpc_ms, http_ms = (statistics.median(times[k]) for k in ("in-process", "gRPC", "HTTP"))
                 print(f"concurrency {n}: " + ", ".join(_summary(k, v) for k, v in times.items()))
                 print(f"  per streamed token: gRPC adds {grpc_ms - base:+.3f} ms, HTTP adds {http_ms - base:+.3f} ms "
                       f"(HTTP/gRPC time per token {http_ms / grpc_ms:.2f}x)")
+                c_base, c_grpc, c_http = (statistics.median(cpu[k]) for k in ("in-process", "gRPC", "HTTP"))
+                print(f"  CPU ms per token (both ends): in-process {c_base:.3f}, gRPC {c_grpc:.3f} "
+                      f"(+{c_grpc - c_base:.3f}), HTTP {c_http:.3f} (+{c_http - c_base:.3f})")
     finally:
         await http.stop(None)
         await server.stop(None)

@@ -26,9 +26,17 @@ from .composition import FieldTerm, calibration
 from .directions import Calibration, Direction, validate_direction_name
 from .errors import InvalidArgumentError
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringTerm
+from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPolicy, SteeringTerm
 
-__all__ = ["MAX_ALERT_RULES", "Watch", "request_watches", "resolve_rules", "scope_calibration", "to_raw"]
+__all__ = [
+    "MAX_ALERT_RULES",
+    "Watch",
+    "check_unreferenced",
+    "request_watches",
+    "resolve_rules",
+    "scope_calibration",
+    "to_raw",
+]
 
 MAX_ALERT_RULES = 16
 
@@ -144,3 +152,16 @@ def request_watches(threshold: float | None, monitored: list[tuple[str, Register
                   to_raw(threshold, cal, entry.direction), cal, AlertAction.STOP, "request")
         )
     return out
+
+
+def check_unreferenced(policy: SteeringPolicy, name: str, field: str = "name") -> None:
+    """Refuse to delete a direction the policy's alert rules read or steer: every request (ignore_policy ones too)
+    would then fail on the rule, and silently dropping a STOP rule would fail open."""
+    for i, rule in enumerate(policy.alerts):
+        used = rule.direction == name or any(
+            t.direction == name or (t.condition is not None and t.condition.direction == name) for t in rule.steering
+        )
+        if used:
+            raise InvalidArgumentError(
+                field, f"direction {name!r} is used by policy.alerts[{i}]; change the policy (SetSteering) first"
+            )

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from .alerts import check_unreferenced
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, Progress
 from .compute_job import run_compute
@@ -537,6 +538,7 @@ class Engine(EngineClient):
         return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
 
     def delete_direction(self, name: str) -> None:
+        check_unreferenced(self._policy, name)
         self.registry.delete(name)
         if self.state is not None:
             self.state.delete_direction(name)

@@ -20,11 +20,13 @@ from ..rules import MAX_CHAT_MESSAGES
 from ..types import (
     ChatMessage,
     CompareRequest,
+    ConditionScope,
     EngineLimits,
     GenerationRequest,
     MonitorOptions,
     Prompt,
     SamplingParams,
+    SteeringCondition,
     SteeringMode,
     SteeringPositions,
     SteeringTerm,
@@ -47,8 +49,10 @@ DEFAULT_MAX_TOKENS = 64  # as gRPC's Generate (capped by the server's --max-new-
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default (gRPC's is 0, greedy): an OpenAI client gets what it expects
 MODES = {m.name.lower(): m for m in SteeringMode}  # "ablate", "add", "clamp"
 POSITIONS = {p.name.lower(): p for p in SteeringPositions}  # "all", "prompt", "last_prompt", "generated"
+SCOPES = {s.name.lower(): s for s in ConditionScope}  # "prompt" (the last prompt token's score), "running"
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_TERM_KEYS = {"direction", "mode", "strength", "layers", "positions"}
+_TERM_KEYS = {"direction", "mode", "strength", "layers", "positions", "condition"}
+_CONDITION_KEYS = {"direction", "threshold", "scope"}
 _MONITOR_KEYS = {"directions", "disabled", "token_scores", "stop_threshold"}
 # OpenAI options the server cannot honour: refused when set to anything but their neutral value.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
@@ -204,7 +208,8 @@ def _steering(terms: Any, field: str) -> tuple[SteeringTerm, ...]:
 
 
 def _term(term: Any, field: str) -> SteeringTerm:
-    """`{"direction": "misalignment", "mode": "clamp", "strength": 0, "positions": "prompt", "layers": [5]}`."""
+    """`{"direction": "misalignment", "mode": "clamp", "strength": 0, "positions": "prompt", "layers": [5]}`, and
+    optionally `"condition": {"direction": "misalignment", "threshold": 2.5, "scope": "running"}` (CAST)."""
     if not isinstance(term, dict):
         raise InvalidArgumentError(field, "must be an object (direction, mode, strength, layers, positions)")
     _no_unknown(term, _TERM_KEYS, field)
@@ -220,6 +225,25 @@ def _term(term: Any, field: str) -> SteeringTerm:
         strength=_value(term, "strength", float, "a number", 1.0, where=f"{field}.strength"),
         layers=tuple(int(x) for x in layers),
         positions=positions,
+        condition=_condition(term.get("condition"), f"{field}.condition"),
+    )
+
+
+def _condition(condition: Any, field: str) -> SteeringCondition | None:
+    """gRPC's SteeringCondition as JSON; its rules (a registered direction, a finite threshold, layers) are the
+    engine's (planning.py)."""
+    if condition is None:
+        return None
+    if not isinstance(condition, dict):
+        raise InvalidArgumentError(field, "must be an object (direction, threshold, scope)")
+    _no_unknown(condition, _CONDITION_KEYS, field)
+    threshold = _value(condition, "threshold", float, "a number", None, where=f"{field}.threshold")
+    if threshold is None:
+        raise InvalidArgumentError(f"{field}.threshold", "is required")
+    return SteeringCondition(
+        direction=_value(condition, "direction", str, "a string", "", where=f"{field}.direction"),
+        threshold=threshold,
+        scope=_name(condition, "scope", SCOPES, field, required=False) or ConditionScope.PROMPT,
     )
 
 

@@ -204,13 +204,17 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
 
 def term(t: SteeringTerm) -> JSON:
     """A steering term as the HTTP API writes it (decode.py reads the same shape)."""
-    return {
+    written: JSON = {
         "direction": t.direction,
         "mode": t.mode.name.lower(),
         "strength": t.strength,
         "layers": list(t.layers),
         "positions": t.positions.name.lower(),
     }
+    if t.condition is not None:
+        c = t.condition
+        written["condition"] = {"direction": c.direction, "threshold": c.threshold, "scope": c.scope.name.lower()}
+    return written
 
 
 def scores(s: DirectionScores) -> JSON:

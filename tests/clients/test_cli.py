@@ -114,7 +114,7 @@ async def test_direction_compute_reports_progress_and_writes_the_file(
                                 str(tmp_path / "examples.jsonl"), "--store", "--out", str(out))
     assert code == 0, err
     assert "[compute] capture: 24/24 (100%)" in err  # progress lines (not a terminal), the last of each stage
-    assert text.startswith("computed: monitor layer ") and "stored" in text and "AUROC" in text
+    assert text.startswith("computed: monitor layer ") and "stored" in text and "auroc" in text
     assert out.read_bytes()[:8] and "computed" in engine.directions
     result = await cli_json(capsys, server.port, "direction", "compute", "again", "--examples",
                             str(tmp_path / "examples.jsonl"), "--layers", "0,1")

@@ -28,6 +28,7 @@ from steering_server.types import (
 )
 
 from .conftest import TEST_LIMITS, loaded_model, random_direction, running_engine
+from .test_engine_fast_paths import FAST_PATHS
 
 N = 12
 PUSH = SteeringTerm("d", SteeringMode.ADD, -1.0, positions=SteeringPositions.GENERATED)
@@ -130,3 +131,60 @@ async def test_conditions_are_validated_with_field_paths() -> None:
         # Nothing else broke: the engine still serves, conditionally steered or not.
         ok = await engine.generate(req(replace(PUSH, condition=SteeringCondition("probe", -1e9))))
         assert len(ok.token_ids) == 4
+
+
+@pytest.mark.parametrize("fast", FAST_PATHS, ids=lambda f: next(iter(f)))
+async def test_compiled_forward_decides_conditions_like_the_eager_engine(fast: dict[str, object]) -> None:
+    """Under torch.compile (CUDA graphs on a GPU) the gates are latched inside the traced hooks from device tables
+    only: the same requests fire, PROMPT and RUNNING, and generate the eager engine's tokens."""
+    loaded = loaded_model()
+    prompts = _prompts(6, seed=47)
+    async with running_engine(loaded) as eager:
+        await _setup(eager)
+        plain = [await eager.generate(_req(p)) for p in prompts]
+        prompt_scores = sorted(r.monitor[0].prompt_score for r in plain)
+        running = sorted(r.monitor[0].token_scores[0] for r in plain)
+        conds = [
+            SteeringCondition("probe", (prompt_scores[2] + prompt_scores[3]) / 2, ConditionScope.PROMPT),
+            SteeringCondition("probe", (running[2] + running[3]) / 2, ConditionScope.RUNNING),
+        ]
+        reqs = [_req(p, replace(PUSH, condition=c)) for c in conds for p in prompts]
+        want = [r.token_ids for r in await asyncio.gather(*(eager.generate(q) for q in reqs))]
+    assert sum(w != u.token_ids for w, u in zip(want, plain * 2, strict=True)) >= 6  # conditions fired
+    assert sum(w == u.token_ids for w, u in zip(want, plain * 2, strict=True)) >= 3  # and did not
+    async with running_engine(loaded, **fast) as engine:
+        assert not engine.runtime.skip_idle_work
+        await _setup(engine)
+        got = [r.token_ids for r in await asyncio.gather(*(engine.generate(q) for q in reqs))]
+    assert got == want
+
+
+async def test_a_request_reset_under_cache_pressure_latches_at_the_same_position(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The manager soft-resets requests when the KV cache runs out and re-prefills prompt + generated tokens: a
+    RUNNING gate is the first position that reached the threshold, so the re-prefill steers exactly the positions
+    the first pass steered, and tokens equal the solo runs."""
+    from transformers.generation.continuous_batching import requests as cb_requests
+
+    resets = {"n": 0}
+    original = cb_requests.RequestState.create_equivalent_initial_request
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        resets["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(cb_requests.RequestState, "create_equivalent_initial_request", counted)
+    loaded = loaded_model()
+    async with running_engine(loaded, max_batch_tokens=64, page_size=16, num_blocks=10) as engine:
+        await _setup(engine)
+        prompts = [[7 + i + j for j in range(40)] for i in range(4)]
+        plain = [await engine.generate(replace(_req(p), sampling=SamplingParams(max_new_tokens=50))) for p in prompts]
+        # Latch around the middle of each answer: the median of all readings.
+        readings = sorted(v for r in plain for v in r.monitor[0].token_scores[5:])
+        cond = replace(PUSH, condition=SteeringCondition("probe", readings[len(readings) // 2], ConditionScope.RUNNING))
+        reqs = [replace(_req(p, cond), sampling=SamplingParams(max_new_tokens=50)) for p in prompts]
+        solo = [await engine.generate(r) for r in reqs]
+        assert resets["n"] == 0
+        batched = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    assert resets["n"] > 0, "the test must exercise a reset"
+    assert any(s.token_ids != u.token_ids for s, u in zip(solo, plain, strict=True)), "a condition must fire"
+    assert [b.token_ids for b in batched] == [s.token_ids for s in solo]

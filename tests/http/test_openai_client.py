@@ -145,3 +145,24 @@ async def test_an_error_reaches_the_openai_client_with_its_status_and_field(ai: 
         "param": "steering[0].direction",
         "code": "not_found",
     }
+
+
+async def test_a_conditional_term_steers_only_when_its_condition_holds(ai: openai.AsyncOpenAI) -> None:
+    """CAST through extra_body: a condition always met steers as the plain term does, one never met not at all."""
+    model = await _model_id(ai)
+    push = {"direction": "misalignment", "mode": "add", "strength": -3, "positions": "generated"}
+
+    async def answer(*terms: dict[str, Any]) -> list[int]:
+        reply = await ai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=30, temperature=1.0, seed=2,
+            extra_body={"steering": list(terms)},
+        )
+        return (reply.model_extra or {})["steering"]["token_ids"]
+
+    def when(threshold: float) -> dict[str, Any]:
+        return {**push, "condition": {"direction": "misalignment", "threshold": threshold, "scope": "prompt"}}
+
+    plain, pushed = await answer(), await answer(push)
+    assert pushed != plain
+    assert await answer(when(-1000.0)) == pushed
+    assert await answer(when(1000.0)) == plain

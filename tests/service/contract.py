@@ -66,6 +66,8 @@ async def record_rule_leaves_tokens_and_records_the_alert(client: AsyncSteeringC
     await client.set_steering(alerts=[_rule(pb.RECORD, threshold)])
     try:
         assert list((await client.get_steering()).alerts) == [_rule(pb.RECORD, threshold)]
+        # The rule reads its direction for every request: deleting it is refused while the rule stands.
+        await expect_status(client.delete_direction("misalignment"), grpc.StatusCode.INVALID_ARGUMENT, "name")
         recorded = await client.generate(PROMPT, max_new_tokens=N, seed=3, token_scores=True)
         # Monitoring is off for this request, yet the rule reads its direction: the alert, and no scores.
         quiet = await client.generate(PROMPT, max_new_tokens=N, seed=3, ignore_policy=True, monitor_disabled=True)

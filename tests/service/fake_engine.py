@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from steering_server.alerts import Watch
+from steering_server.alerts import Watch, check_unreferenced
 from steering_server.composition import FieldTerm
 from steering_server.compute_job import run_compute
 from steering_server.compute_types import ComputeEvent, ComputeRequest
@@ -249,6 +249,7 @@ class FakeEngine(EngineClient):
         return self.registry.put(check_provenance(direction, CONFIG_HASH, TOKENIZER_HASH, strict))
 
     def delete_direction(self, name: str) -> None:
+        check_unreferenced(self.policy, name)
         self.registry.delete(name)
 
     def get_policy(self) -> SteeringPolicy:

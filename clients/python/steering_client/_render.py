@@ -193,21 +193,6 @@ class Printer:
             self._progress.stop()
             self._progress = None
 
-    def compute_result(self, result: pb.ComputeDirectionResult, written: str | None) -> None:
-        self.progress_done()
-        if self.message(result):
-            return
-        d = result.direction
-        self.line(f"{d.name}: monitor layer {result.monitor_layer}, {pb.Pooling.Name(result.pooling).lower()}, "
-                  f"{result.n_train} train / {result.n_held_out} held out"
-                  + (", stored" if result.stored else "") + (f", written to {written}" if written else ""))
-        for s in result.layers:
-            best = "  <- monitor layer" if s.layer == result.monitor_layer else ""
-            self.line(f"  layer {s.layer:3d}: AUROC {s.auroc:.3f} [{s.auroc_lo:.3f}, {s.auroc_hi:.3f}], "
-                      f"d {s.cohens_d:+.2f}, |v| {s.norm:.4g}{best}")
-        for pooling, fpr in sorted(result.held_out_fpr.items()):
-            self.line(f"  held-out benign above the {pooling} threshold: {fpr:.3f}")
-
     # ---- registry, policy, model
     def directions(self, response: pb.ListDirectionsResponse) -> None:
         if self.message(response):

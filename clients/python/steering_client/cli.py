@@ -4,7 +4,7 @@
     steering-client stream "Hi" --token-scores                  # tokens as they come (coloured by score on a tty)
     steering-client compare "Hi" --variant plain --variant off=misalignment:clamp:0
     steering-client score "Hi" --response "Hello"
-    steering-client direction list|get|put|delete ...
+    steering-client direction list|get|put|delete|compute ...
     steering-client policy get|set ...
     steering-client info | tokenize TEXT | health
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from . import __version__, builders
+from . import __version__, builders, compute_cli
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE
 from ._proto.steering.v1 import steering_pb2 as pb
 from ._render import Printer
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_monitor(score)
     score.add_argument("--ignore-policy", action="store_true", help="apply no server policy")
 
-    directions = commands.add_parser("direction", help="the direction registry (list, get, put, delete)")
+    directions = commands.add_parser("direction", help="the direction registry (list, get, put, delete, compute)")
     dsub = directions.add_subparsers(dest="action", required=True, metavar="ACTION")
     command("list", "list the registered directions", dsub)
     get = command("get", "show one direction", dsub)
@@ -115,28 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--removal", default=None, metavar="MODE:STRENGTH[:POSITIONS]",
                      help="its removal recipe (Compare's default), e.g. clamp:0:prompt (default: the file's, "
                      "else ablate:1)")
-    compute = command("compute", "compute a difference-of-means direction on the served model (administrators)",
-                      dsub)
-    compute.add_argument("name", help="the direction's name")
-    recipe = compute.add_mutually_exclusive_group(required=True)
-    recipe.add_argument("--examples", metavar="JSONL",
-                        help='contrastive answers: one {"prompt"|"messages", "response", "label"} per line')
-    recipe.add_argument("--persona", metavar="JSON",
-                        help='persona prompts: {"questions": [...], "positive_systems": [...], '
-                        '"negative_systems": [...]}')
-    compute.add_argument("--pooling", choices=("last_prompt", "response_mean"), default=None,
-                         help="default: response_mean for --examples, last_prompt for --persona")
-    compute.add_argument("--layers", default="", help="comma-separated layers (default: all)")
-    compute.add_argument("--target-fpr", type=float, default=None, help="thresholds' false-positive rate (0.01)")
-    compute.add_argument("--held-out-share", type=float, default=None, help="share of each label held out (0.3)")
-    compute.add_argument("--seed", type=int, default=0, help="split, persona system prompts, bootstrap (default 0)")
-    compute.add_argument("--max-new-tokens", type=int, default=None, help="--persona: tokens per answer (32)")
-    compute.add_argument("--description", default="")
-    compute.add_argument("--store", action="store_true", help="register it on the server under NAME")
-    compute.add_argument("--out", default=None, metavar="FILE",
-                         help="write the direction file (.safetensors) here (--json then omits its bytes)")
     delete = command("delete", "remove a direction (administrators)", dsub)
     delete.add_argument("name")
+    compute = command("compute", "compute a direction from labelled examples on the served model, through its "
+                      "serving path (administrators; docs/directions.md)", dsub)
+    compute_cli.add_arguments(compute)
 
     policy = commands.add_parser("policy", help="the server-wide default steering (get, set)")
     psub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -321,7 +304,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "direction" and args.action == "put":
         options["put"] = _put_options(args)
     if args.command == "direction" and args.action == "compute":
-        options["compute"] = _compute_options(args)
+        try:
+            options["compute"] = compute_cli.options_from_args(args)
+        except OSError as exc:
+            raise UsageError(f"direction compute: cannot read {exc.filename}: {exc.strerror or exc}") from exc
     return options
 
 
@@ -356,36 +342,6 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _compute_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ComputeDirection's options from the flags (the files are read here, before connecting)."""
-    import json
-
-    from . import compute
-
-    options: dict[str, Any] = {"seed": args.seed, "description": args.description, "store": args.store,
-                               "return_file": args.out is not None}
-    try:
-        if args.examples:
-            options["examples"] = compute.examples_from_jsonl(args.examples)
-        else:
-            spec = json.loads(Path(args.persona).read_text(encoding="utf-8"))
-            options["persona"] = compute.persona_prompts(
-                spec.get("questions", ()), spec.get("positive_systems", ()), spec.get("negative_systems", ()),
-                args.max_new_tokens,
-            )
-    except OSError as exc:
-        raise UsageError(f"direction compute: cannot read {args.examples or args.persona}: "
-                         f"{exc.strerror or exc}") from exc
-    if args.pooling:
-        options["pooling"] = args.pooling
-    if args.layers:
-        options["layers"] = _ids(args.layers, "--layers")
-    for key in ("target_fpr", "held_out_share"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    return options
 
 
 def _variants(specs: Sequence[str]) -> dict[str, list[pb.SteeringTerm]]:
@@ -496,29 +452,18 @@ def _direction_put(client: SteeringClient, args: argparse.Namespace, out: Printe
     return 0
 
 
-def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
-    events = client.compute_direction_stream(args.name, **options["compute"])
-    try:
-        for event in events:
-            if event.HasField("progress"):
-                out.compute_progress(event.progress)
-                continue
-            result = event.result
-            if args.out is not None:
-                Path(args.out).write_bytes(result.safetensors)
-                result.ClearField("safetensors")  # written to the file, not printed
-            out.compute_result(result, args.out)
-    finally:
-        events.close()  # leaving early (Ctrl-C) cancels the job on the server
-        out.progress_done()
-    return 0
-
-
 def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
     response = client.delete_direction(args.name)
     if not out.message(response):
         out.line(f"deleted {args.name}")
     return 0
+
+
+def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
+    try:
+        return compute_cli.run(client, args, out.as_json, out.out, options["compute"], progress=out.compute_progress)
+    finally:
+        out.progress_done()
 
 
 def _policy_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:

@@ -245,7 +245,8 @@ async function toggleWatch() {
   const headers = {};
   if ($("token").value) headers.Authorization = `Bearer ${$("token").value}`;
   try {
-    const response = await fetch("/v1/steering/monitor", { headers, signal: watching.signal });
+    const query = $("alerts_only").checked ? "?alerts_only=true" : "";
+    const response = await fetch(`/v1/steering/monitor${query}`, { headers, signal: watching.signal });
     if (!response.ok) {
       const err = await response.json();
       throw new Error(err.error ? err.error.message : response.statusText);
@@ -261,24 +262,29 @@ async function toggleWatch() {
 }
 
 function feedRow(ev) {
+  // One finished request's monitor summary (gRPC's MonitorEvent as JSON).
   if (ev.error) { $("watch_state").textContent = ev.error.message; return; }
   const body = $("feed").querySelector("tbody");
   const tr = document.createElement("tr");
-  const alert = ev.kind === "alert" || (ev.alerts && ev.alerts.length);
-  if (alert) tr.className = "alert";
-  const when = ev.time ? new Date(ev.time * 1000).toLocaleTimeString() : new Date().toLocaleTimeString();
-  const scores = ev.scores ? Object.entries(ev.scores).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") : "";
-  for (const text of [when, ev.request_id || "", ev.kind || "", scores]) {
+  const alerts = ev.alerts || [];
+  if (alerts.length) tr.className = "alert";
+  const when = new Date(ev.time * 1000).toLocaleTimeString();
+  const who = `${ev.request_id} ${ev.front_end || "-"}/${ev.rpc}${ev.variant ? " " + ev.variant : ""}`;
+  const what = `${ev.stop_reason || ""} ${ev.usage.completion_tokens} tok; ${describe(ev.steering)}` +
+    (ev.policy_applied ? " (policy)" : "") + (ev.dropped ? `; ${ev.dropped} dropped before` : "");
+  const scores = ev.monitor.map((m) => `${m.direction} p ${fmt(m.prompt_score)} r ${fmt(m.response_score)} max ${fmt(m.max_score)}`).join("; ");
+  for (const text of [when, who, what, scores]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.appendChild(td);
   }
   body.prepend(tr);
   while (body.children.length > 500) body.lastChild.remove();
-  if (alert) {
-    const a = Object.assign(document.createElement("div"), { className: "alert" });
-    a.textContent = `${when} ${ev.request_id || ""}: ${ev.message || JSON.stringify(ev.alerts || ev)}`;
-    $("alerts").prepend(a);
+  for (const a of alerts) {
+    const el = Object.assign(document.createElement("div"), { className: "alert" });
+    const at = a.token_index === null ? "at the prompt" : `at token ${a.token_index}`;
+    el.textContent = `${when} ${ev.request_id}: ${a.direction} ${fmt(a.score)} ≥ ${fmt(a.threshold)} ${at} (${a.action}, ${a.source})`;
+    $("alerts").prepend(el);
   }
 }
 
