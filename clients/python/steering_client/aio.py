@@ -141,6 +141,23 @@ class AsyncSteeringClient:
     async def tokenize(self, text: str) -> pb.TokenizeResponse:
         return await self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
 
+    async def watch_monitor(
+        self,
+        directions: Sequence[str] = (),
+        min_score: float | None = None,
+        alerts_only: bool = False,
+        buffer_size: int | None = None,
+    ) -> AsyncIterator[pb.MonitorEvent]:
+        """The live monitor feed (observer credentials): one event per finished request, until you leave the loop
+        (which cancels the call). `event.dropped` counts events lost because this watcher fell behind."""
+        request = builders.watch_request(directions, min_score, alerts_only, buffer_size)
+        call = self._stub.WatchMonitor(request, timeout=self._timeout, metadata=self._metadata)
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()
+
     async def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
         """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
         canary passed, NOT_SERVING while it loads, after it died and while the server drains."""

@@ -25,6 +25,7 @@ __all__ = [
     "put_direction_request",
     "score_request",
     "steering_policy",
+    "watch_request",
 ]
 
 # A chat message: a ChatMessage, a {"role": ..., "content": ...} mapping or a (role, content) pair.
@@ -256,3 +257,18 @@ def _fill_monitor(monitor: pb.MonitorOptions, options: _MonitorOptions) -> None:
     monitor.disabled = options.get("monitor_disabled", False)
     if "stop_threshold" in options:
         monitor.stop_threshold = options["stop_threshold"]
+
+
+def watch_request(
+    directions: Sequence[str] = (),
+    min_score: float | None = None,
+    alerts_only: bool = False,
+    buffer_size: int | None = None,
+) -> pb.WatchMonitorRequest:
+    """WatchMonitor's filter: events on these directions (empty: all), with a score >= `min_score`, with alerts."""
+    request = pb.WatchMonitorRequest(directions=list(directions), alerts_only=alerts_only)
+    if min_score is not None:
+        request.min_score = min_score
+    if buffer_size is not None:
+        request.buffer_size = buffer_size
+    return request

@@ -7,6 +7,7 @@
     steering-client direction list|get|put|delete|compute ...
     steering-client policy get|set ...
     steering-client info | tokenize TEXT | health
+    steering-client watch --min-score 3                         # the live monitor feed (observers)
 
 `--json` prints the whole response message, every field included. Exit codes: 0 done, 1 the call failed (or
 health is not SERVING), 2 bad flags or connection settings, 130 interrupted (Ctrl-C).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import grpc
 from . import __version__, builders, compute_cli
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE
 from ._proto.steering.v1 import steering_pb2 as pb
-from ._render import Printer
+from ._render import Printer, term_spec, to_json
 from .connect import TOKEN_ENV, Connection, open_channel, read_token
 from .sync import SteeringClient
 
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = command("health", "the gRPC health status (exit 0 when SERVING)")
     health.add_argument("--service", default=HEALTH_SERVICE,
                         help=f"the service to check ('' for the whole server; default {HEALTH_SERVICE})")
+    _add_watch(command("watch", "print the live monitor feed, one line per finished request (observers)"))
     return parser
 
 
@@ -493,6 +496,50 @@ def _health(client: SteeringClient, args: argparse.Namespace, out: Printer, _: d
     return 0 if response.status == type(response).SERVING else 1
 
 
+# ------------------------------------------------------------------------------------------------ watch
+def _add_watch(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument("--direction", action="append", default=[], metavar="NAME",
+                       help="only events that scored or alerted on this direction (repeatable; default all)")
+    watch.add_argument("--min-score", type=float, default=None, metavar="Z",
+                       help="only events with a prompt, response or max score >= Z (default: no floor)")
+    watch.add_argument("--alerts-only", action="store_true", help="only events that raised an alert")
+    watch.add_argument("--buffer-size", type=int, default=None, metavar="N",
+                       help="events the server holds for you while you lag (1-4096; default 256)")
+    watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events (default: never)")
+
+
+def _watch(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    """One line per event (`--json`: one JSON object per line) until Ctrl-C or `--count` events."""
+    events = client.watch_monitor(args.direction, args.min_score, args.alerts_only, args.buffer_size)
+    try:
+        for seen, event in enumerate(events, 1):
+            out.line(to_json(event, indent=None) if out.as_json else _event_line(event))
+            if args.count is not None and seen >= args.count:
+                break
+    finally:
+        events.close()  # cancels the call on the server
+    return 0
+
+
+def _event_line(e: pb.MonitorEvent) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    call = f"{e.rpc}/{e.variant}" if e.variant else e.rpc
+    stop = pb.StopReason.Name(e.stop_reason) if e.stop_reason else "-"
+    parts = [f"{when} {e.request_id} {call} {stop} {e.usage.prompt_tokens}+{e.usage.completion_tokens} tokens"]
+    for s in e.monitor:
+        scores = [f"prompt {s.prompt_score:.2f}"]
+        scores += [f"{f.split('_')[0]} {getattr(s, f):.2f}" for f in ("response_score", "max_score") if s.HasField(f)]
+        parts.append(f"{s.direction}: {', '.join(scores)}")
+    if e.steering:
+        policy = (" (policy, enforced)" if e.policy_enforced else " (policy)") if e.policy_applied else ""
+        parts.append("steering " + " ".join(term_spec(t) for t in e.steering) + policy)
+    for a in e.alerts:
+        parts.append(f"ALERT {a.direction} {a.score:.2f} >= {a.threshold:.2f} {pb.AlertAction.Name(a.action)}")
+    if e.dropped:
+        parts.append(f"[{e.dropped} dropped before this]")
+    return " | ".join(parts)
+
+
 _COMMANDS: dict[str, Handler] = {
     "generate": _generate,
     "stream": _stream,
@@ -508,6 +555,7 @@ _COMMANDS: dict[str, Handler] = {
     "info": _info,
     "tokenize": _tokenize,
     "health": _health,
+    "watch": _watch,
 }
 
 if __name__ == "__main__":

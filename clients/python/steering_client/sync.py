@@ -133,6 +133,23 @@ class SteeringClient:
     def tokenize(self, text: str) -> pb.TokenizeResponse:
         return self._call(self._stub.Tokenize, pb.TokenizeRequest(text=text))
 
+    def watch_monitor(
+        self,
+        directions: Sequence[str] = (),
+        min_score: float | None = None,
+        alerts_only: bool = False,
+        buffer_size: int | None = None,
+    ) -> Generator[pb.MonitorEvent, None, None]:
+        """The live monitor feed (observer credentials): one event per finished request, until you stop iterating
+        (which cancels the call). `event.dropped` counts events lost because this watcher fell behind. The
+        client's `timeout`, if set, ends the watch when it passes."""
+        request = builders.watch_request(directions, min_score, alerts_only, buffer_size)
+        call = self._stub.WatchMonitor(request, timeout=self._timeout, metadata=self._metadata)
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
     def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
         """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
         canary passed, NOT_SERVING while it loads, after it died and while the server drains."""
