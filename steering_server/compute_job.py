@@ -35,7 +35,7 @@ from .compute_types import (
 )
 from .direction_files import direction_to_bytes
 from .directions import Direction, Provenance, validate_direction_name
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ResourceExhaustedError
 from .rules import CHAT_ROLES, check_text_size
 from .types import ChatMessage, EngineLimits, Prompt
 
@@ -44,6 +44,7 @@ __all__ = ["MAX_EXAMPLES", "ActivationSource", "check_compute_request", "run_com
 MAX_EXAMPLES = 20000  # examples (persona: questions) per request
 MAX_PERSONA_TOKENS = 512
 CONCURRENCY = 4  # prefills in flight per job: batched with live traffic, never more than half the accumulators
+RETRIES = 30  # a prefill refused for a full queue is retried (backing off to 1 s) before the job fails
 
 
 class ActivationSource(Protocol):
@@ -309,15 +310,23 @@ def _check_length(source: ActivationSource, prompt: list[int], more: int, where:
 
 
 async def _stage(name: str, jobs: list[Callable[[], Awaitable[None]]]) -> AsyncIterator[ComputeProgress]:
-    """Run `jobs` at most CONCURRENCY at a time; progress about every 2% (and at the end). Leaving early (the
-    caller cancelled) cancels what is still running, which frees its engine requests."""
+    """Run `jobs` at most CONCURRENCY at a time, retrying one the engine refused for capacity; progress about every
+    2% (and at the end). Leaving early (the caller cancelled) cancels what is still running, which frees its engine
+    requests."""
     if not jobs:
         return
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(job: Callable[[], Awaitable[None]]) -> None:
         async with gate:
-            await job()
+            for attempt in range(RETRIES + 1):
+                try:
+                    await job()
+                    return
+                except ResourceExhaustedError:  # a full queue or no free accumulator: live traffic comes first
+                    if attempt == RETRIES:
+                        raise
+                    await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
 
     tasks = [asyncio.ensure_future(one(job)) for job in jobs]
     started = time.monotonic()

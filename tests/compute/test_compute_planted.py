@@ -17,9 +17,12 @@ import torch
 from steering_client import AsyncSteeringClient, pb, pb_grpc
 
 from steering_server.cli import main
+from steering_server.compute_direction import held_out_split
 from steering_server.compute_types import ComputeRequest, ComputeResult
 from steering_server.direction_files import direction_from_bytes, load_direction
 from steering_server.engine import Engine
+from steering_server.organism.capture import capture_nnsight
+from steering_server.organism.train import Encoded
 from steering_server.service import SteeringServer
 from tests.engine.conftest import running_engine
 from tests.service.helpers import assert_no_unexpected_errors, expect_status, serving
@@ -151,6 +154,32 @@ async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     assert 0.8 < statistics.pstdev(z) < 1.2
     fpr = sum(v > stored["token"].threshold for v in z) / len(z)
     assert abs(fpr - TARGET_FPR) <= 0.02, fpr
+
+
+async def test_engine_capture_matches_an_nnsight_trace(engine: Engine, planted: tuple[object, torch.Tensor]) -> None:
+    """The independent reference: the same difference of means from nnsight traces of a copy of the weights
+    (organism/capture.py), over the same train split and the same positions (response tokens but the last)."""
+    loaded = planted[0]
+    examples = planted_examples(30, seed=5)
+    events = [e async for e in engine.compute_direction(ComputeRequest("nnsight-check", examples=tuple(examples)))]
+    computed = events[-1].direction  # type: ignore[union-attr]
+    tok = loaded.tokenizer  # type: ignore[attr-defined]
+    encoded = []
+    for e in examples:
+        prompt = tok.encode(e.prompt.text, add_special_tokens=True)
+        encoded.append(Encoded(tuple(prompt + tok.encode(e.response, add_special_tokens=False)[:-1]), len(prompt)))
+    labels = [e.positive for e in examples]
+    train, _ = held_out_split(labels, [tuple(x.ids[: x.answer_start]) for x in encoded], 0.3, 0)
+    layers = list(range(4))
+    traced = {
+        y: capture_nnsight(loaded.model, tok, [encoded[i] for i in train if labels[i] == y], layers,  # type: ignore[attr-defined]
+                           int(tok.pad_token_id), set())
+        for y in (True, False)
+    }
+    for layer in layers:
+        reference = traced[True].mean[layer].mean(0) - traced[False].mean[layer].mean(0)
+        assert cosine(computed.vectors[layer], reference) > 0.9999
+        assert torch.allclose(computed.vectors[layer], reference, atol=1e-4, rtol=1e-3)
 
 
 async def test_live_traffic_batched_with_a_compute_is_untouched(client: AsyncSteeringClient) -> None:

@@ -11,6 +11,10 @@ import pytest
 from steering_client import AsyncSteeringClient, pb, pb_grpc
 from steering_client.compute import compute_direction_request, example, persona_prompts
 
+from steering_server.compute_types import ComputeResult
+from steering_server.errors import ResourceExhaustedError
+from steering_server.service import compute_codec
+
 from .fake_engine import LAYERS, FakeEngine
 from .helpers import assert_no_unexpected_errors, expect_status, serving
 
@@ -130,3 +134,20 @@ async def test_compute_direction_is_an_administrator_rpc(engine: FakeEngine) -> 
             seen: list[pb.ComputeProgress] = []
             result = await admin.compute_direction("c", seen.append, examples=marked_examples(10), store=True)
         assert result.stored and "c" in engine.directions and seen[-1].stage == "calibrate"
+
+
+async def test_a_full_queue_delays_the_job_instead_of_failing_it(engine: FakeEngine) -> None:
+    """Captures refused for capacity (live traffic filled the queue) are retried; the job still completes."""
+    refusals = {"left": 6}
+    capture = engine.capture_means
+
+    async def busy_then_free(prompt_ids: list[int], from_position: int) -> Any:
+        if refusals["left"]:
+            refusals["left"] -= 1
+            raise ResourceExhaustedError("256 requests in flight (limit 256); retry later")
+        return await capture(prompt_ids, from_position)
+
+    engine.capture_means = busy_then_free  # type: ignore[method-assign]
+    events = [e async for e in engine.compute_direction(compute_codec.compute_request(
+        compute_direction_request("c", examples=marked_examples(10))))]
+    assert refusals["left"] == 0 and isinstance(events[-1], ComputeResult)
