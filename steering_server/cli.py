@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from . import direction_cli
 from .config import CPU_KV_TOKENS_PER_REQUEST, EngineConfig
@@ -27,7 +28,7 @@ from .preflight import (
 )
 from .types import EngineLimits
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["audit_log_path", "build_parser", "config_from_args", "main"]
 
 log = logging.getLogger("steering_server")
 _ENGINE = EngineConfig()
@@ -223,6 +224,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "(default: nothing persists); "
         "an enforced policy that cannot be restored stops the server from starting",
     )
+    serve.add_argument(
+        "--audit-log", default=None, metavar="PATH",
+        help="append every alert and every policy and registry change (with who made it) to this JSON-lines file "
+        "(default: DIR/audit.jsonl with --state-dir; none without)",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
     serve.add_argument(
         "--admin-token-file", default=None, metavar="PATH",
@@ -278,12 +284,20 @@ def _run_serve(args: argparse.Namespace) -> int:
                 open_admin=args.open_admin,
                 tls=tls,
                 http_port=args.http_port,
+                audit_log=audit_log_path(args),
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
         log.error("cannot start: %s", one_line(exc))
         return 2
     return 0
+
+
+def audit_log_path(args: argparse.Namespace) -> str | None:
+    """--audit-log, else <state-dir>/audit.jsonl when there is a state directory, else none."""
+    if args.audit_log:
+        return str(args.audit_log)
+    return str(Path(args.state_dir) / "audit.jsonl") if args.state_dir else None
 
 
 def _register_organism(commands: argparse._SubParsersAction) -> None:

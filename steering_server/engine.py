@@ -32,7 +32,8 @@ from .errors import (
     UnavailableError,
 )
 from .models import LoadedModel, load_model
-from .planning import MAX_CONDITIONS, MonitorTarget, RequestPlan, effective_terms, make_plan
+from .monitor_feed import MonitorFeed, current_front_end, current_rpc, request_event
+from .planning import MAX_CONDITIONS, FieldTerm, MonitorTarget, RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
@@ -154,6 +155,7 @@ class Engine(EngineClient):
         self._dead: BaseException | None = None
         self._death_callbacks: list[Callable[[BaseException], None]] = []
         self.generated_tokens = 0
+        self.monitor_feed = MonitorFeed()
 
     def _num_blocks(self) -> int | None:
         """KV pages: the flag's, or enough for --kv-cache-tokens, or None on a GPU (sized from free memory); on the
@@ -228,11 +230,14 @@ class Engine(EngineClient):
         if not self._healthy:
             self._check_accepting()
             raise UnavailableError("the engine is starting")
-        return self._generate_internal_stream(request)
+        return self._generate_internal_stream(request, rpc="GenerateStream")
 
     async def open_stream(self, request: GenerationRequest) -> GenerationStream:
         """generate_stream with the prompt tokenized in a worker thread: a long prompt must not hold up the event
         loop (health checks, other calls' tokens) for the 0.1-0.3 s it takes."""
+        return await self._open(request, "GenerateStream")
+
+    async def _open(self, request: GenerationRequest, rpc: str) -> GenerationStream:
         if not self._healthy:
             self._check_accepting()
             raise UnavailableError("the engine is starting")
@@ -240,10 +245,10 @@ class Engine(EngineClient):
         check_monitor(request.monitor)
         prompt_ids = await asyncio.to_thread(self._render, request)
         self._check_length(prompt_ids, sampling.max_new_tokens)
-        return self._generate_internal_stream(request, prompt_ids)
+        return self._generate_internal_stream(request, prompt_ids, rpc=rpc)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return await collect(await self.open_stream(request))
+        return await collect(await self._open(request, "Generate"))
 
     async def generate_unchecked(self, request: GenerationRequest) -> GenerationResult:
         """Generate without the health check (the canary runs before the engine reports healthy)."""
@@ -255,9 +260,12 @@ class Engine(EngineClient):
         prompt_ids: list[int] | None = None,
         prompt_len: int | None = None,
         field_prefix: str = "",
+        rpc: str | None = None,
+        variant: str = "",
     ) -> GenerationStream:
         """Check, plan and admit one request. With `prompt_ids` the caller has rendered and checked the prompt and
-        sampling (Compare, Score): errors then name only this request's own fields."""
+        sampling (Compare, Score): errors then name only this request's own fields. With `rpc`, its result is
+        published to the monitor feed under that name (the canary's and Score's prefill are not)."""
         self._check_accepting()
         sampling = request.sampling
         if prompt_ids is None:
@@ -278,7 +286,23 @@ class Engine(EngineClient):
             field_prefix,
             rules=self._policy.alerts,  # every request, ignore_policy included: alerts are monitoring
         )
-        return self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
+        stream = self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
+        if rpc is not None:
+            self._publish_on_result(stream, terms, rpc, variant)
+        return stream
+
+    def _publish_on_result(
+        self, stream: GenerationStream, terms: tuple[FieldTerm, ...], rpc: str, variant: str
+    ) -> None:
+        """Publish the request's monitor summary when it finishes (on the event loop; never waits on a watcher).
+        The front end and policy are read now, at admission, in the caller's context."""
+        front, policy, rpc = current_front_end(), self._policy, current_rpc(rpc)
+
+        def publish(result: GenerationResult) -> None:
+            event = request_event(result, rpc=rpc, front=front, variant=variant, terms=terms, policy=policy)
+            self.monitor_feed.publish(event)
+
+        stream.add_result_callback(publish)
 
     def _render(self, request: GenerationRequest | CompareRequest | ScoreRequest) -> list[int]:
         return render_prompt(self.tokenizer, request.prompt, self.vocab_size, "", self.limits)
@@ -406,7 +430,11 @@ class Engine(EngineClient):
                     request.monitor,
                     ignore_policy=variant_ignores_policy(self._policy),
                 )
-                streams.append(self._generate_internal_stream(req, prompt_ids, field_prefix=f"variants[{i}]."))
+                streams.append(
+                    self._generate_internal_stream(
+                        req, prompt_ids, field_prefix=f"variants[{i}].", rpc="Compare", variant=v.name
+                    )
+                )
         except BaseException:
             for s in streams:
                 s.cancel()
@@ -444,12 +472,28 @@ class Engine(EngineClient):
             request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor, request.ignore_policy
         )
         stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids))
+        # What the feed reports: the terms that ran and the policy, read at admission as for Generate.
+        terms = effective_terms(request.steering, self._policy, request.ignore_policy)
+        policy, front = self._policy, current_front_end()
         try:
             await collect(stream)
         finally:
             stream.cancel()
         n_scored = max(0, len(response) - 1)  # the last response token is never fed back during generation
         scores = direction_scores(stream.plan, stream.track, n_scored, request.monitor.token_scores)
+        self.monitor_feed.publish(
+            request_event(
+                None,
+                rpc=current_rpc("Score"),
+                request_id=stream.request_id,
+                front=front,
+                terms=terms,
+                policy=policy,
+                scores=scores,
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=len(response),
+            )
+        )
         return ScoreResult(len(prompt_ids), tuple(response), scores, steered=stream.plan.steered)
 
     async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from .compute_types import ComputeEvent, ComputeRequest
 from .directions import Direction
 from .errors import UnavailableError
+from .monitor_feed import MonitorFeed, MonitorFilter, MonitorSubscription
+from .rules import check_watch
 from .types import (
     CompareRequest,
     CompareResult,
@@ -91,6 +93,14 @@ class EngineClient(abc.ABC):
     """Every method raises only `steering_server.errors` classes for problems a caller can cause."""
 
     limits: EngineLimits
+    # Every finished request's monitor summary is published here (monitor_feed.py), whichever front end asked.
+    monitor_feed: MonitorFeed
+
+    def watch_monitor(self, where: MonitorFilter | None = None) -> MonitorSubscription:
+        """A watcher of the live monitor feed (bounded, lossy); close it (or finish iterating) to unsubscribe.
+        Raises InvalidArgumentError for a bad filter, ResourceExhaustedError when the feed has its maximum of
+        watchers."""
+        return self.monitor_feed.subscribe(check_watch(where or MonitorFilter()))
 
     @property
     @abc.abstractmethod

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .directions import validate_direction_name
 from .errors import InvalidArgumentError
+from .monitor_feed import MAX_BUFFER, MonitorFilter
 from .types import EngineLimits, MonitorOptions, Prompt, SamplingParams, ScoreRequest, Variant
 
 __all__ = [
@@ -24,18 +25,21 @@ __all__ = [
     "MAX_STOP_SEQUENCES",
     "MAX_TEMPERATURE",
     "MAX_VARIANT_NAME",
+    "MAX_WATCH_DIRECTIONS",
     "check_monitor",
     "check_prompt",
     "check_sampling",
     "check_score_response",
     "check_text_size",
     "check_variants",
+    "check_watch",
 ]
 
 MAX_TEMPERATURE = 100.0
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
 MAX_VARIANT_NAME = 64
+MAX_WATCH_DIRECTIONS = 64
 # A prompt longer than this many characters per allowed token cannot fit: refused before it is tokenized.
 MAX_CHARS_PER_TOKEN = 64
 # Far more turns than any context holds; 500k empty messages took 20 s to render (issue 8, finding 4).
@@ -139,3 +143,17 @@ def check_score_response(request: ScoreRequest, vocab_size: int) -> None:
     for i, t in enumerate(request.response_token_ids):
         if not 0 <= t < vocab_size:
             raise InvalidArgumentError(f"response_token_ids[{i}]", f"token id {t} is outside 0..{vocab_size - 1}")
+
+
+def check_watch(f: MonitorFilter) -> MonitorFilter:
+    """A WatchMonitor filter: direction names (registered or not: a watcher may wait for one), a finite floor, a
+    buffer of 1 to MAX_BUFFER events."""
+    if len(f.directions) > MAX_WATCH_DIRECTIONS:
+        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+    for i, name in enumerate(f.directions):
+        validate_direction_name(name, f"directions[{i}]")
+    if f.min_score is not None and not math.isfinite(f.min_score):
+        raise InvalidArgumentError("min_score", "must be finite")
+    if not 1 <= f.buffer <= MAX_BUFFER:
+        raise InvalidArgumentError("buffer_size", f"must be in 1..{MAX_BUFFER}")
+    return f

@@ -122,6 +122,16 @@ class GenerationStream(RequestStream):
         if not self.done:
             self._finish(StopReason.CANCELLED, needs_cancel=True)
 
+    def add_result_callback(self, callback: Callable[[GenerationResult], None]) -> None:
+        """`callback(result)` on the event loop once the request has a result (a cancelled one included); not
+        called when it fails. The monitor feed publishes this way."""
+
+        def done(future: asyncio.Future[GenerationResult]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                callback(future.result())
+
+        self._result.add_done_callback(done)
+
     # ---- producer side (event loop thread) ----
     def on_output(self, generated: list[int], finished: bool, error: str | None) -> None:
         if self.done:

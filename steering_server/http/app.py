@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ..engine_api import CompareStreams, EngineClient, RequestStream, collect, compare_result
 from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
+from ..monitor_feed import front_end
 from ..service.auth import Access
 from ..service.metrics import Metrics
 from ..service.status import status_of
@@ -109,7 +110,8 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         try:
             engine = _engine()
             req, stream = decode.compare_request(await _json_body(request), engine.limits)
-            opened = await engine.open_compare(req)
+            with front_end("http", "Compare"):  # the monitor feed's label for these requests
+                opened = await engine.open_compare(req)
         except Exception as exc:
             return _fail("Compare", exc, started)
         seed = req.sampling.seed
@@ -174,7 +176,8 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             engine = _engine()
             model_id = engine.model_info().model_id
             decoded = decoder(await _json_body(request), engine.limits, model_id)
-            stream = await engine.open_stream(decoded.request)
+            with front_end("http", rpc):  # the monitor feed's label ("ChatCompletions", "Completions")
+                stream = await engine.open_stream(decoded.request)
         except Exception as exc:
             return _fail(rpc, exc, started)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{stream.request_id}"

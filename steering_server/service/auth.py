@@ -2,7 +2,7 @@
 
     application    Generate, GenerateStream, Compare, Score, ListDirections, GetDirection (no vectors), GetSteering,
                    ModelInfo, Tokenize: no credentials
-    observer       also reads vectors (GetDirection include_vectors) and, later, the live monitor feed:
+    observer       also reads vectors (GetDirection include_vectors) and watches all traffic (WatchMonitor):
                    `authorization: Bearer <observer or admin token>`
     administrator  PutDirection, DeleteDirection, SetSteering, ComputeDirection: `authorization: Bearer <admin token>`
 
@@ -12,6 +12,7 @@ only and was started with --open-admin, which opens every role to every local ca
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,12 +24,15 @@ import grpc.aio
 
 from ..errors import UnauthenticatedError
 
-__all__ = ["ADMIN_METHODS", "Access", "AuthInterceptor", "is_loopback"]
+__all__ = ["ADMIN_METHODS", "OBSERVER_METHODS", "Access", "AuthInterceptor", "is_loopback"]
 
 ADMIN_METHODS = frozenset(
     f"/steering.v1.SteeringService/{name}"
     for name in ("PutDirection", "DeleteDirection", "SetSteering", "ComputeDirection")
 )
+# Whole methods for observers (server-streaming ones: refused before anything is streamed). GetDirection is gated
+# by its include_vectors field, in the servicer.
+OBSERVER_METHODS = frozenset(f"/steering.v1.SteeringService/{name}" for name in ("WatchMonitor",))
 
 
 def is_loopback(host: str) -> bool:
@@ -68,8 +72,17 @@ class Access:
         if self.open_admin or self._holds(metadata, self.admin_token) or self._holds(metadata, self.observer_token):
             return
         raise UnauthenticatedError(
-            "reading vectors needs observer or administrator credentials: send 'authorization: Bearer <token>'"
+            "reading vectors and watching traffic need observer or administrator credentials: send "
+            "'authorization: Bearer <token>'"
         )
+
+    def identify(self, metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
+        """Who a caller is, for the audit log: the role its credentials give and which token it sent, as a
+        fingerprint (the first 12 hex digits of the token's SHA-256), never the token itself."""
+        for role, token in (("admin", self.admin_token), ("observer", self.observer_token)):
+            if token is not None and self._holds(metadata, token):
+                return {"role": role, "token": "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]}
+        return {"role": "open-admin" if self.open_admin else "anonymous"}
 
     @staticmethod
     def _holds(metadata: Sequence[tuple[str, Any]] | None, token: str | None) -> bool:
@@ -93,14 +106,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method in ADMIN_METHODS:
+        method = handler_call_details.method
+        if method in ADMIN_METHODS or method in OBSERVER_METHODS:
+            check = self._access.check_admin if method in ADMIN_METHODS else self._access.check_observer
             try:
-                self._access.check_admin(handler_call_details.invocation_metadata)
+                check(handler_call_details.invocation_metadata)
             except UnauthenticatedError as exc:
                 message = str(exc)
 
                 async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+                if method in OBSERVER_METHODS:  # server-streaming
+                    return grpc.unary_stream_rpc_method_handler(refuse)
                 return grpc.unary_unary_rpc_method_handler(refuse)
         return await continuation(handler_call_details)

@@ -23,7 +23,8 @@ from ..direction_files import direction_from_bytes
 from ..direction_imports import load_direction_file
 from ..directions import POOLINGS, Calibration, Direction, Removal, validate_direction_name
 from ..errors import InvalidArgumentError
-from ..rules import MAX_CHAT_MESSAGES, check_text_size
+from ..monitor_feed import DEFAULT_BUFFER, MonitorFilter
+from ..rules import MAX_CHAT_MESSAGES, MAX_WATCH_DIRECTIONS, check_text_size
 from ..types import (
     AlertAction,
     AlertRule,
@@ -135,6 +136,18 @@ def _scope(value: int, field: str) -> ConditionScope:
     if scope is None:
         raise InvalidArgumentError(field, f"unknown scope value {value}")
     return scope
+
+
+def watch_request(msg: pb.WatchMonitorRequest) -> MonitorFilter:
+    """The watcher's filter; its rules (names, the floor, the buffer size) are rules.check_watch."""
+    if len(msg.directions) > MAX_WATCH_DIRECTIONS:  # before converting them
+        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+    return MonitorFilter(
+        directions=tuple(msg.directions),
+        min_score=msg.min_score if msg.HasField("min_score") else None,
+        alerts_only=msg.alerts_only,
+        buffer=msg.buffer_size if msg.HasField("buffer_size") else DEFAULT_BUFFER,
+    )
 
 
 def direction_name(name: str, field: str = "name") -> str:

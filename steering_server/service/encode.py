@@ -9,6 +9,7 @@ from steering_client import pb
 
 from .. import __version__
 from ..directions import Direction
+from ..monitor_feed import MonitorEvent
 from ..types import (
     Alert,
     AlertAction,
@@ -36,6 +37,7 @@ __all__ = [
     "direction",
     "generate_response",
     "model_info",
+    "monitor_event",
     "put_direction_response",
     "score_response",
     "steering_policy",
@@ -211,3 +213,22 @@ def _scores(scores: Iterable[DirectionScores]) -> list[pb.DirectionScores]:
         )
         for s in scores
     ]
+
+
+def monitor_event(event: MonitorEvent, dropped: int) -> pb.MonitorEvent:
+    """A feed event for one watcher; `dropped`: the events it lost since the previous one it received."""
+    return pb.MonitorEvent(
+        request_id=event.request_id,
+        time=event.time,
+        rpc=event.rpc,
+        front_end=event.front_end,
+        variant=event.variant,
+        monitor=_scores(event.scores),
+        alerts=[_alert(a) for a in event.alerts],
+        steering=[_term(t) for t in event.steering],
+        policy_applied=event.policy_applied,
+        policy_enforced=event.policy_enforced,
+        stop_reason=_STOP_REASONS[event.stop_reason] if event.stop_reason is not None else pb.STOP_REASON_UNSPECIFIED,
+        usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+        dropped=dropped,
+    )

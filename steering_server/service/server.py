@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from steering_client import pb, pb_grpc
 from steering_client._channel import MAX_MESSAGE_BYTES
 
+from ..audit_log import AuditLog
 from ..config import EngineConfig
 from ..engine_api import EngineClient
 from .auth import Access, AuthInterceptor, is_loopback
@@ -78,6 +79,7 @@ class SteeringServer:
         observer_token: str | None = None,
         open_admin: bool = False,
         tls: Tls | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         if open_admin and not is_loopback(host):
             raise ValueError(f"--open-admin is only allowed on a loopback address, not {host!r}; use a token")
@@ -85,7 +87,8 @@ class SteeringServer:
         self._engine: EngineClient | None = None
         self._loop = asyncio.get_running_loop()
         metrics = Metrics(metrics_registry, engine=lambda: self._engine)
-        self.servicer = SteeringServicer(metrics=metrics, access=access)
+        self.servicer = SteeringServicer(metrics=metrics, access=access, audit=audit_log)
+        self.audit_log = audit_log
         self.health = HealthServicer()
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(access)],
@@ -126,6 +129,8 @@ class SteeringServer:
         """Serve `engine` (its canary has run); health follows `engine.healthy` and turns off when it dies."""
         self._engine = engine
         self.servicer.attach(engine)
+        if self.audit_log is not None:  # every alert of every request, whichever front end it came through
+            engine.monitor_feed.add_sink(self.audit_log.alert_sink)
         engine.add_death_callback(self._on_engine_death)
         await self._set_health(_SERVING if engine.healthy else _NOT_SERVING)
 
@@ -199,14 +204,24 @@ async def serve(
     open_admin: bool = False,
     tls: Tls | None = None,
     http_port: int | None = None,
+    audit_log: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT: listen, start the engine (health turns SERVING after its canary), serve,
     then stop gracefully (running calls get `grace` seconds) and shut the engine down. `on_serving` gets the
     bound port once the engine is attached. Roles and TLS: see SteeringServer. `http_port`: also serve the
-    OpenAI-compatible HTTP API and the web page (steering_server.http, plaintext) on the same engine."""
+    OpenAI-compatible HTTP API and the web page (steering_server.http, plaintext) on the same engine.
+    `audit_log`: the JSON-lines file alerts and policy and registry changes are appended to (audit_log.py)."""
     registry = CollectorRegistry() if metrics_port is not None or http_port is not None else None
+    audit = AuditLog(audit_log) if audit_log is not None else None
     server = SteeringServer(
-        host, port, registry, admin_token, observer_token=observer_token, open_admin=open_admin, tls=tls
+        host,
+        port,
+        registry,
+        admin_token,
+        observer_token=observer_token,
+        open_admin=open_admin,
+        tls=tls,
+        audit_log=audit,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -250,3 +265,5 @@ async def serve(
             metrics_http.close()
         if engine is not None:
             await engine.shutdown()
+        if audit is not None:
+            audit.close()

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc.aio
 from steering_client import pb, pb_grpc
 
+from ..audit_log import AuditLog, direction_summary
 from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
+from ..monitor_feed import front_end
 from . import compute_codec, decode, encode
 from .auth import Access
 from .metrics import Metrics
@@ -29,10 +31,15 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     """Serves `engine` once attached; until then every RPC answers UNAVAILABLE (the engine is starting)."""
 
     def __init__(
-        self, engine: EngineClient | None = None, metrics: Metrics | None = None, access: Access | None = None
+        self,
+        engine: EngineClient | None = None,
+        metrics: Metrics | None = None,
+        access: Access | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.access = access or Access()
+        self.audit = audit  # policy and registry changes are recorded here, with who made them
         self.in_flight = 0  # RPCs running (kept by the status wrappers)
         self.draining = False  # stopping: new RPCs answer UNAVAILABLE while running ones finish
         self._engine = engine
@@ -59,7 +66,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> pb.GenerateResponse:
         received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
-        stream = await self.engine.open_stream(req)
+        with front_end("grpc", "Generate"):  # read by the engine at admission, for the monitor feed's events
+            stream = await self.engine.open_stream(req)
         try:
             result = await collect(stream)
         finally:  # a cancelled call's tokens are counted too
@@ -72,7 +80,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         received = time.monotonic()
         req = decode.generate_request(request, self.bounds)
-        stream = await self.engine.open_stream(req)
+        with front_end("grpc"):
+            stream = await self.engine.open_stream(req)
         try:  # cancellation or a deadline raises CancelledError here; `finally` frees the request at once
             async for event in stream:
                 yield encode.stream_token(event)
@@ -86,14 +95,16 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def Compare(self, request: pb.CompareRequest, context: Context) -> pb.CompareResponse:
         received = time.monotonic()
         req = decode.compare_request(request, self.bounds)
-        result = await self.engine.compare(req)
+        with front_end("grpc"):
+            result = await self.engine.compare(req)
         self.metrics.comparison(result, received)
         return encode.compare_response(result, req.sampling.seed)
 
     @unary
     async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
         req = decode.score_request(request, self.bounds)
-        result = await self.engine.score(req)
+        with front_end("grpc"):
+            result = await self.engine.score(req)
         self.metrics.scoring(result)
         return encode.score_response(result)
 
@@ -113,6 +124,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def PutDirection(self, request: pb.PutDirectionRequest, context: Context) -> pb.PutDirectionResponse:
         direction = decode.put_direction(request, self.bounds)
         stored = self.engine.put_direction(direction, strict=request.strict)
+        await self._audit(context, "PutDirection", direction=direction_summary(stored))
         return encode.put_direction_response(stored, direction)
 
     @unary
@@ -120,6 +132,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         name = decode.direction_name(request.name)
         self.engine.delete_direction(name)
         self.metrics.forget_direction(name)
+        await self._audit(context, "DeleteDirection", name=name)
         return pb.DeleteDirectionResponse()
 
     @streaming
@@ -139,8 +152,9 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
     @unary
     async def SetSteering(self, request: pb.SetSteeringRequest, context: Context) -> pb.SteeringPolicy:
-        policy = decode.steering_policy(request.policy, self.bounds)
-        return encode.steering_policy(self.engine.set_policy(policy))
+        policy = self.engine.set_policy(decode.steering_policy(request.policy, self.bounds))
+        await self._audit(context, "SetSteering", policy=policy)
+        return encode.steering_policy(policy)
 
     @unary
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: Context) -> pb.ModelInfoResponse:
@@ -151,6 +165,22 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         text = decode.tokenize_text(request.text, self.bounds)
         ids, tokens = await asyncio.to_thread(self._tokenize, text)  # up to 256k tokens: off the event loop
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    @streaming
+    async def WatchMonitor(self, request: pb.WatchMonitorRequest, context: Context) -> AsyncIterator[pb.MonitorEvent]:
+        # Observers only: the AuthInterceptor refused anyone else before the body was parsed.
+        subscription = self.engine.watch_monitor(decode.watch_request(request))
+        try:  # the caller cancelling (or going away) raises CancelledError here; `finally` unsubscribes
+            async for event, dropped in subscription:
+                yield encode.monitor_event(event, dropped)
+        finally:
+            subscription.close()
+
+    async def _audit(self, context: Context, kind: str, **fields: Any) -> None:
+        """Record a change (after it happened; answered once the line is on disk) with who made it."""
+        if self.audit is not None:
+            who = self.access.identify(context.invocation_metadata())
+            await self.audit.write(kind, who=who, peer=context.peer(), **fields)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[str]]:
         ids = self.engine.tokenize(text)

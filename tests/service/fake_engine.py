@@ -34,13 +34,14 @@ from steering_server.composition import FieldTerm
 from steering_server.compute_job import run_compute
 from steering_server.compute_types import ComputeEvent, ComputeRequest
 from steering_server.directions import Calibration, Direction, Provenance
-from steering_server.engine_api import CompareStreams, EngineClient, RequestStream
+from steering_server.engine_api import CompareStreams, EngineClient, RequestStream, collect
 from steering_server.errors import (
     EngineDeadError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
+from steering_server.monitor_feed import MonitorFeed, current_front_end, current_rpc, request_event
 from steering_server.planning import RequestPlan, Tables, effective_terms, make_plan
 from steering_server.provenance import check_provenance
 from steering_server.registry import DirectionRegistry
@@ -126,6 +127,7 @@ class FakeEngine(EngineClient):
         self.generated_tokens = 0
         self.forward_passes = 0
         self.stopping = False
+        self.monitor_feed = MonitorFeed()
 
     # ---- test hooks
     def hold(self) -> None:
@@ -164,18 +166,32 @@ class FakeEngine(EngineClient):
         return {d.name: d for d in self.registry.list()}
 
     def generate_stream(self, request: GenerationRequest) -> RequestStream:
+        return self._open(request, "GenerateStream")
+
+    async def open_stream(self, request: GenerationRequest) -> RequestStream:
+        return self._open(request, "GenerateStream")
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await collect(self._open(request, "Generate"))
+
+    def _open(self, request: GenerationRequest, rpc: str) -> _FakeStream:
         self._check_accepting()
         sampling = check_sampling(request.sampling, self.limits)
         check_monitor(request.monitor)
         prompt = self._render(request.prompt)
         self._check_length(prompt, sampling.max_new_tokens)
-        return self._admit(request, prompt, "")
+        return self._admit(request, prompt, "", rpc)
 
-    def _admit(self, request: GenerationRequest, prompt: list[int], prefix: str) -> _FakeStream:
+    def _admit(
+        self, request: GenerationRequest, prompt: list[int], prefix: str, rpc: str, variant: str = ""
+    ) -> _FakeStream:
         if prefix:
             check_monitor(request.monitor, prefix)
         terms, effect, plan = self._plan(request.steering, request.ignore_policy, f"{prefix}steering",
                                          request.monitor, prefix)
+        # The monitor feed, as the real engine publishes it: the effective terms and policy read at admission.
+        field_terms = effective_terms(request.steering, self.policy, request.ignore_policy)
+        front, policy, rpc = current_front_end(), self.policy, current_rpc(rpc)
         monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
             raise ResourceExhaustedError(f"{len(self.active)} requests in flight (limit {self.limits.max_queued})")
@@ -188,6 +204,15 @@ class FakeEngine(EngineClient):
             conditions, plan.watches,
         )
         self.active[stream.request_id] = stream
+
+        def publish(future: asyncio.Future[GenerationResult]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                event = request_event(
+                    future.result(), rpc=rpc, front=front, variant=variant, terms=field_terms, policy=policy
+                )
+                self.monitor_feed.publish(event)
+
+        stream._result.add_done_callback(publish)
         return stream
 
     async def open_compare(self, request: CompareRequest) -> CompareStreams:
@@ -206,7 +231,7 @@ class FakeEngine(EngineClient):
                 req = GenerationRequest(
                     request.prompt, sampling, v.steering, request.monitor, variant_ignores_policy(self.policy)
                 )
-                streams.append(self._admit(req, prompt, f"variants[{i}]."))
+                streams.append(self._admit(req, prompt, f"variants[{i}].", "Compare", v.name))
         except BaseException:
             for s in streams:
                 s.cancel()
@@ -236,7 +261,22 @@ class FakeEngine(EngineClient):
             )
             for d in monitored
         )
+        field_terms = effective_terms(request.steering, self.policy, request.ignore_policy)
+        policy, front = self.policy, current_front_end()
         await asyncio.sleep(0)
+        self.monitor_feed.publish(
+            request_event(
+                None,
+                rpc=current_rpc("Score"),
+                request_id=f"fake{next(self._ids)}",
+                front=front,
+                terms=field_terms,
+                policy=policy,
+                scores=scores,
+                prompt_tokens=len(prompt),
+                completion_tokens=len(response),
+            )
+        )
         return ScoreResult(len(prompt), tuple(response), scores, steered=bool(effect))
 
     def list_directions(self) -> list[Direction]:

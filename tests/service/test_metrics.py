@@ -163,6 +163,30 @@ async def test_running_and_waiting_requests(
     await wait_until(lambda: sample(page(registry), "steering_queued_requests") == 0, "every stream freed")
 
 
+async def test_alerts_of_policy_rules_and_stop_thresholds_are_counted_by_direction_and_action(
+    engine: FakeEngine, client: AsyncSteeringClient, registry: CollectorRegistry
+) -> None:
+    engine.registry.put(make_direction("sycophancy", seed=1))
+    rule = pb.AlertRule(direction="sycophancy", threshold=-100.0, scope=pb.PROMPT_SCORE, action=pb.RECORD)
+    await client.set_steering(alerts=[rule])
+    assert sample(page(registry), "steering_policy_alert_rules") == 1
+    recorded = await client.generate("Hello", max_new_tokens=4)
+    stopped = await client.generate("Hello", max_new_tokens=4, monitor=["misalignment"], stop_threshold=-100.0)
+    assert stopped.stop_reason == pb.MONITOR_ALERT
+    reported: dict[tuple[str, str, str], int] = {}
+    for reply in (recorded, stopped):
+        for alert in reply.alerts:
+            key = (alert.direction, pb.AlertAction.Name(alert.action), alert.source)
+            reported[key] = reported.get(key, 0) + 1
+    assert reported == {("sycophancy", "RECORD", "policy"): 2, ("misalignment", "STOP", "request"): 1}
+    text = page(registry)
+    for (direction, action, source), n in reported.items():
+        assert sample(text, "steering_monitor_alerts_total", direction=direction, action=action, source=source) == n
+    assert sample(text, "steering_monitor_alerts_total", direction="sycophancy", scope="PROMPT") == 2
+    assert sample(text, "steering_monitor_alerts_total", direction="misalignment", scope="RUNNING") == 1
+    assert sample(text, "steering_generations_total", rpc="Generate", stop_reason="MONITOR_ALERT") == 1
+
+
 def _alerting_result(direction: str, action: AlertAction) -> GenerationResult:
     alert = Alert(direction, ConditionScope.RUNNING, score=4.5, threshold=3.0, action=action, token_index=2)
     return GenerationResult("abc", (1, 2, 3), StopReason.MONITOR_ALERT, 4, (), alerts=(alert,))

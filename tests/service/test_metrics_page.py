@@ -77,6 +77,10 @@ async def test_every_generating_rpc_is_counted_and_the_page_passes_promtool(
 ) -> None:
     before = engine.stats().generated_tokens  # the canary's tokens
     async with AsyncSteeringClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        # A server-wide rule every request trips at its last prompt token (alert rules watch ignore_policy requests
+        # and Compare variants too).
+        rule = pb.AlertRule(direction="misalignment", threshold=-100.0, scope=pb.PROMPT_SCORE, action=pb.RECORD)
+        await client.set_steering(alerts=[rule])
         generated = await client.generate("Hello there", max_new_tokens=6)
         streamed = [m async for m in client.generate_stream("The weather today", max_new_tokens=5)]
         compared = await client.compare("Tell me about cats", max_new_tokens=6, monitor=["misalignment"])
@@ -111,7 +115,18 @@ async def test_every_generating_rpc_is_counted_and_the_page_passes_promtool(
     assert sample(page, "steering_monitor_raw_score_count", direction="raw", pooling="prompt") == 3
     assert sample(page, "steering_monitor_score_count", direction="raw") == 0
 
+    # Alerts carry their direction and action: one RECORD per generation above (the cancelled one too: it fired at
+    # the last prompt token, before the first token).
+    replies = [generated, streamed[-1].final, *(v.result for v in compared.variants)]
+    assert all(len(r.alerts) == 1 and r.alerts[0].direction == "misalignment" for r in replies)
+    labels = {"direction": "misalignment", "action": "RECORD", "scope": "PROMPT", "source": "policy"}
+    assert sample(page, "steering_monitor_alerts_total", **labels) == len(replies) + 1
+    assert sample(page, "steering_policy_alert_rules") == 1
+
     async with AsyncSteeringClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        stopped = await client.generate("Hello there", max_new_tokens=6, monitor=["raw"], stop_threshold=-1e6)
+        assert stopped.stop_reason == pb.MONITOR_ALERT
+        await client.set_steering()
         scored = await client.score("Hello there", response="General Kenobi")
     page = await asyncio.to_thread(_scrape, metrics_url)
     assert sample(page, "steering_scored_tokens_total") == len(scored.response_token_ids) == len("General Kenobi")
@@ -120,6 +135,10 @@ async def test_every_generating_rpc_is_counted_and_the_page_passes_promtool(
     assert (sample(page, "steering_queued_requests"), sample(page, "steering_running_requests")) == (0, 0)
     assert sample(page, "steering_engine_healthy") == 1
     assert sample(page, "steering_directions") == 2
+    stop = {"direction": "raw", "action": "STOP", "scope": "RUNNING", "source": "request"}
+    assert sample(page, "steering_monitor_alerts_total", **stop) == 1
+    assert sample(page, "steering_generations_total", rpc="Generate", stop_reason="MONITOR_ALERT") == 1
+    assert sample(page, "steering_policy_alert_rules") == 0
 
     checked = promtool("check", "metrics", stdin=page)
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), (

@@ -7,6 +7,7 @@
     steering-client direction list|get|put|delete|compute ...
     steering-client policy get|set ...
     steering-client info | tokenize TEXT | health
+    steering-client watch --min-score 3                         # the live monitor feed (observers)
 
 `--json` prints the whole response message, every field included. Exit codes: 0 done, 1 the call failed (or
 health is not SERVING), 2 bad flags or connection settings, 130 interrupted (Ctrl-C).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import grpc
 from . import __version__, builders, compute_cli
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE
 from ._proto.steering.v1 import steering_pb2 as pb
-from ._render import Printer
+from ._render import Printer, term_spec, to_json
 from .connect import TOKEN_ENV, Connection, open_channel, read_token
 from .sync import SteeringClient
 
@@ -36,6 +38,12 @@ Handler = Callable[[SteeringClient, argparse.Namespace, Printer, dict[str, Any]]
 # Details grpc gives a call whose server stopped or vanished under it (after the server's --grace ran out, or a
 # crash): the call was accepted, so "retry later" would be the wrong advice on its own.
 _WENT_AWAY = ("Cancelling all calls", "Socket closed", "Connection reset", "GOAWAY", "Broken pipe", "Stream removed")
+
+
+# PutDirection `format` values (docs/directions.md "Direction files and imports").
+_FORMATS = ("safetensors", "pt", "npy", "persona-vectors", "steering-vectors", "repeng-gguf", "sae-lens")
+# The server refuses larger requests (grpc's receive limit there); a bigger file is registered at start-up.
+_MAX_UPLOAD = 16 * 1024 * 1024
 
 
 class UsageError(ValueError):
@@ -91,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     get = command("get", "show one direction", dsub)
     get.add_argument("name")
     get.add_argument("--vectors", action="store_true", help="include the vectors (observers and administrators)")
-    put = command("put", "register a direction from a .safetensors direction file (administrators)", dsub)
-    put.add_argument("file", help="a direction file (.safetensors: a `direction` table with `layers` metadata, "
-                     "`layer.{l}` tensors, or one raw table)")
+    put = command("put", "register a direction from a file (administrators); any import format", dsub)
+    put.add_argument("file", help="a direction file (.safetensors, .pt, .npy, persona-vectors, steering-vectors, "
+                     "repeng .gguf, an SAE-Lens sae_weights.safetensors or its directory; docs/directions.md)")
+    put.add_argument("--format", default="", choices=("", "auto", *_FORMATS), metavar="FORMAT",
+                     help=f"the file's format: {', '.join(_FORMATS)} (default: recognised from the file)")
+    put.add_argument("--feature", type=int, default=None, help="SAE-Lens: the latent to import")
+    put.add_argument("--sae-config", default=None, metavar="CFG_JSON",
+                     help="SAE-Lens: the SAE's cfg.json (default: cfg.json beside the weights)")
+    put.add_argument("--numbering", default="", choices=("", "layers", "hidden_states"),
+                     help="tables: row l is layer l (layers) or row l + 1 is (hidden_states, persona-vectors)")
     put.add_argument("--name", default="", help="the name to store it under (default: the file's own, else its stem)")
     put.add_argument("--monitor-layer", type=int, default=None, help="overrides the file's monitor layer")
     put.add_argument("--description", default="", help="free text shown by `direction list`")
@@ -128,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = command("health", "the gRPC health status (exit 0 when SERVING)")
     health.add_argument("--service", default=HEALTH_SERVICE,
                         help=f"the service to check ('' for the whole server; default {HEALTH_SERVICE})")
+    _add_watch(command("watch", "print the live monitor feed, one line per finished request (observers)"))
     return parser
 
 
@@ -299,20 +315,36 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _put_options(args: argparse.Namespace) -> dict[str, Any]:
+    """PutDirection's `file` and what describes it: the server's one loader reads every import format."""
     path = Path(args.file)
-    if path.suffix.lower() != ".safetensors":
-        raise UsageError(f"direction put: {args.file} is not a .safetensors direction file (other formats: "
-                         "register them at start-up with `steering-server serve --direction NAME=PATH`)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"direction put: cannot read {args.file}: {exc.strerror or exc}") from exc
-    put: dict[str, Any] = {"safetensors": data, "description": args.description, "strict": args.strict}
+    fmt = args.format
+    sae_config = Path(args.sae_config) if args.sae_config else None
+    if path.is_dir():  # an SAE-Lens directory: its weights and cfg.json
+        path, sae_config, fmt = path / "sae_weights.safetensors", sae_config or path / "cfg.json", fmt or "sae-lens"
+    elif sae_config is None and fmt == "sae-lens":
+        sae_config = path.with_name("cfg.json")
+    data = _read(path, "direction put")
+    if len(data) > _MAX_UPLOAD:
+        raise UsageError(f"direction put: {path} is {len(data) / 2**20:.0f} MiB, above the server's 16 MiB request "
+                         "limit (register it at start-up: steering-server serve --direction NAME=PATH)")
+    put: dict[str, Any] = {"file": data, "format": "" if fmt == "auto" else fmt, "numbering": args.numbering,
+                           "description": args.description, "strict": args.strict}
+    if sae_config is not None:
+        put["sae_config"] = _read(sae_config, "--sae-config").decode("utf-8", errors="replace")
+    if args.feature is not None:
+        put["feature"] = args.feature
     if args.monitor_layer is not None:
         put["monitor_layer"] = args.monitor_layer
     if args.removal is not None:
         put["removal"] = _removal(args.removal)
     return put
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _variants(specs: Sequence[str]) -> dict[str, list[pb.SteeringTerm]]:
@@ -431,7 +463,10 @@ def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Pri
 
 
 def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
-    return compute_cli.run(client, args, out.as_json, out.out, options["compute"])
+    try:
+        return compute_cli.run(client, args, out.as_json, out.out, options["compute"], progress=out.compute_progress)
+    finally:
+        out.progress_done()
 
 
 def _policy_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
@@ -461,6 +496,50 @@ def _health(client: SteeringClient, args: argparse.Namespace, out: Printer, _: d
     return 0 if response.status == type(response).SERVING else 1
 
 
+# ------------------------------------------------------------------------------------------------ watch
+def _add_watch(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument("--direction", action="append", default=[], metavar="NAME",
+                       help="only events that scored or alerted on this direction (repeatable; default all)")
+    watch.add_argument("--min-score", type=float, default=None, metavar="Z",
+                       help="only events with a prompt, response or max score >= Z (default: no floor)")
+    watch.add_argument("--alerts-only", action="store_true", help="only events that raised an alert")
+    watch.add_argument("--buffer-size", type=int, default=None, metavar="N",
+                       help="events the server holds for you while you lag (1-4096; default 256)")
+    watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events (default: never)")
+
+
+def _watch(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:
+    """One line per event (`--json`: one JSON object per line) until Ctrl-C or `--count` events."""
+    events = client.watch_monitor(args.direction, args.min_score, args.alerts_only, args.buffer_size)
+    try:
+        for seen, event in enumerate(events, 1):
+            out.line(to_json(event, indent=None) if out.as_json else _event_line(event))
+            if args.count is not None and seen >= args.count:
+                break
+    finally:
+        events.close()  # cancels the call on the server
+    return 0
+
+
+def _event_line(e: pb.MonitorEvent) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    call = f"{e.rpc}/{e.variant}" if e.variant else e.rpc
+    stop = pb.StopReason.Name(e.stop_reason) if e.stop_reason else "-"
+    parts = [f"{when} {e.request_id} {call} {stop} {e.usage.prompt_tokens}+{e.usage.completion_tokens} tokens"]
+    for s in e.monitor:
+        scores = [f"prompt {s.prompt_score:.2f}"]
+        scores += [f"{f.split('_')[0]} {getattr(s, f):.2f}" for f in ("response_score", "max_score") if s.HasField(f)]
+        parts.append(f"{s.direction}: {', '.join(scores)}")
+    if e.steering:
+        policy = (" (policy, enforced)" if e.policy_enforced else " (policy)") if e.policy_applied else ""
+        parts.append("steering " + " ".join(term_spec(t) for t in e.steering) + policy)
+    for a in e.alerts:
+        parts.append(f"ALERT {a.direction} {a.score:.2f} >= {a.threshold:.2f} {pb.AlertAction.Name(a.action)}")
+    if e.dropped:
+        parts.append(f"[{e.dropped} dropped before this]")
+    return " | ".join(parts)
+
+
 _COMMANDS: dict[str, Handler] = {
     "generate": _generate,
     "stream": _stream,
@@ -476,6 +555,7 @@ _COMMANDS: dict[str, Handler] = {
     "info": _info,
     "tokenize": _tokenize,
     "health": _health,
+    "watch": _watch,
 }
 
 if __name__ == "__main__":

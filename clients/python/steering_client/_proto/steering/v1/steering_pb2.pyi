@@ -722,3 +722,45 @@ class ServingSettings(_message.Message):
     compiled: bool
     cuda_graphs: bool
     def __init__(self, kv_cache_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., page_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_requests_per_batch: _Optional[int] = ..., attn_implementation: _Optional[str] = ..., compiled: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ...) -> None: ...
+
+class WatchMonitorRequest(_message.Message):
+    __slots__ = ("directions", "min_score", "alerts_only", "buffer_size")
+    DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    directions: _containers.RepeatedScalarFieldContainer[str]
+    min_score: float
+    alerts_only: bool
+    buffer_size: int
+    def __init__(self, directions: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ..., alerts_only: _Optional[bool] = ..., buffer_size: _Optional[int] = ...) -> None: ...
+
+class MonitorEvent(_message.Message):
+    __slots__ = ("request_id", "time", "rpc", "front_end", "variant", "monitor", "alerts", "steering", "policy_applied", "policy_enforced", "stop_reason", "usage", "dropped")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    FRONT_END_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    STEERING_FIELD_NUMBER: _ClassVar[int]
+    POLICY_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    time: float
+    rpc: str
+    front_end: str
+    variant: str
+    monitor: _containers.RepeatedCompositeFieldContainer[DirectionScores]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    steering: _containers.RepeatedCompositeFieldContainer[SteeringTerm]
+    policy_applied: bool
+    policy_enforced: bool
+    stop_reason: StopReason
+    usage: Usage
+    dropped: int
+    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[float] = ..., rpc: _Optional[str] = ..., front_end: _Optional[str] = ..., variant: _Optional[str] = ..., monitor: _Optional[_Iterable[_Union[DirectionScores, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., steering: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ..., policy_applied: _Optional[bool] = ..., policy_enforced: _Optional[bool] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...

@@ -100,6 +100,11 @@ class SteeringServiceStub:
                 request_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.WatchMonitor = channel.unary_stream(
+                '/steering.v1.SteeringService/WatchMonitor',
+                request_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.WatchMonitorRequest.SerializeToString,
+                response_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.MonitorEvent.FromString,
+                _registered_method=True)
 
 
 class SteeringServiceServicer:
@@ -198,6 +203,16 @@ class SteeringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMonitor(self, request, context):
+        """The live monitor feed (observers): one MonitorEvent per finished request across all traffic, whichever front
+        end it came through (Compare: one per variant). Lossy by design: a watcher that falls behind loses its oldest
+        buffered events, counted in the next event's `dropped`; the durable record of alerts is the server's audit
+        log. Needs observer or administrator credentials (UNAUTHENTICATED without). Runs until the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SteeringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +280,11 @@ def add_SteeringServiceServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeRequest.FromString,
                     response_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'WatchMonitor': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMonitor,
+                    request_deserializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.WatchMonitorRequest.FromString,
+                    response_serializer=steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.MonitorEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +639,33 @@ class SteeringService:
             '/steering.v1.SteeringService/Tokenize',
             steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeRequest.SerializeToString,
             steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steering.v1.SteeringService/WatchMonitor',
+            steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.WatchMonitorRequest.SerializeToString,
+            steering__client_dot___proto_dot_steering_dot_v1_dot_steering__pb2.MonitorEvent.FromString,
             options,
             channel_credentials,
             insecure,
