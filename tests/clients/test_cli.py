@@ -18,7 +18,7 @@ from steering_client.cli import main
 from steering_server.direction_files import save_direction
 from steering_server.service import SteeringServer, Tls
 
-from ..service.fake_engine import FakeEngine, make_direction
+from ..service.fake_engine import HIDDEN, LAYERS, FakeEngine, make_direction
 from ..service.helpers import serving
 from ..service.test_auth import _certificates
 
@@ -62,8 +62,11 @@ async def test_every_rpc_is_a_command(
     assert (await cli(capsys, port, "direction", "delete", "extra"))[:2] == (0, "deleted extra\n")
     assert "extra" not in engine.directions
 
-    policy = await cli_json(capsys, port, "policy", "set", "--steer", "misalignment:clamp:0::prompt", "--enforced")
+    policy = await cli_json(capsys, port, "policy", "set", "--steer", "misalignment:clamp:0::prompt", "--enforced",
+                            "--alert", "misalignment:record:3:running")
     assert policy["enforced"] is True and policy["terms"][0]["positions"] == "PROMPT_POSITIONS"
+    (rule,) = policy["alerts"]
+    assert (rule["action"], rule["scope"], rule["threshold"]) == ("RECORD", "RUNNING_SCORE", 3.0)
     assert await cli_json(capsys, port, "policy", "get") == policy
     (tmp_path / "policy.json").write_text(json.dumps(policy))
     assert (await cli(capsys, port, "policy", "set", "--clear"))[0] == 0
@@ -79,6 +82,44 @@ async def test_every_rpc_is_a_command(
     assert [v["name"] for v in compared["variants"]] == ["plain", "off"]
     scored = await cli_json(capsys, port, "score", "Hello", "--response-token-ids", "97,98,99")
     assert scored["response_token_ids"] == [97, 98, 99]
+
+
+async def test_direction_put_reads_every_import_format_through_the_server(
+    server: SteeringServer, engine: FakeEngine, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    table = np.random.default_rng(0).standard_normal((LAYERS + 1, HIDDEN)).astype(np.float32)
+    np.save(tmp_path / "persona.npy", table)  # persona-vectors numbering: row l + 1 is layer l
+    put = await cli_json(capsys, server.port, "direction", "put", str(tmp_path / "persona.npy"), "--name", "pv",
+                         "--numbering", "hidden_states", "--monitor-layer", "2")
+    assert put["direction"]["layers"] == list(range(LAYERS)) and put["direction"]["monitor_layer"] == 2
+    stored = engine.directions["pv"].vectors[0]
+    assert np.allclose(stored.numpy() / np.linalg.norm(stored.numpy()), table[1] / np.linalg.norm(table[1]),
+                       atol=1e-6)
+    code, _, err = await cli(capsys, server.port, "direction", "put", str(tmp_path / "persona.npy"), "--name", "x")
+    assert code == 1 and "INVALID_ARGUMENT" in err and "numbering" in err  # ambiguous without it: the server says
+    code, _, err = await cli(capsys, server.port, "direction", "put", str(tmp_path / "missing.npy"))
+    assert code == 2 and "direction put: cannot read" in err and err.count("\n") == 1
+
+
+async def test_direction_compute_reports_progress_and_writes_the_file(
+    server: SteeringServer, engine: FakeEngine, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rows = [{"prompt": f"question {i}", "response": f"well {'zz this is zz' if pos else 'so this is an'} answer {i}",
+             "label": "positive" if pos else "negative"} for i in range(12) for pos in (True, False)]
+    (tmp_path / "examples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "computed.safetensors"
+    code, text, err = await cli(capsys, server.port, "direction", "compute", "computed", "--examples",
+                                str(tmp_path / "examples.jsonl"), "--store", "--out", str(out))
+    assert code == 0, err
+    assert "[compute] capture: 24/24 (100%)" in err  # progress lines (not a terminal), the last of each stage
+    assert text.startswith("computed: monitor layer ") and "stored" in text and "auroc" in text
+    assert out.read_bytes()[:8] and "computed" in engine.directions
+    result = await cli_json(capsys, server.port, "direction", "compute", "again", "--examples",
+                            str(tmp_path / "examples.jsonl"), "--layers", "0,1")
+    assert [s["layer"] for s in result["layers"]] == [0, 1] and result["stored"] is False
+    assert result["safetensors"] == ""  # not asked for
 
 
 async def test_json_prints_every_field_zeros_included(

@@ -4,6 +4,7 @@ plain otherwise) or, with --json, every field of the message (zeros and false in
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -64,6 +65,9 @@ class Printer:
         self.err = err or sys.stderr
         self._consoles: dict[int, Any] = {}
         self.colour = colour
+        self._progress: Any = None  # rich progress display (terminal) while a long call reports progress
+        self._tasks: dict[str, Any] = {}
+        self._last_line = float("-inf")
 
     # ---- generic
     def message(self, message: Message) -> bool:
@@ -164,6 +168,31 @@ class Printer:
                     self.styled(f" {x:.2f}", score_style(x) if s.calibrated else "", out, end="")
                 print(file=out, flush=True)
 
+    # ---- long calls (ComputeDirection): progress with the server's ETA on stderr
+    def compute_progress(self, p: pb.ComputeProgress, every_s: float = 10.0) -> None:
+        if self.colour:  # a terminal: one rich bar per stage
+            if self._progress is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self._progress = Progress(TextColumn("[compute] {task.description}"), BarColumn(),
+                                          MofNCompleteColumn(), TimeRemainingColumn(), console=self._console(self.err))
+                self._progress.start()
+            if p.stage not in self._tasks:
+                self._tasks[p.stage] = self._progress.add_task(p.stage, total=p.total)
+            self._progress.update(self._tasks[p.stage], completed=p.done, total=p.total)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= every_s or p.done == p.total:  # a log, not a flood of lines
+            self._last_line = now
+            share = f" ({100 * p.done / p.total:.0f}%)" if p.total else ""
+            eta = f", ETA {_duration(p.eta_seconds)}" if p.done < p.total else ""
+            print(f"[compute] {p.stage}: {p.done}/{p.total}{share}{eta}", file=self.err, flush=True)
+
+    def progress_done(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
     # ---- registry, policy, model
     def directions(self, response: pb.ListDirectionsResponse) -> None:
         if self.message(response):
@@ -243,6 +272,11 @@ class Printer:
         self.line(f"{len(response.token_ids)} tokens")
         for i, (token_id, text) in enumerate(zip(response.token_ids, response.tokens, strict=False)):
             self.line(f"{i:4d} {token_id:8d} {text!r}")
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _layers(layers: Iterable[int]) -> str:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import builders, compute
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE, channel_options
@@ -17,6 +16,8 @@ from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from typing import Unpack
+
+    from grpc_health.v1 import health_pb2
 
 __all__ = ["AsyncSteeringClient"]
 
@@ -35,7 +36,6 @@ class AsyncSteeringClient:
     ) -> None:
         self._channel = channel or grpc.aio.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata)
 
@@ -161,8 +161,11 @@ class AsyncSteeringClient:
     async def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
         """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
         canary passed, NOT_SERVING while it loads, after it died and while the server drains."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc  # here: importing the client stays light
+
         request = health_pb2.HealthCheckRequest(service=service)
-        return await self._health.Check(request, timeout=self._timeout, metadata=self._metadata)
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        return await stub.Check(request, timeout=self._timeout, metadata=self._metadata)
 
     async def _call(self, method: Any, request: Any) -> Any:
         return await method(request, timeout=self._timeout, metadata=self._metadata)

@@ -67,6 +67,11 @@ class PutDirectionOptions(TypedDict, total=False):
     vectors: Mapping[int, Sequence[float]]  # {layer: values}
     safetensors: bytes  # a direction file's bytes
     path: str | Path  # a .safetensors file to read
+    file: bytes  # any importable file's bytes (docs/directions.md), read by the server's one loader
+    format: str  # of `file`: "" (auto), safetensors, pt, npy, persona-vectors, steering-vectors, repeng-gguf, sae-lens
+    feature: int  # sae-lens: the latent
+    numbering: str  # tables in `file`: layers or hidden_states
+    sae_config: str  # sae-lens: the SAE's cfg.json text (`file` is then its sae_weights.safetensors)
     monitor_layer: int
     description: str
     strict: bool
@@ -180,11 +185,22 @@ def put_direction_request(
     description: str = "",
     strict: bool = False,
     removal: pb.Removal | None = None,
+    file: bytes | None = None,
+    format: str = "",
+    feature: int | None = None,
+    numbering: str = "",
+    sae_config: str = "",
 ) -> pb.PutDirectionRequest:
-    """Exactly one of `vectors` ({layer: values}), `safetensors` (file bytes) or `path` (a .safetensors file)."""
+    """Exactly one of `vectors` ({layer: values}), `safetensors` (file bytes), `path` (a .safetensors file) or
+    `file` (any importable file's bytes, with `format`, `feature`, `numbering`, `sae_config` describing it)."""
     if path is not None:
         safetensors = Path(path).read_bytes()
-    request = pb.PutDirectionRequest(name=name, description=description, strict=strict)
+    request = pb.PutDirectionRequest(name=name, description=description, strict=strict, format=format,
+                                     numbering=numbering, sae_config=sae_config)
+    if file is not None:
+        request.file = file
+    if feature is not None:
+        request.feature = feature
     for layer, values in (vectors or {}).items():
         request.vectors.add(layer=layer, values=values)
     if safetensors is not None:

@@ -40,6 +40,12 @@ Handler = Callable[[SteeringClient, argparse.Namespace, Printer, dict[str, Any]]
 _WENT_AWAY = ("Cancelling all calls", "Socket closed", "Connection reset", "GOAWAY", "Broken pipe", "Stream removed")
 
 
+# PutDirection `format` values (docs/directions.md "Direction files and imports").
+_FORMATS = ("safetensors", "pt", "npy", "persona-vectors", "steering-vectors", "repeng-gguf", "sae-lens")
+# The server refuses larger requests (grpc's receive limit there); a bigger file is registered at start-up.
+_MAX_UPLOAD = 16 * 1024 * 1024
+
+
 class UsageError(ValueError):
     """A flag value the parser could not check by itself (a duplicate variant, an unreadable file)."""
 
@@ -93,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     get = command("get", "show one direction", dsub)
     get.add_argument("name")
     get.add_argument("--vectors", action="store_true", help="include the vectors (observers and administrators)")
-    put = command("put", "register a direction from a .safetensors direction file (administrators)", dsub)
-    put.add_argument("file", help="a direction file (.safetensors: a `direction` table with `layers` metadata, "
-                     "`layer.{l}` tensors, or one raw table)")
+    put = command("put", "register a direction from a file (administrators); any import format", dsub)
+    put.add_argument("file", help="a direction file (.safetensors, .pt, .npy, persona-vectors, steering-vectors, "
+                     "repeng .gguf, an SAE-Lens sae_weights.safetensors or its directory; docs/directions.md)")
+    put.add_argument("--format", default="", choices=("", "auto", *_FORMATS), metavar="FORMAT",
+                     help=f"the file's format: {', '.join(_FORMATS)} (default: recognised from the file)")
+    put.add_argument("--feature", type=int, default=None, help="SAE-Lens: the latent to import")
+    put.add_argument("--sae-config", default=None, metavar="CFG_JSON",
+                     help="SAE-Lens: the SAE's cfg.json (default: cfg.json beside the weights)")
+    put.add_argument("--numbering", default="", choices=("", "layers", "hidden_states"),
+                     help="tables: row l is layer l (layers) or row l + 1 is (hidden_states, persona-vectors)")
     put.add_argument("--name", default="", help="the name to store it under (default: the file's own, else its stem)")
     put.add_argument("--monitor-layer", type=int, default=None, help="overrides the file's monitor layer")
     put.add_argument("--description", default="", help="free text shown by `direction list`")
@@ -302,20 +315,36 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _put_options(args: argparse.Namespace) -> dict[str, Any]:
+    """PutDirection's `file` and what describes it: the server's one loader reads every import format."""
     path = Path(args.file)
-    if path.suffix.lower() != ".safetensors":
-        raise UsageError(f"direction put: {args.file} is not a .safetensors direction file (other formats: "
-                         "register them at start-up with `steering-server serve --direction NAME=PATH`)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"direction put: cannot read {args.file}: {exc.strerror or exc}") from exc
-    put: dict[str, Any] = {"safetensors": data, "description": args.description, "strict": args.strict}
+    fmt = args.format
+    sae_config = Path(args.sae_config) if args.sae_config else None
+    if path.is_dir():  # an SAE-Lens directory: its weights and cfg.json
+        path, sae_config, fmt = path / "sae_weights.safetensors", sae_config or path / "cfg.json", fmt or "sae-lens"
+    elif sae_config is None and fmt == "sae-lens":
+        sae_config = path.with_name("cfg.json")
+    data = _read(path, "direction put")
+    if len(data) > _MAX_UPLOAD:
+        raise UsageError(f"direction put: {path} is {len(data) / 2**20:.0f} MiB, above the server's 16 MiB request "
+                         "limit (register it at start-up: steering-server serve --direction NAME=PATH)")
+    put: dict[str, Any] = {"file": data, "format": "" if fmt == "auto" else fmt, "numbering": args.numbering,
+                           "description": args.description, "strict": args.strict}
+    if sae_config is not None:
+        put["sae_config"] = _read(sae_config, "--sae-config").decode("utf-8", errors="replace")
+    if args.feature is not None:
+        put["feature"] = args.feature
     if args.monitor_layer is not None:
         put["monitor_layer"] = args.monitor_layer
     if args.removal is not None:
         put["removal"] = _removal(args.removal)
     return put
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _variants(specs: Sequence[str]) -> dict[str, list[pb.SteeringTerm]]:
@@ -434,7 +463,10 @@ def _direction_delete(client: SteeringClient, args: argparse.Namespace, out: Pri
 
 
 def _direction_compute(client: SteeringClient, args: argparse.Namespace, out: Printer, options: dict[str, Any]) -> int:
-    return compute_cli.run(client, args, out.as_json, out.out, options["compute"])
+    try:
+        return compute_cli.run(client, args, out.as_json, out.out, options["compute"], progress=out.compute_progress)
+    finally:
+        out.progress_done()
 
 
 def _policy_get(client: SteeringClient, args: argparse.Namespace, out: Printer, _: dict[str, Any]) -> int:

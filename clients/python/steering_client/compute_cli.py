@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from google.protobuf.json_format import MessageToJson
-
 from . import compute
 from ._proto.steering.v1 import steering_pb2 as pb
+from ._render import to_json
 from .sync import SteeringClient
 
 __all__ = ["add_arguments", "options_from_args", "run"]
@@ -72,13 +72,17 @@ def run(
     as_json: bool,
     out: TextIO = sys.stdout,
     options: dict[str, Any] | None = None,
+    progress: Callable[[pb.ComputeProgress], None] | None = None,
 ) -> int:
     """Call ComputeDirection and print; grpc errors propagate to the caller (which prints them). `options`: what
-    options_from_args(args) returned (read here when None)."""
+    options_from_args(args) returned (read here when None). `progress`: shows each progress event (default: a
+    line on stderr; the command passes its rate-limited lines or terminal bar)."""
     options = options_from_args(args) if options is None else options
 
-    def progress(p: pb.ComputeProgress) -> None:
+    def line(p: pb.ComputeProgress) -> None:
         print(f"{p.stage}: {p.done}/{p.total}, about {p.eta_seconds:.0f}s left", file=sys.stderr)
+
+    progress = progress or line
 
     result = client.compute_direction(args.name, progress, **options)
     if args.out is not None:
@@ -87,7 +91,7 @@ def run(
         shown = pb.ComputeDirectionResult()
         shown.CopyFrom(result)
         shown.ClearField("safetensors")  # the file, when asked for, went to --out
-        print(MessageToJson(shown), file=out)
+        print(to_json(shown), file=out)  # every field, zeros and false included
         return 0
     print(f"{result.direction.name}: monitor layer {result.monitor_layer}, "
           f"{result.n_train} train / {result.n_held_out} held-out examples"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import builders, compute
 from ._channel import DEFAULT_TARGET, HEALTH_SERVICE, channel_options
@@ -16,6 +15,8 @@ from ._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from typing import Unpack
+
+    from grpc_health.v1 import health_pb2
 
 __all__ = ["SteeringClient"]
 
@@ -34,7 +35,6 @@ class SteeringClient:
     ) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata)
 
@@ -88,7 +88,7 @@ class SteeringClient:
 
     def compute_direction_stream(
         self, name: str, **options: Unpack[compute.ComputeOptions]
-    ) -> Iterator[pb.ComputeDirectionEvent]:
+    ) -> Generator[pb.ComputeDirectionEvent, None, None]:
         """Progress events (`.progress`), then the result (`.result`). Breaking out of the loop cancels the job."""
         call = self._stub.ComputeDirection(
             compute.compute_direction_request(name, **options), timeout=self._timeout, metadata=self._metadata
@@ -153,8 +153,11 @@ class SteeringClient:
     def health(self, service: str = HEALTH_SERVICE) -> health_pb2.HealthCheckResponse:
         """The gRPC health status of `service` ("" for the whole server): SERVING once the engine's start-up
         canary passed, NOT_SERVING while it loads, after it died and while the server drains."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc  # here: importing the client stays light
+
         request = health_pb2.HealthCheckRequest(service=service)
-        return self._health.Check(request, timeout=self._timeout, metadata=self._metadata)
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        return stub.Check(request, timeout=self._timeout, metadata=self._metadata)
 
     def _call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self._timeout, metadata=self._metadata)
