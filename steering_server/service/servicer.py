@@ -14,6 +14,7 @@ import grpc.aio
 from steering_client import pb, pb_grpc
 
 from ..audit_log import AuditLog, direction_summary
+from ..compute_types import ComputeResult
 from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
 from ..monitor_feed import MonitorSubscription, front_end
@@ -143,6 +144,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         events = self.engine.compute_direction(compute_codec.compute_request(request))
         try:  # cancellation or a deadline raises CancelledError here; closing the job frees its engine requests
             async for event in events:
+                if isinstance(event, ComputeResult) and event.stored:  # a registry change, like PutDirection
+                    await self._audit(context, "ComputeDirection", direction=direction_summary(event.direction))
                 yield compute_codec.compute_event(event)
         finally:
             await events.aclose()
