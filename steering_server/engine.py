@@ -358,6 +358,7 @@ class Engine(EngineClient):
             capture_from=capture[1],
             gates=gates,
             cond_slots=tuple(slots(c.tables) for c in plan.conditions),
+            gate_layers=tuple(c.layer for c in plan.conditions),
         )
         if plan.conditions:
             track.gate_upload = [

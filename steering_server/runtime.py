@@ -65,6 +65,7 @@ class RequestTrack:
     # Conditional steering, per condition column c: its gate and its slot per position class (0: none there).
     gates: tuple[int, ...] = ()
     cond_slots: tuple[tuple[int, int, int], ...] = ()
+    gate_layers: tuple[int, ...] = ()  # each condition's monitor layer (host copy: eager forwards skip the rest)
     # Pending device writes, applied by the loop thread at its next batch: (slot, alpha (L, K), beta (L, K)) per
     # slot the request holds (an empty list still resets its capture accumulator), and per gate its GateSpec.
     upload: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
@@ -118,9 +119,10 @@ class BatchWork:
     capture: bool
     rows: int  # direction rows to compute: 0..rows-1 hold every live direction
     gates: int = 0  # condition columns some request of the batch uses (0: no conditional steering)
+    latch_layers: frozenset[int] = frozenset()  # the layers some condition of the batch is read at
 
 
-_ALL_WORK = BatchWork(True, True, True, 0, -1)  # gates -1: every column
+_ALL_WORK = BatchWork(True, True, True, 0, -1)  # gates -1: every column, latched and applied at every layer
 
 
 @dataclass(frozen=True)
@@ -180,11 +182,9 @@ class SteeringRuntime:
         # Gates (steer.latch_gates); gate 0 is "no condition" and never fires (layer -1).
         g = max(1, max_gates) + 1
         self.gate_pos = torch.full((g,), GATE_NEVER, device=device, dtype=torch.int64)
-        self.gate_layer = torch.full((g,), -1, device=device, dtype=torch.int64)
-        self.gate_row = torch.zeros(g, device=device, dtype=torch.int64)
+        self.gate_spec = torch.zeros(g, 4, device=device, dtype=torch.int64)  # (layer, row, first, last) per gate
+        self.gate_spec[:, 0] = -1
         self.gate_threshold = torch.zeros(g, device=device, dtype=torch.float32)
-        self.gate_from = torch.zeros(g, device=device, dtype=torch.int64)
-        self.gate_until = torch.zeros(g, device=device, dtype=torch.int64)
         # Sampling reads its logits from here when the forward runs in a captured graph (the sampler then runs
         # eagerly after the replay, with the host's row plan): (R, vocab), allocated at the first deferred step.
         self.defer_sampling = False
@@ -246,14 +246,17 @@ class SteeringRuntime:
             if work.steer:
                 slots = self.token_slot[:n]
                 gated, proj = None, None
-                if work.gates:  # eager: only batches with conditional steering; static graphs: always
+                # Eager: only batches with conditional steering, from the first layer a condition is read at (the
+                # conditional coefficients are zero below it); static graphs: always, at every layer.
+                if work.gates and (work.gates < 0 or layer >= min(work.latch_layers)):
                     c = work.gates if work.gates > 0 else self.max_conditions
-                    proj = x.float() @ unit[:k].T  # (tokens, k), read before steering
                     token_gate = self.token_gate[:c, :n]  # (c, tokens)
-                    on = latch_gates(
-                        proj, layer, self.token_pos[:n], token_gate, self.gate_pos, self.gate_layer, self.gate_row,
-                        self.gate_threshold, self.gate_from, self.gate_until,
-                    )
+                    if work.gates < 0 or layer in work.latch_layers:
+                        proj = x.float() @ unit[:k].T  # (tokens, k), read before steering
+                        on = latch_gates(proj, layer, self.token_pos[:n], token_gate, self.gate_pos, self.gate_spec,
+                                         self.gate_threshold)
+                    else:  # eager, above the latch layers: the gates as latched
+                        on = self.token_pos[:n].unsqueeze(0) >= self.gate_pos[token_gate]  # (c, tokens)
                     gated = (self.token_cslot[:c, :n], on)
                 steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k], gated, proj)
                 overflow.index_add_(0, slots, bad)  # slot 0's count is never read
@@ -320,11 +323,8 @@ class SteeringRuntime:
             if track.gate_upload is not None:
                 for gate, spec in track.gate_upload:
                     self.gate_pos[gate] = GATE_NEVER
-                    self.gate_layer[gate] = spec.layer
-                    self.gate_row[gate] = spec.row
+                    self.gate_spec[gate] = torch.tensor((spec.layer, spec.row, spec.first, spec.last))
                     self.gate_threshold[gate] = spec.threshold_raw
-                    self.gate_from[gate] = spec.first
-                    self.gate_until[gate] = spec.last
                 track.gate_upload = None
             if track.gates:
                 gated.append((entry, track))
@@ -351,7 +351,8 @@ class SteeringRuntime:
         n_gates = max((len(t.gates) for _, t in gated), default=0)
         self.batch_work = (
             BatchWork(
-                steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows), gates=n_gates
+                steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows), gates=n_gates,
+                latch_layers=frozenset(layer for _, t in gated for layer in t.gate_layers),
             )
             if self.skip_idle_work
             else None

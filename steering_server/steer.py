@@ -53,11 +53,8 @@ def latch_gates(
     token_pos: torch.Tensor,
     token_gate: torch.Tensor,
     gate_pos: torch.Tensor,
-    gate_layer: torch.Tensor,
-    gate_row: torch.Tensor,
+    gate_spec: torch.Tensor,
     gate_threshold: torch.Tensor,
-    gate_from: torch.Tensor,
-    gate_until: torch.Tensor,
 ) -> torch.Tensor:
     """Conditional steering decided on the device (CAST): latch each gate whose condition is read at this layer, and
     say which tokens each gate lets steer. Branch-free on values, in place at fixed addresses (CUDA graphs).
@@ -66,19 +63,20 @@ def latch_gates(
     token_pos: (tokens,) int64 absolute position of each token.
     token_gate: (C, tokens) int64 gate of each token per condition column (gate 0: none; it never fires).
     gate_pos: (G,) int64 the first position at which each gate fired (GATE_NEVER before), updated here.
-    gate_layer, gate_row: (G,) int64 the condition's monitor layer (-1 for unused gates) and direction row.
-    gate_threshold: (G,) fp32 raw threshold; gate_from, gate_until: (G,) int64 the positions whose reading counts
-    (PROMPT: the last prompt token only; RUNNING: every fed-back generated position).
+    gate_spec: (G, 4) int64 per gate: the condition's monitor layer (-1 for unused gates), its direction row, and
+    the first and last positions whose reading counts (PROMPT: the last prompt token only; RUNNING: every fed-back
+    generated position). gate_threshold: (G,) fp32 raw threshold.
     Returns (C, tokens) bool: the token is at or after its gate's firing position (then its conditional
     coefficients apply). A gate is a minimum over positions, so a request re-prefilled after a reset latches at the
     same position again and its earlier positions stay unsteered.
     """
     pos = token_pos.unsqueeze(0).expand_as(token_gate)  # (C, tokens)
-    reading = proj.gather(1, gate_row[token_gate].T).T  # (C, tokens): each token's projection on its gate's row
+    spec = gate_spec[token_gate]  # (C, tokens, 4): one gather for every parameter
+    reading = proj.gather(1, spec[..., 1].T).T  # (C, tokens): each token's projection on its gate's row
     fires = (
-        (gate_layer[token_gate] == layer)
-        & (pos >= gate_from[token_gate])
-        & (pos <= gate_until[token_gate])
+        (spec[..., 0] == layer)
+        & (pos >= spec[..., 2])
+        & (pos <= spec[..., 3])
         & (reading >= gate_threshold[token_gate])  # NaN compares False
     )
     never = torch.full_like(pos, GATE_NEVER)
@@ -113,12 +111,13 @@ def steer_contained(
     if proj is None:
         proj = h32 @ unit_dirs.T  # (tokens, K)
     coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
-    if gated is not None:
+    if gated is not None:  # every condition column at once: a few kernels whatever their number
         cond_slots, on = gated
+        c, t = cond_slots.shape
+        flat = cond_slots.flatten()  # (C * tokens,)
+        extra = beta.index_select(0, flat).view(c, t, -1) - alpha.index_select(0, flat).view(c, t, -1) * proj
         zero = torch.zeros((), dtype=coef.dtype, device=coef.device)
-        for c in range(cond_slots.shape[0]):  # a fixed count of condition columns, not a branch on values
-            extra = beta.index_select(0, cond_slots[c]) - alpha.index_select(0, cond_slots[c]) * proj
-            coef = coef + torch.where(on[c].unsqueeze(-1), extra, zero)
+        coef = coef + torch.where(on.unsqueeze(-1), extra, zero).sum(dim=0)  # (C, tokens, K) -> (tokens, K)
     # A bound on |h|_inf: fp16's range is small enough for real states to approach it, so its largest entry; for
     # bf16 and fp32 (range 3e38) only non-finite values matter, which |sum| catches in one cheaper pass.
     # (The dtype is fixed per model: this is not a branch on tensor values.)

@@ -4,6 +4,8 @@ numbers are checked on real models (tests/compute, tests/organism)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +13,7 @@ import pytest
 from steering_client import AsyncSteeringClient, pb, pb_grpc
 from steering_client.compute import compute_direction_request, example, persona_prompts
 
+from steering_server.audit_log import AuditLog
 from steering_server.compute_types import ComputeResult
 from steering_server.errors import ResourceExhaustedError
 from steering_server.service import compute_codec
@@ -151,3 +154,18 @@ async def test_a_full_queue_delays_the_job_instead_of_failing_it(engine: FakeEng
     events = [e async for e in engine.compute_direction(compute_codec.compute_request(
         compute_direction_request("c", examples=marked_examples(10))))]
     assert refusals["left"] == 0 and isinstance(events[-1], ComputeResult)
+
+
+async def test_a_stored_computation_is_audited_with_who_made_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    try:
+        async with serving(FakeEngine(), admin_token="tok", audit_log=log) as srv:
+            async with AsyncSteeringClient(f"127.0.0.1:{srv.port}", metadata=[("authorization", "Bearer tok")]) as c:
+                await c.compute_direction("kept", examples=marked_examples(10), store=True)
+                await c.compute_direction("not-kept", examples=marked_examples(10))
+    finally:
+        log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["start", "ComputeDirection"]
+    assert records[1]["direction"]["name"] == "kept" and records[1]["who"]["role"] == "admin"
