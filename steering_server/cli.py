@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:  # any command's flag that cannot work: one line, not a traceback
         log.error("cannot start: %s", exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while loading or training (serve itself stops gracefully on SIGINT)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _no_default(value: object) -> bool:
@@ -260,6 +263,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     check_direction_files(config.directions)
     check_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
     check_port(args.host, args.port)
+    for flag, port in (("--metrics-port", args.metrics_port), ("--http-port", args.http_port)):
+        if port:
+            check_port(args.host, port, flag)
     token = read_token(args.admin_token_file, "--admin-token-file") if args.admin_token_file else None
     observer = read_token(args.observer_token_file, "--observer-token-file") if args.observer_token_file else None
     check_device(args.device)
@@ -288,7 +294,17 @@ def _run_serve(args: argparse.Namespace) -> int:
             )
         )
     except (SteeringError, StateError, OSError, ValueError) as exc:  # a bad file, flag or state; a busy port
-        log.error("cannot start: %s", one_line(exc))
+        message = one_line(exc)
+        if isinstance(exc, OSError) and args.model and not Path(args.model).expanduser().exists():
+            message = (f"--model {args.model}: {message} (try a local model directory: a name that is not one is "
+                       "read from the Hugging Face hub, which needs the network or the hub's cache)")
+        log.error("cannot start: %s", message)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError; anything else is a bug: traceback
+            raise
+        log.error("cannot start: %s (try --dtype bfloat16, a smaller --kv-memory-fraction or --kv-cache-tokens, "
+                  "or a smaller model)", one_line(exc).split(". ", 1)[0])
         return 2
     return 0
 

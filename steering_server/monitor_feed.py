@@ -184,6 +184,7 @@ class MonitorSubscription:
         self._thread = threading.get_ident()
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self._ending = False  # end(): hand out what is buffered, then stop
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -219,6 +220,8 @@ class MonitorSubscription:
                 if self._buffer:
                     dropped, self._dropped = self._dropped, 0
                     return self._buffer.popleft(), dropped
+                if self._ending:
+                    return None
                 self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -232,6 +235,12 @@ class MonitorSubscription:
         finally:
             self.close()
 
+    def end(self) -> None:
+        """Let the reader take what is buffered, then end its iteration (a server that is stopping)."""
+        with self._lock:
+            self._ending = True
+        self._wake_reader()
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
@@ -239,10 +248,13 @@ class MonitorSubscription:
             self.closed = True
             self._buffer.clear()
         self._feed._remove(self)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         if threading.get_ident() == self._thread:
             self._wake()
         else:
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
                 self._loop.call_soon_threadsafe(self._wake)
 
 

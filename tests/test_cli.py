@@ -291,6 +291,7 @@ def _model_without_tokenizer(tmp_path: Path) -> str:
         (["--tls-cert", "server.pem", "--tls-key", "client.key"], "does not match --tls-cert"),
         (["--admin-token-file", "/nonexistent/token"], "--admin-token-file /nonexistent/token: no such file"),
         (["--port", "BUSY"], "is in use by another process"),
+        (["--metrics-port", "BUSY"], "--metrics-port "),
     ],
 )
 def test_start_up_mistakes_print_one_line_and_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:
@@ -309,6 +310,14 @@ def test_start_up_mistakes_print_one_line_and_exit_2(flags: list[str], message: 
     assert code == 2, lines
     assert len(lines) == 1 and "ERROR steering_server: cannot start: " in lines[0], lines
     assert message in lines[0] and "(try " in lines[0]
+
+
+def test_a_hub_model_that_cannot_be_fetched_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; offline mode fails at once instead of retrying
+    code, lines = _run("serve", "--port", "0", "--model", "someorg/no-such-model")
+    errors = [line for line in lines if " ERROR " in line]
+    assert code == 2 and len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    assert "cannot start: --model someorg/no-such-model: " in errors[0] and "(try a local model directory" in errors[0]
 
 
 def test_realign_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:

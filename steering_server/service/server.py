@@ -140,6 +140,10 @@ class SteeringServer:
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
         deadline = self._loop.time() + (grace or 0.0)
+        # Watches never end by themselves: they get the events of the calls still finishing, then end (OK).
+        while self.servicer.in_flight > self.servicer.watching and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self.servicer.end_watches()
         while self.servicer.in_flight and self._loop.time() < deadline:
             await asyncio.sleep(0.02)
         await self._server.stop(max(0.0, deadline - self._loop.time()) if grace is not None else None)

@@ -17,7 +17,7 @@ from ..audit_log import AuditLog, direction_summary
 from ..compute_types import ComputeResult
 from ..engine_api import EngineClient, collect
 from ..errors import UnavailableError
-from ..monitor_feed import front_end
+from ..monitor_feed import MonitorSubscription, front_end
 from . import compute_codec, decode, encode
 from .auth import Access
 from .metrics import Metrics
@@ -41,6 +41,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         self.metrics = metrics or Metrics()
         self.access = access or Access()
         self.audit = audit  # policy and registry changes are recorded here, with who made them
+        self._watches: set[MonitorSubscription] = set()  # open WatchMonitor calls, ended when the server drains
         self.in_flight = 0  # RPCs running (kept by the status wrappers)
         self.draining = False  # stopping: new RPCs answer UNAVAILABLE while running ones finish
         self._engine = engine
@@ -173,11 +174,24 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def WatchMonitor(self, request: pb.WatchMonitorRequest, context: Context) -> AsyncIterator[pb.MonitorEvent]:
         # Observers only: the AuthInterceptor refused anyone else before the body was parsed.
         subscription = self.engine.watch_monitor(decode.watch_request(request))
+        self._watches.add(subscription)
         try:  # the caller cancelling (or going away) raises CancelledError here; `finally` unsubscribes
             async for event, dropped in subscription:
                 yield encode.monitor_event(event, dropped)
         finally:
+            self._watches.discard(subscription)
             subscription.close()
+
+    @property
+    def watching(self) -> int:
+        """Open WatchMonitor calls (counted in `in_flight` too)."""
+        return len(self._watches)
+
+    def end_watches(self) -> None:
+        """End every WatchMonitor call (status OK) once what it buffered is sent: a watch never ends by itself,
+        and a graceful stop must not wait its whole grace period for the dashboards."""
+        for subscription in list(self._watches):
+            subscription.end()
 
     async def _audit(self, context: Context, kind: str, **fields: Any) -> None:
         """Record a change (after it happened; answered once the line is on disk) with who made it."""

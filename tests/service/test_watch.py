@@ -290,3 +290,28 @@ async def test_grpc_flow_control_holds_back_a_client_that_never_reads(
         call.cancel()
         await channel.close()
     await wait_until(lambda: engine.monitor_feed.watchers == 0, "unsubscribed")
+
+
+async def test_stopping_the_server_ends_the_watches_at_once(engine: FakeEngine) -> None:
+    # A watch never ends by itself: the graceful stop must not wait its whole grace period for one.
+    srv = SteeringServer("127.0.0.1", 0, open_admin=True)
+    await srv.start()
+    await srv.attach(engine)
+    async with AsyncSteeringClient(f"127.0.0.1:{srv.port}") as client:
+        got: list[pb.MonitorEvent] = []
+        watching = asyncio.ensure_future(_collect(client.watch_monitor(), 10, got))
+        await wait_until(lambda: engine.monitor_feed.watchers == 1, "subscribed")
+        engine.hold()  # a generation still running when the stop begins
+        running = asyncio.ensure_future(client.generate("still finishing", max_new_tokens=3))
+        await wait_until(lambda: bool(engine.active), "the generation is running")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.ensure_future(srv.stop(30.0))
+        await asyncio.sleep(0.3)
+        engine.release()
+        await stopping
+        assert loop.time() - started < 10
+        await asyncio.wait_for(watching, 10)  # the stream ended cleanly (OK), it was not cut off
+        assert engine.monitor_feed.watchers == 0
+        reply = await running
+        assert [e.request_id for e in got] == [reply.request_id]  # what finished while stopping was still sent
