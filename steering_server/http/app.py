@@ -366,7 +366,7 @@ async def _json_body(request: Request) -> JSON:
             raise InvalidArgumentError("request", f"the body is more than this endpoint takes ({MAX_BODY_BYTES} bytes)")
     try:
         body = json.loads(bytes(data))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep, a 5000-digit number
         raise InvalidArgumentError("request", f"the body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise InvalidArgumentError("request", "the body must be a JSON object")
