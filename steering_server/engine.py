@@ -649,7 +649,7 @@ class Engine(EngineClient):
             self.state.path,
             len(stored.directions),
             len(stored.deleted),
-            "enforced" if self._policy.enforced else ("set" if self._policy.terms else "none"),
+            "enforced" if self._policy.enforced else ("set" if self._policy.terms or self._policy.alerts else "none"),
         )
 
     # ------------------------------------------------------------------ info

@@ -23,12 +23,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ..engine_api import CompareStreams, EngineClient, RequestStream, collect, compare_result
 from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
-from ..monitor_feed import front_end
+from ..monitor_feed import MonitorSubscription, front_end
 from ..service.auth import Access
 from ..service.metrics import Metrics
 from ..service.status import status_of
 from ..types import EngineLimits, GenerationResult, TokenEvent
-from . import decode, encode
+from . import decode, encode, watch
 from .errors import error_body, http_error
 
 __all__ = ["MAX_BODY_BYTES", "Backend", "create_app"]
@@ -37,6 +37,7 @@ STATIC = Path(__file__).parent / "static"
 # As gRPC's text RPCs: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 _DISCONNECT_POLL_S = 0.25
+_FEED_POLL_S = 0.5  # how soon a watcher notices that the server is stopping
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -131,6 +132,18 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             _count("Compare", opened.streams, started)
         _ok("Compare", started)
         return JSONResponse(encode.compare_response(compare_result(opened.variants, results), seed))
+
+    @app.get("/v1/steering/monitor")
+    async def monitor(request: Request) -> Response:
+        """The live monitor feed (WatchMonitor) for observers: `Authorization: Bearer <observer or admin token>`."""
+        started = time.monotonic()
+        try:
+            engine = _engine()
+            backend.access.check_observer([("authorization", request.headers.get("authorization", ""))])
+            subscription = engine.watch_monitor(watch.watch_filter(request.query_params))
+        except Exception as exc:
+            return _fail("WatchMonitor", exc, started)
+        return StreamingResponse(_feed(subscription, started), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @app.get("/")
     async def page() -> Response:
@@ -249,6 +262,24 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         finally:
             opened.cancel()
             _count("Compare", opened.streams, started)
+
+    async def _feed(subscription: MonitorSubscription, started: float) -> AsyncIterator[str]:
+        try:
+            yield ": watching\n\n"  # a first byte at once: the client knows it is subscribed
+            while not backend.draining:  # a stopping server ends its watchers (they would hold the grace period)
+                try:
+                    item = await asyncio.wait_for(subscription.next(), _FEED_POLL_S)
+                except TimeoutError:
+                    continue
+                if item is None:
+                    break
+                yield _sse(watch.event_json(*item))
+            _ok("WatchMonitor", started)
+        except asyncio.CancelledError:
+            _cancelled("WatchMonitor", started)
+            raise
+        finally:
+            subscription.close()
 
     return app
 

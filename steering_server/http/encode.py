@@ -198,7 +198,21 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
             }
             for d in sorted(directions, key=lambda d: d.name)
         ],
-        "policy": {"terms": [term(t) for t in policy.terms], "enforced": policy.enforced},
+        "policy": {
+            "terms": [term(t) for t in policy.terms],
+            "enforced": policy.enforced,
+            "alerts": [
+                {
+                    "direction": r.direction,
+                    "action": r.action.name.lower(),
+                    "threshold": r.threshold,
+                    "scope": r.scope.name.lower(),
+                    "steering": [term(t) for t in r.steering],
+                }
+                for r in policy.alerts
+            ],
+        },
+        "features": {"watch": True},  # the page shows its monitor feed panel
     }
 
 

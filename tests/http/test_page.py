@@ -1,6 +1,7 @@
 """The web page in a real browser (Debian's chromium driven by Playwright): a Compare run from the page streams
 the same tokens the Compare RPC returns, coloured by score, with the divergence marked; the ADD slider keeps to the
-server's policy. Saves the screenshot the README shows (docs/img/web-compare.png)."""
+server's policy; the monitor feed shows the Compare's requests. Saves the screenshot the README shows
+(docs/img/web-compare.png)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,13 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served) ->
             await page.fill("#seed", "1")
             await page.fill("#temperature", "1")
             await page.fill("#max_tokens", "40")
+            # The monitor feed (the organism's server runs --open-admin: no token) watches the Compare's requests.
+            await page.click("#watch_toggle")
+            await page.wait_for_selector("#watch_state:text('watching')")
             await page.click("#run")
             await page.wait_for_selector("#outputs[data-state=done]", timeout=120_000)
+            await page.wait_for_function("document.querySelectorAll('#feed tbody tr').length >= 4", timeout=60_000)
+            feed = await page.eval_on_selector_all("#feed tbody tr", "rows => rows.map(r => r.cells[1].textContent)")
             columns = await page.eval_on_selector_all("#outputs .column", """els => els.map(e => ({
                 name: e.dataset.name, ids: JSON.parse(e.dataset.tokenIds), text: e.querySelector('.text').textContent,
                 diverges: e.dataset.divergesAt, coloured: [...e.querySelectorAll('.tok')].filter(
@@ -74,4 +80,6 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served) ->
         assert column["marked"] == ([] if at is None or column is columns[0] else [at])
         assert column["coloured"] >= 1  # tokens carry their score's colour
     assert any(v.HasField("diverges_at") for v in expected.variants[1:]), "no variant diverged: a weak check"
+    compared = sorted(row.split(" ", 1)[1] for row in feed)  # "<request id> http/Compare <variant>"
+    assert compared == sorted(f"http/Compare {v.name}" for v in expected.variants)
     assert json.dumps(columns)  # what the page showed is plain data

@@ -301,8 +301,10 @@ async function init() {
   $("model").textContent = `${info.model.id} · ${info.model.num_layers} layers · ${info.model.device}`;
   $("redteam").textContent = info.limits.allow_red_team ? "red-teaming allowed" : "red-teaming off: no inducing";
   if (info.limits.allow_red_team) $("redteam").classList.add("warn");
-  $("policy").textContent = info.policy.terms.length
-    ? `policy${info.policy.enforced ? " (enforced)" : ""}: ${describe(info.policy.terms)}` : "no policy";
+  $("policy").textContent = (info.policy.terms.length
+    ? `policy${info.policy.enforced ? " (enforced)" : ""}: ${describe(info.policy.terms)}` : "no policy") +
+    (info.policy.alerts.length ? ` · ${info.policy.alerts.length} alert rule(s): ` +
+      info.policy.alerts.map((r) => `${r.direction} ${r.scope} ≥ ${r.threshold === null ? "calibrated" : r.threshold} → ${r.action}`).join(", ") : "");
   info.directions.forEach((d) => option($("colour_by"), d.name));
   $("watch").hidden = !(info.features && info.features.watch);
   const d = info.directions[0];
