@@ -292,6 +292,7 @@ def _model_without_tokenizer(tmp_path: Path) -> str:
         (["--admin-token-file", "/nonexistent/token"], "--admin-token-file /nonexistent/token: no such file"),
         (["--port", "BUSY"], "is in use by another process"),
         (["--metrics-port", "BUSY"], "--metrics-port "),
+        (["--http-port", "BUSY"], "--http-port "),
     ],
 )
 def test_start_up_mistakes_print_one_line_and_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:
