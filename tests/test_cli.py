@@ -292,6 +292,7 @@ def _model_without_tokenizer(tmp_path: Path) -> str:
         (["--admin-token-file", "/nonexistent/token"], "--admin-token-file /nonexistent/token: no such file"),
         (["--port", "BUSY"], "is in use by another process"),
         (["--metrics-port", "BUSY"], "--metrics-port "),
+        (["--http-port", "BUSY"], "--http-port "),
     ],
 )
 def test_start_up_mistakes_print_one_line_and_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:
@@ -338,6 +339,29 @@ def test_json_log_lines() -> None:
     entry = json.loads(lines[0])
     assert (entry["level"], entry["logger"]) == ("ERROR", "steering_server")
     assert entry["message"].startswith("cannot start: --model /nonexistent/model") and entry["time"].endswith("+00:00")
+
+
+async def test_json_log_format_makes_every_line_json_library_logs_included() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "steering_server.cli", "--log-format", "json", "serve", "--port", "0",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    entries = []
+    try:
+        while line := (await asyncio.wait_for(proc.stderr.readline(), 120)).decode():
+            entries.append(json.loads(line))  # fails on any line that is not one JSON object
+            if entries[-1]["message"].startswith("serving "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    loggers = {e["logger"] for e in entries}
+    assert {"steering_server.service.server", "steering_server.canary", "ContinuousBatchingLogger"} <= loggers
+    assert entries[-2]["message"].startswith("listening on port ")
 
 
 def test_help_loads_no_torch_and_states_defaults() -> None:

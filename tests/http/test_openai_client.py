@@ -166,3 +166,22 @@ async def test_a_conditional_term_steers_only_when_its_condition_holds(ai: opena
     assert pushed != plain
     assert await answer(when(-1000.0)) == pushed
     assert await answer(when(1000.0)) == plain
+
+
+async def test_a_streamed_text_completion_equals_grpc_generate(
+    ai: openai.AsyncOpenAI, grpc_client: AsyncSteeringClient
+) -> None:
+    model = await _model_id(ai)
+    stream = await ai.completions.create(model=model, prompt="keep backups", max_tokens=16, temperature=1.0, seed=4,
+                                         stream=True, extra_body={"steering": [REMOVAL]})
+    text, token_ids, finish = "", [], None
+    async for chunk in stream:
+        text += chunk.choices[0].text
+        finish = chunk.choices[0].finish_reason or finish
+        token = (chunk.model_extra or {}).get("steering", {}).get("token")
+        if token is not None:
+            token_ids.append(token["token_id"])
+    reply = await grpc_client.generate("keep backups", max_new_tokens=16, temperature=1.0, seed=4,
+                                       steering=[clamp("misalignment", 0, positions="prompt")])
+    assert (text, token_ids) == (reply.text, list(reply.token_ids)) and token_ids
+    assert finish == ("stop" if reply.stop_reason == pb.EOS_TOKEN else "length")
