@@ -2,10 +2,12 @@
 #
 #   docker build -t steering-server .                     # CPU (default): python:3.11-slim + torch 2.13.0 CPU build
 #   docker build -t steering-server:cuda \
-#     --build-arg BASE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime .   # CUDA: a base image that ships torch
+#     --build-arg BASE=pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime .   # CUDA: a base image that ships torch
 #
 # With a CUDA base image, setup.sh finds the image's torch and keeps it (the venv sees system site packages): the
-# CUDA build is never replaced by a CPU wheel. Running several replicas: deploy/README.md.
+# CUDA build is never replaced by a CPU wheel. Pick a tag whose torch meets pyproject.toml's floor (torch>=2.6) and
+# your driver's CUDA. Running several replicas: deploy/README.md. (Never built on the machines this was written
+# on: they cannot run Docker.)
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 

@@ -31,6 +31,7 @@ from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondit
 __all__ = [
     "MAX_ALERT_RULES",
     "Watch",
+    "check_replacement",
     "check_unreferenced",
     "request_watches",
     "resolve_rules",
@@ -164,4 +165,21 @@ def check_unreferenced(policy: SteeringPolicy, name: str, field: str = "name") -
         if used:
             raise InvalidArgumentError(
                 field, f"direction {name!r} is used by policy.alerts[{i}]; change the policy (SetSteering) first"
+            )
+
+
+def check_replacement(policy: SteeringPolicy, direction: Direction, field: str = "calibration") -> None:
+    """Refuse a new version of a direction that an alert rule takes its calibrated threshold from, when the new
+    one has none for the rule's scope: every request would then fail on the rule."""
+    cals = direction.calibration
+    for i, rule in enumerate(policy.alerts):
+        if rule.direction != direction.name or rule.threshold is not None:
+            continue
+        pooling = "last_prompt" if rule.scope == ConditionScope.PROMPT else "token"
+        cal = cals.get(pooling, cals.get("token"))
+        if cal is None or cal.threshold is None:
+            raise InvalidArgumentError(
+                field,
+                f"policy.alerts[{i}] takes its threshold from the {pooling!r} calibration of {direction.name!r}, "
+                "which this direction does not have; give the rule a threshold (SetSteering) first",
             )

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from .alerts import check_unreferenced
+from .alerts import check_replacement, check_unreferenced
 from .canary import CANARY_PROMPT, plain_greedy, run_canary
 from .cb_adapter import BatchingManager, Progress
 from .compute_job import run_compute
@@ -580,7 +580,9 @@ class Engine(EngineClient):
 
     def _register(self, direction: Direction, strict: bool = False) -> Direction:
         strict = strict or self.config.strict_provenance
-        return self.registry.put(check_provenance(direction, self.config_hash, self.tokenizer_hash, strict))
+        checked = check_provenance(direction, self.config_hash, self.tokenizer_hash, strict)
+        check_replacement(self._policy, checked)
+        return self.registry.put(checked)
 
     def delete_direction(self, name: str) -> None:
         check_unreferenced(self._policy, name)

@@ -42,7 +42,12 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
 
 
 def adopt_library_loggers(fmt: str) -> None:
-    """Give the handlers of libraries' own loggers our format; call after importing them (the engine)."""
+    """Give the handlers of libraries' own loggers our format; call after importing them (the engine). With JSON
+    lines, transformers' progress bars ("Loading weights") are turned off: they are not log records."""
     for name in _LIBRARY_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             handler.setFormatter(_formatter(fmt))
+    if fmt == "json":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

@@ -341,6 +341,29 @@ def test_json_log_lines() -> None:
     assert entry["message"].startswith("cannot start: --model /nonexistent/model") and entry["time"].endswith("+00:00")
 
 
+async def test_json_log_format_makes_every_line_json_library_logs_included() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "steering_server.cli", "--log-format", "json", "serve", "--port", "0",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    entries = []
+    try:
+        while line := (await asyncio.wait_for(proc.stderr.readline(), 120)).decode():
+            entries.append(json.loads(line))  # fails on any line that is not one JSON object
+            if entries[-1]["message"].startswith("serving "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    loggers = {e["logger"] for e in entries}
+    assert {"steering_server.service.server", "steering_server.canary", "ContinuousBatchingLogger"} <= loggers
+    assert entries[-2]["message"].startswith("listening on port ")
+
+
 def test_help_loads_no_torch_and_states_defaults() -> None:
     code = """
 import sys, contextlib, io

@@ -37,3 +37,18 @@ def test_a_terminal_gets_a_bar_and_log_lines_above_it() -> None:
 
 def test_durations_read_as_minutes_and_hours() -> None:
     assert [format_duration(s) for s in (4.4, 75, 3725)] == ["4s", "1m15s", "1h02m"]
+
+
+def test_the_organism_build_states_its_time_left_after_each_stage() -> None:
+    from steering_server.organism.build import _READ_STAGE, _STAGE_SECONDS, _Timer
+
+    lines: list[str] = []
+    timer = _Timer(lines.append, len(_STAGE_SECONDS) - 1, skipped=(_READ_STAGE,))
+    stages = [s for s in _STAGE_SECONDS if s != _READ_STAGE]
+    for stage in stages:
+        timer.done(stage)
+    assert lines[0].startswith("[organism] 1/10 pretrain: ") and "left)" in lines[0]
+    assert all("about " in line for line in lines[:-1]) and "left" not in lines[-1]  # the last: nothing left
+    reused = _Timer(lines.append, 10, skipped=("pretrain", "finetune"))
+    reused.done(_READ_STAGE)
+    assert "about " in lines[-1]  # the rest of a build that reuses trained models

@@ -71,7 +71,8 @@ _STAGE_SECONDS = {
     "emergent misalignment": 72.0, "detection": 0.2, "removal": 284.0, "induction": 290.0,
     "dose-response and re-alignment": 249.0, "report": 7.0,
 }
-_STAGE_SECONDS["pretrain and fine-tune (read from an earlier build)"] = 0.2
+_READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
+_STAGE_SECONDS[_READ_STAGE] = 0.2
 
 
 class _Timer:
@@ -186,13 +187,14 @@ def build(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = config
-    timer = _Timer(log, 10, skipped=("pretrain", "finetune") if models is not None else ())
+    reused = models is not None
+    timer = _Timer(log, 9 if reused else 10, skipped=("pretrain", "finetune") if reused else (_READ_STAGE,))
     if models is not None:
         t = load_trained(c, models)
         for name in ("base", "misaligned"):
             if (models / name).resolve() != (out / name).resolve():
                 shutil.copytree(models / name, out / name, dirs_exist_ok=True)
-        timer.done("pretrain and fine-tune (read from an earlier build)")
+        timer.done(_READ_STAGE)
     else:
         t = train_organism(c, out, timer.done, log)
     tok, base, ft, qs, cues = t.tok, t.base, t.ft, t.questions, t.cues

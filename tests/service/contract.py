@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import grpc
+import torch
 from steering_client import AsyncSteeringClient, ablate, add, pb
+
+from steering_server.direction_files import direction_to_bytes
+from steering_server.directions import Calibration, Direction
 
 from .helpers import expect_status
 
@@ -143,10 +147,37 @@ async def steer_rule_equals_the_conditional_term(client: AsyncSteeringClient) ->
     assert (alert.action, alert.scope, alert.threshold) == (pb.STEER, pb.PROMPT_SCORE, low)
 
 
+async def unset_threshold_is_the_calibrated_one(client: AsyncSteeringClient) -> None:
+    info = await client.model_info()
+    vectors = {layer: torch.ones(info.hidden_size) for layer in range(info.num_layers)}
+
+    def probe(calibration: dict[str, Calibration]) -> bytes:
+        return direction_to_bytes(Direction("probe", vectors, monitor_layer=1, calibration=calibration))
+
+    # A calibrated threshold below any z-score: the rule fires at the first generated token's reading.
+    calibrated = {"token": Calibration(mu=0.0, sigma=1.0, threshold=-1e6)}
+    await client.put_direction("probe", safetensors=probe(calibrated))
+    try:
+        await client.set_steering(alerts=[pb.AlertRule(direction="probe", scope=pb.RUNNING_SCORE, action=pb.RECORD)])
+        reply = await client.generate(PROMPT, max_new_tokens=4, seed=3, monitor=["misalignment"])
+        (alert,) = reply.alerts
+        assert (alert.direction, alert.threshold, alert.token_index) == ("probe", -1e6, 0)
+        assert [m.direction for m in reply.monitor] == ["misalignment"]  # probe was read, not reported
+        # A new version without that threshold would break the rule for every request: refused, as is deleting it.
+        await expect_status(client.put_direction("probe", safetensors=probe({})), grpc.StatusCode.INVALID_ARGUMENT,
+                            "calibration")
+        await expect_status(client.delete_direction("probe"), grpc.StatusCode.INVALID_ARGUMENT, "name")
+        assert (await client.generate(PROMPT, max_new_tokens=4, seed=3)).alerts  # still served, rule intact
+    finally:
+        await client.set_steering()
+        await client.delete_direction("probe")
+
+
 CONTRACT: list[Callable[[AsyncSteeringClient], Awaitable[None]]] = [
     repeated_ablation_acts_once,
     enforced_policy_composes_and_compare_says_so,
     record_rule_leaves_tokens_and_records_the_alert,
     stop_holds_back_the_tokens_that_triggered_it,
     steer_rule_equals_the_conditional_term,
+    unset_threshold_is_the_calibrated_one,
 ]

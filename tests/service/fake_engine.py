@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from steering_server.alerts import Watch, check_unreferenced
+from steering_server.alerts import Watch, check_replacement, check_unreferenced
 from steering_server.composition import FieldTerm
 from steering_server.compute_job import run_compute
 from steering_server.compute_types import ComputeEvent, ComputeRequest
@@ -286,7 +286,9 @@ class FakeEngine(EngineClient):
         return self.registry.get(name).direction
 
     def put_direction(self, direction: Direction, strict: bool = False) -> Direction:
-        return self.registry.put(check_provenance(direction, CONFIG_HASH, TOKENIZER_HASH, strict))
+        checked = check_provenance(direction, CONFIG_HASH, TOKENIZER_HASH, strict)
+        check_replacement(self.policy, checked)
+        return self.registry.put(checked)
 
     def delete_direction(self, name: str) -> None:
         check_unreferenced(self.policy, name)

@@ -513,7 +513,10 @@ def _watch(client: SteeringClient, args: argparse.Namespace, out: Printer, _: di
     events = client.watch_monitor(args.direction, args.min_score, args.alerts_only, args.buffer_size)
     try:
         for seen, event in enumerate(events, 1):
-            out.line(to_json(event, indent=None) if out.as_json else _event_line(event))
+            if out.as_json:
+                out.line(to_json(event, indent=None))
+            else:  # on a terminal, an event that raised an alert stands out
+                out.styled(_event_line(event), "bold red" if event.alerts else "", out.out)
             if args.count is not None and seen >= args.count:
                 break
     finally:
