@@ -28,7 +28,7 @@ from ..service.auth import Access
 from ..service.metrics import Metrics
 from ..service.status import status_of
 from ..types import EngineLimits, GenerationResult, TokenEvent
-from . import decode, encode, watch
+from . import decode, encode, sse, watch
 from .errors import error_body, http_error
 
 __all__ = ["MAX_BODY_BYTES", "Backend", "create_app"]
@@ -196,7 +196,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{stream.request_id}"
         seed = decoded.request.sampling.seed
         if decoded.stream:
-            chunks = _Chunks(chat, response_id, int(time.time()), model_id)
+            chunks = sse.Chunks(chat, response_id, int(time.time()), model_id)
             events = _generation_events(stream, chunks, seed, decoded.include_usage, rpc, started)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
@@ -213,15 +213,15 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         return JSONResponse(whole(result, seed, model_id, response_id, int(time.time())))
 
     async def _generation_events(
-        stream: RequestStream, chunks: _Chunks, seed: int, include_usage: bool, rpc: str, started: float
+        stream: RequestStream, chunks: sse.Chunks, seed: int, include_usage: bool, rpc: str, started: float
     ) -> AsyncIterator[str]:
         try:
             async for event in stream:
-                yield _sse(chunks.token(event))
+                yield sse.event(chunks.token(event))
             result = await stream.result()
-            yield _sse(chunks.final(result, seed))
+            yield sse.event(chunks.final(result, seed))
             if include_usage:
-                yield _sse(chunks.usage(result))
+                yield sse.event(chunks.usage(result))
             yield "data: [DONE]\n\n"
             _ok(rpc, started)
         except asyncio.CancelledError:  # the client went away: `finally` frees the request at once
@@ -230,7 +230,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         except Exception as exc:  # the status line is sent: the error is the last event (OpenAI does the same)
             body = http_error(exc)[1]
             backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
-            yield _sse(body)
+            yield sse.event(body)
         finally:
             stream.cancel()
             _count(rpc, (stream,), started)
@@ -239,17 +239,17 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         names = [v.name for v in opened.variants]
         results: list[GenerationResult | None] = [None] * len(names)
         try:
-            yield _sse({"object": "steering.compare.start", "seed": seed, "variants": names})
-            async for i, item in _merged(opened.streams):
+            yield sse.event({"object": "steering.compare.start", "seed": seed, "variants": names})
+            async for i, item in sse.merged(opened.streams):
                 if isinstance(item, TokenEvent):
-                    yield _sse({"object": "steering.compare.token", "variant": i, "text_delta": item.text_delta,
+                    yield sse.event({"object": "steering.compare.token", "variant": i, "text_delta": item.text_delta,
                                 **encode.token_extension(item)["token"]})
                 else:
                     results[i] = item
-                    yield _sse({"object": "steering.compare.variant", "variant": i, "name": names[i],
+                    yield sse.event({"object": "steering.compare.variant", "variant": i, "name": names[i],
                                 "text": item.text, "text_tail": item.text_tail, **encode.result_extension(item, seed)})
             done = [r for r in results if r is not None]
-            yield _sse(encode.compare_response(compare_result(opened.variants, done), seed))
+            yield sse.event(encode.compare_response(compare_result(opened.variants, done), seed))
             yield "data: [DONE]\n\n"
             _ok("Compare", started)
         except asyncio.CancelledError:
@@ -258,7 +258,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         except Exception as exc:
             body = http_error(exc)[1]
             backend.metrics.observe("http.Compare", status_of(exc)[0], time.monotonic() - started)
-            yield _sse(body)
+            yield sse.event(body)
         finally:
             opened.cancel()
             _count("Compare", opened.streams, started)
@@ -273,7 +273,7 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
                     continue
                 if item is None:
                     break
-                yield _sse(watch.event_json(*item))
+                yield sse.event(watch.event_json(*item))
             _ok("WatchMonitor", started)
         except asyncio.CancelledError:
             _cancelled("WatchMonitor", started)
@@ -282,64 +282,6 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             subscription.close()
 
     return app
-
-
-class _Chunks:
-    """The chunks of one streamed completion (chat: `chat.completion.chunk` with deltas; else `text_completion`)."""
-
-    def __init__(self, chat: bool, response_id: str, created: int, model: str) -> None:
-        self.chat = chat
-        self.args = (response_id, created, model)
-        self.first = True
-
-    def token(self, event: TokenEvent) -> JSON:
-        return self._text(event.text_delta, None, encode.token_extension(event))
-
-    def final(self, result: GenerationResult, seed: int) -> JSON:
-        # The text held back while it could still begin a stop string comes with the finish reason.
-        return self._text(result.text_tail, encode.finish_reason(result.stop_reason), encode.result_extension(result,
-                                                                                                             seed))
-
-    def usage(self, result: GenerationResult) -> JSON:
-        if self.chat:
-            return encode.chat_chunk(*self.args, None, usage_=encode.usage(result))
-        return encode.completion_chunk(*self.args, None, usage_=encode.usage(result))
-
-    def _text(self, text: str, finish: str | None, steering: JSON) -> JSON:
-        if not self.chat:
-            return encode.completion_chunk(*self.args, text, finish, steering)
-        delta: JSON = {"content": text} if text or not finish else {}
-        if self.first:  # OpenAI's first delta names the role
-            delta = {"role": "assistant", "content": text}
-            self.first = False
-        return encode.chat_chunk(*self.args, delta, finish, steering)
-
-
-async def _merged(streams: tuple[RequestStream, ...]) -> AsyncIterator[tuple[int, TokenEvent | GenerationResult]]:
-    """Every stream's tokens as they come, each stream's result after its tokens; the first error raises."""
-    queue: asyncio.Queue[tuple[int, TokenEvent | GenerationResult | BaseException]] = asyncio.Queue()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for event in stream:
-                queue.put_nowait((i, event))
-            queue.put_nowait((i, await stream.result()))
-        except Exception as exc:
-            queue.put_nowait((i, exc))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        finished = 0
-        while finished < len(streams):
-            i, item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, GenerationResult):
-                finished += 1
-            yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
@@ -371,8 +313,3 @@ async def _json_body(request: Request) -> JSON:
     if not isinstance(body, dict):
         raise InvalidArgumentError("request", "the body must be a JSON object")
     return body
-
-
-def _sse(payload: JSON) -> str:
-    # allow_nan=False: a score is finite by the engine's containment; never send what JSON cannot parse.
-    return f"data: {json.dumps(payload, allow_nan=False, separators=(',', ':'))}\n\n"
