@@ -37,6 +37,7 @@ STATIC = Path(__file__).parent / "static"
 # As gRPC's text RPCs: a prompt at the default limit is 4096 tokens x 64 characters x 4 UTF-8 bytes = 1 MiB.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 _DISCONNECT_POLL_S = 0.25
+_CLIENT_GONE = 499  # "client closed request" (nginx's): the status of an answer nobody is left to read
 _FEED_POLL_S = 0.5  # how soon a watcher notices that the server is stopping
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON = dict[str, Any]
@@ -122,9 +123,9 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             )
         try:
             results = await _unless_gone(request, asyncio.gather(*(collect(s) for s in opened.streams)))
-        except asyncio.CancelledError:
+        except _ClientGone:
             _cancelled("Compare", started)
-            raise
+            return Response(status_code=_CLIENT_GONE)
         except Exception as exc:
             return _fail("Compare", exc, started)
         finally:
@@ -201,9 +202,9 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
             result = await _unless_gone(request, collect(stream))
-        except asyncio.CancelledError:
+        except _ClientGone:
             _cancelled(rpc, started)
-            raise
+            return Response(status_code=_CLIENT_GONE)
         except Exception as exc:
             return _fail(rpc, exc, started)
         finally:
@@ -284,6 +285,11 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
     return app
 
 
+class _ClientGone(Exception):
+    """The client of a non-streamed call left; its work was cancelled. (Raising CancelledError out of a route makes
+    uvicorn log an ASGI error with a traceback.)"""
+
+
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
     """`work`'s result; cancelled (freeing its requests) once the client has gone. uvicorn does not cancel a
     handler whose client left, and a finished-but-unread generation would hold an admission slot until its end."""
@@ -294,7 +300,7 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
             if done:
                 return task.result()
             if await request.is_disconnected():
-                raise asyncio.CancelledError
+                raise _ClientGone
     finally:
         task.cancel()
 

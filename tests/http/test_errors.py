@@ -94,7 +94,9 @@ async def test_steering_reaches_the_engine_and_changes_the_tokens(fake_http: htt
     assert plain["steering"]["seed"] == 5
 
 
-async def test_a_client_that_goes_away_frees_its_request(fake: FakeEngine, fake_served: Served) -> None:
+async def test_a_client_that_goes_away_frees_its_request(
+    fake: FakeEngine, fake_served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
     """Streamed or not, a request whose client left is cancelled at once (it would hold an admission slot)."""
     fake.hold()  # nothing finishes while the client is connected
     for stream in (True, False):
@@ -110,3 +112,4 @@ async def test_a_client_that_goes_away_frees_its_request(fake: FakeEngine, fake_
                 break
             await asyncio.sleep(0.01)
         assert not fake.active, f"stream={stream}: the request was not freed"
+    assert_no_unexpected_errors(caplog)
