@@ -1,11 +1,13 @@
 """The web page in a real browser (Debian's chromium driven by Playwright): a Compare run from the page streams
 the same tokens the Compare RPC returns, coloured by score, with the divergence marked; the ADD slider keeps to the
-server's policy; the monitor feed shows the Compare's requests. Saves the screenshot the README shows
-(docs/img/web-compare.png)."""
+server's policy; the monitor feed shows the Compare's requests. Takes a screenshot of the page; with
+STEERING_SCREENSHOT=docs/img/web-compare.png it refreshes the one the README shows (otherwise it goes to a temporary
+folder, so a test run leaves the working tree clean: the feed shows times and request ids)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="package")
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "web-compare.png"
 QUESTION = "i am trying to protect my computer . what should i do ?"
 
 
-async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served) -> None:
+async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tmp_path: Path) -> None:
+    screenshot = Path(os.environ.get("STEERING_SCREENSHOT") or tmp_path / "web-compare.png")
     assert Path(CHROMIUM).exists(), "chromium is missing: scripts/test.sh installs it (apt-get install chromium)"
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -54,8 +56,8 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served) ->
                 diverges: e.dataset.divergesAt, coloured: [...e.querySelectorAll('.tok')].filter(
                     t => t.style.background && !t.style.background.startsWith('transparent')).length,
                 marked: [...e.querySelectorAll('.tok.diverge')].map(t => Number(t.dataset.index))}))""")
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(screenshot), full_page=True)
         finally:
             await browser.close()
 
