@@ -15,7 +15,30 @@ import pytest
 from steering_server.engine_api import EngineClient
 from steering_server.service import SteeringServer
 
-__all__ = ["assert_no_unexpected_errors", "expect_status", "serving", "wait_until"]
+__all__ = ["assert_no_unexpected_errors", "expect_status", "serving", "tiny_llama_engine", "wait_until"]
+
+
+@asynccontextmanager
+async def tiny_llama_engine(limits: Any, **config: Any) -> AsyncIterator[Any]:
+    """The real engine on the tiny random Llama, with one uncalibrated random direction "misalignment" monitored at
+    layer 1 (the service tests' real-engine setup). `config`: further EngineConfig fields."""
+    import torch
+
+    from steering_server.config import EngineConfig
+    from steering_server.directions import Direction
+    from steering_server.engine import start_engine
+    from steering_server.models import wrap_model
+    from steering_server.tiny_models import byte_tokenizer, tiny_model
+
+    loaded = wrap_model(tiny_model("llama"), byte_tokenizer(), "tiny-llama")
+    engine = await start_engine(EngineConfig(limits=limits, **config), loaded=loaded)
+    gen = torch.Generator().manual_seed(0)
+    vectors = {layer: torch.randn(engine.hidden_size, generator=gen) for layer in range(engine.num_layers)}
+    engine.put_direction(Direction("misalignment", vectors, monitor_layer=1))
+    try:
+        yield engine
+    finally:
+        await engine.shutdown()
 
 
 @asynccontextmanager

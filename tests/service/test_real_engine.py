@@ -14,21 +14,16 @@ import grpc
 import grpc.aio
 import pytest
 import pytest_asyncio
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from steering_client import AsyncSteeringClient, ablate, add, clamp, pb, pb_grpc
 
-from steering_server.config import EngineConfig
-from steering_server.directions import Direction
-from steering_server.engine import Engine, start_engine
-from steering_server.models import wrap_model
+from steering_server.engine import Engine
 from steering_server.service import SERVICE_NAME, SteeringServer
-from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import EngineLimits
 
 from .bad_inputs import BadInput, bad_inputs
 from .contract import CONTRACT
-from .helpers import assert_no_unexpected_errors, expect_status, serving, wait_until
+from .helpers import assert_no_unexpected_errors, expect_status, serving, tiny_llama_engine, wait_until
 from .test_validation import call_rpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -39,16 +34,9 @@ PROMPTS = ["Hello there", "The weather today", "Tell me about cats", "Once upon 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine() -> AsyncIterator[Engine]:
-    loaded = wrap_model(tiny_model("llama"), byte_tokenizer(), "tiny-llama")
     # Batch rows for 200 requests at once, so all of them are generating when they are cancelled.
-    eng = await start_engine(EngineConfig(limits=LIMITS, max_requests_per_batch=256), loaded=loaded)
-    gen = torch.Generator().manual_seed(0)
-    vectors = {layer: torch.randn(eng.hidden_size, generator=gen) for layer in range(eng.num_layers)}
-    eng.put_direction(Direction("misalignment", vectors, monitor_layer=1))
-    try:
+    async with tiny_llama_engine(LIMITS, max_requests_per_batch=256) as eng:
         yield eng
-    finally:
-        await eng.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -9,19 +9,14 @@ from collections.abc import AsyncIterator
 import grpc.aio
 import pytest
 import pytest_asyncio
-import torch
 from steering_client import AsyncSteeringClient, ablate, pb, pb_grpc
 
-from steering_server.config import EngineConfig
-from steering_server.directions import Direction
-from steering_server.engine import Engine, start_engine
-from steering_server.models import wrap_model
+from steering_server.engine import Engine
 from steering_server.monitor_feed import MonitorFilter
 from steering_server.service import SteeringServer
-from steering_server.tiny_models import byte_tokenizer, tiny_model
 from steering_server.types import EngineLimits
 
-from .helpers import serving, wait_until
+from .helpers import serving, tiny_llama_engine, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,15 +26,8 @@ PROMPTS = [f"Request {i}: tell me about cats" for i in range(100)]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine() -> AsyncIterator[Engine]:
-    loaded = wrap_model(tiny_model("llama"), byte_tokenizer(), "tiny-llama")
-    eng = await start_engine(EngineConfig(limits=LIMITS, max_requests_per_batch=128), loaded=loaded)
-    gen = torch.Generator().manual_seed(0)
-    vectors = {layer: torch.randn(eng.hidden_size, generator=gen) for layer in range(eng.num_layers)}
-    eng.put_direction(Direction("misalignment", vectors, monitor_layer=1))
-    try:
+    async with tiny_llama_engine(LIMITS, max_requests_per_batch=128) as eng:
         yield eng
-    finally:
-        await eng.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
