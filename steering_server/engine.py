@@ -41,8 +41,10 @@ from .rules import check_monitor, check_sampling, check_score_response, check_te
 from .runtime import GateSpec, RequestTrack, SteeringRuntime
 from .state import StateDir, StateError
 from .steer import GATE_NEVER
-from .streams import GenerationStream, direction_scores
+from .streams import GenerationStream, direction_scores, score_alerts
 from .types import (
+    AlertAction,
+    AlertRule,
     CompareRequest,
     ConditionScope,
     EngineStats,
@@ -262,6 +264,7 @@ class Engine(EngineClient):
         field_prefix: str = "",
         rpc: str | None = None,
         variant: str = "",
+        rules: tuple[AlertRule, ...] | None = None,
     ) -> GenerationStream:
         """Check, plan and admit one request. With `prompt_ids` the caller has rendered and checked the prompt and
         sampling (Compare, Score): errors then name only this request's own fields. With `rpc`, its result is
@@ -284,11 +287,12 @@ class Engine(EngineClient):
             self.limits.max_directions,
             self.limits.allow_red_team,
             field_prefix,
-            rules=self._policy.alerts,  # every request, ignore_policy included: alerts are monitoring
+            # every request, ignore_policy included: alerts are monitoring
+            rules=self._policy.alerts if rules is None else rules,
         )
         stream = self._admit(plan, prompt_ids, prompt_len or len(prompt_ids), sampling, request.monitor)
         if rpc is not None:
-            self._publish_on_result(stream, terms, rpc, variant)
+            self._publish_on_result(stream, stream.plan.terms, rpc, variant)
         return stream
 
     def _publish_on_result(
@@ -472,30 +476,33 @@ class Engine(EngineClient):
         gen = GenerationRequest(
             request.prompt, SamplingParams(max_new_tokens=1), request.steering, request.monitor, request.ignore_policy
         )
-        stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids))
-        # What the feed reports: the terms that ran and the policy, read at admission as for Generate.
-        terms = effective_terms(request.steering, self._policy, request.ignore_policy)
+        # Score only records: its alert rules watch the prefill as RECORD rules (no STEER terms run, nothing stops),
+        # and each alert is reported with its rule's own action (score_alerts).
         policy, front = self._policy, current_front_end()
+        watched = tuple(replace(r, action=AlertAction.RECORD, steering=()) for r in policy.alerts)
+        stream = self._generate_internal_stream(gen, prompt_ids + response, prompt_len=len(prompt_ids), rules=watched)
         try:
             await collect(stream)
         finally:
             stream.cancel()
         n_scored = max(0, len(response) - 1)  # the last response token is never fed back during generation
         scores = direction_scores(stream.plan, stream.track, n_scored, request.monitor.token_scores)
+        alerts = score_alerts(stream.plan, stream.track, n_scored, policy.alerts)
         self.monitor_feed.publish(
             request_event(
                 None,
                 rpc=current_rpc("Score"),
                 request_id=stream.request_id,
                 front=front,
-                terms=terms,
+                terms=stream.plan.terms,
                 policy=policy,
                 scores=scores,
+                alerts=alerts,
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=len(response),
             )
         )
-        return ScoreResult(len(prompt_ids), tuple(response), scores, steered=stream.plan.steered)
+        return ScoreResult(len(prompt_ids), tuple(response), scores, steered=stream.plan.applied(()), alerts=alerts)
 
     async def capture_means(self, prompt_ids: list[int], from_position: int) -> torch.Tensor:
         """Mean hidden state per layer over positions >= from_position of one prefill, read in the hooks before

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from .composition import FieldTerm
 from .errors import ResourceExhaustedError
-from .types import Alert, DirectionScores, GenerationResult, SteeringPolicy, SteeringTerm, StopReason
+from .types import Alert, AlertAction, DirectionScores, GenerationResult, SteeringPolicy, SteeringTerm, StopReason
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -86,8 +86,10 @@ class MonitorEvent:
     variant: str  # Compare: the variant's name; "" otherwise
     scores: tuple[DirectionScores, ...]  # per monitored direction, without token_scores
     alerts: tuple[Alert, ...]
-    steering: tuple[SteeringTerm, ...]  # the terms that ran: after the policy (its terms first when applied)
-    policy_applied: bool  # the server policy's terms were among them
+    # The terms that ran: after the policy (its terms first when applied), then the STEER alert rules' terms with
+    # their condition (a rule's terms steered when its STEER alert is in `alerts`).
+    steering: tuple[SteeringTerm, ...]
+    policy_applied: bool  # the server policy's terms were among them, or one of its STEER rules fired
     policy_enforced: bool  # the policy was enforced when the request was admitted
     stop_reason: StopReason | None  # None for Score (nothing was generated)
     prompt_tokens: int
@@ -106,12 +108,14 @@ def request_event(
     scores: tuple[DirectionScores, ...] | None = None,
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
+    alerts: tuple[Alert, ...] = (),
 ) -> MonitorEvent:
     """The event for a finished generation (`result`), or for a Score (`result` None: `scores` and the counts).
-    `terms` are the request's effective terms (planning.effective_terms: the policy's are named `policy.terms[i]`),
-    `policy` the server policy when it was admitted."""
+    `terms` are the terms the request ran with (RequestPlan.terms: the policy's are named `policy.terms[i]`, the
+    STEER rules' `policy.alerts[i].steering...`),
+    `policy` the server policy when it was admitted; `alerts` Score's (ScoreResult.alerts)."""
     if result is not None:
-        scores, request_id = result.monitor, result.request_id or request_id
+        scores, request_id, alerts = result.monitor, result.request_id or request_id, result.alerts
         prompt_tokens, completion_tokens = result.prompt_tokens, len(result.token_ids)
     summary = tuple(replace(s, token_scores=()) if s.token_scores else s for s in scores or ())
     return MonitorEvent(
@@ -121,9 +125,10 @@ def request_event(
         front_end=front,
         variant=variant,
         scores=summary,
-        alerts=result.alerts if result is not None else (),
+        alerts=alerts,
         steering=tuple(ft.term for ft in terms),
-        policy_applied=any(ft.field.startswith("policy.") for ft in terms),
+        policy_applied=any(ft.field.startswith("policy.terms") for ft in terms)
+        or (result is not None and any(a.action == AlertAction.STEER and a.source == "policy" for a in alerts)),
         policy_enforced=policy is not None and policy.enforced,
         stop_reason=result.stop_reason if result is not None else None,
         prompt_tokens=prompt_tokens,

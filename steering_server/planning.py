@@ -17,6 +17,8 @@ from .directions import Calibration, validate_direction_name
 from .errors import InvalidArgumentError, PermissionDeniedError
 from .registry import DirectionRegistry, RegisteredDirection
 from .types import (
+    Alert,
+    AlertAction,
     AlertRule,
     ConditionScope,
     MonitorOptions,
@@ -85,10 +87,22 @@ class RequestPlan:
     entries: list[RegisteredDirection]  # every registry entry referenced (held until the request ends)
     conditions: list[ConditionPlan] = field(default_factory=list)
     watches: list[Watch] = field(default_factory=list)  # alert rules and stop_threshold (alerts.py)
+    # Every term the request runs with: the effective terms, then the STEER rules' conditional terms.
+    terms: tuple[FieldTerm, ...] = ()
+    unconditional: bool = False  # some term steers without a condition
+    own_conditional: bool = False  # some term of the request or the policy's terms carries its own condition
 
     @property
     def steered(self) -> bool:
+        """It holds steering slots (conditional ones whether or not they fire)."""
         return any(t is not None for t in self.tables) or bool(self.conditions)
+
+    def applied(self, alerts: tuple[Alert, ...]) -> bool:
+        """Some term steered, given the alerts the request raised: an unconditional term, a STEER rule that fired
+        (its alert), or a term with its own condition (whether the device gate fired is not read back: counted)."""
+        return self.unconditional or self.own_conditional or any(
+            a.action == AlertAction.STEER and a.source == "policy" for a in alerts
+        )
 
 
 def effective_terms(
@@ -125,6 +139,7 @@ def make_plan(
     if len(terms) > MAX_TERMS:
         field_name = terms[-1].field.rsplit("[", 1)[0]
         raise InvalidArgumentError(field_name, f"at most {MAX_TERMS} steering terms (the server policy's included)")
+    own_conditional = any(ft.term.condition is not None for ft in terms)
     terms = terms + tuple(rule_terms)
     resolved = [_resolve(registry, ft, num_layers) for ft in terms]
     keys, conditions = _conditions(registry, terms, resolved)
@@ -162,7 +177,8 @@ def make_plan(
         entries.append(entry)
     watches = rule_watches + request_watches(monitor.stop_threshold, [(m.name, m.entry) for m in monitors])
     entries += [w.entry for w in rule_watches]
-    return RequestPlan(tables, monitors, entries, plans, watches)
+    unconditional = any(ft.term.condition is None and bool(rt.layers) for ft, rt in zip(terms, resolved, strict=True))
+    return RequestPlan(tables, monitors, entries, plans, watches, terms, unconditional, own_conditional)
 
 
 def _conditions(

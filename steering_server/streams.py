@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from .detok import IncrementalDetokenizer
@@ -22,6 +23,7 @@ from .runtime import RequestTrack
 from .types import (
     Alert,
     AlertAction,
+    AlertRule,
     ConditionScope,
     DirectionScores,
     GenerationResult,
@@ -30,7 +32,7 @@ from .types import (
     TokenEvent,
 )
 
-__all__ = ["GenerationStream", "direction_scores"]
+__all__ = ["GenerationStream", "direction_scores", "score_alerts"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ def direction_scores(
                 max_score=max(tokens) if tokens else None,
             )
         )
+    return tuple(out)
+
+
+def score_alerts(
+    plan: RequestPlan, track: RequestTrack, n_scored: int, rules: tuple[AlertRule, ...]
+) -> tuple[Alert, ...]:
+    """Score's alerts: each policy rule's watch (plan.watches, one per rule in order) on the prefill's readings,
+    PROMPT at the last prompt token, RUNNING at the first of the `n_scored` response positions that reaches it; the
+    alert carries the rule's own action (Score ran it as RECORD: nothing stops or steers)."""
+    out = []
+    p0 = track.prompt_len
+    policy_watches = [w for w in plan.watches if w.source == "policy"]
+    for w, rule in zip(policy_watches, rules, strict=True):
+        readings = track.readings.get((w.entry.monitor_row, w.layer), {})
+        candidates: list[tuple[int, int | None]]
+        if w.scope == ConditionScope.PROMPT:
+            candidates = [(p0 - 1, None)]
+        else:
+            candidates = [(p0 + i, i) for i in range(n_scored)]
+        for pos, index in candidates:
+            raw = readings.get(pos)
+            if raw is not None and w.fires(raw):
+                out.append(replace(w.alert(raw, index), action=rule.action))
+                break
     return tuple(out)
 
 
@@ -220,7 +246,7 @@ class GenerationStream(RequestStream):
             request_id=self.request_id,
             text_tail=tail,
             alerts=tuple(self.alerts),
-            steered=self.plan.steered,
+            steered=self.plan.applied(tuple(self.alerts)),
             timing=RequestTiming(self.admitted, self.track.scheduled_at, tuple(self._token_times), time.monotonic()),
         )
         self._on_close(self, needs_cancel)

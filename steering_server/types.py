@@ -231,7 +231,9 @@ class GenerationResult:
     # followed by text_tail equal `text`.
     text_tail: str = ""
     alerts: tuple[Alert, ...] = ()  # in the order they fired
-    steered: bool = False  # it ran with steering terms (policy or its own; conditional ones whether or not they fired)
+    # Some term steered: an unconditional one, a STEER rule that fired, or a term with its own condition (counted
+    # whether or not its device gate fired: it is not read back).
+    steered: bool = False
     timing: RequestTiming | None = None
 
 
@@ -281,6 +283,9 @@ class ScoreResult:
     response_token_ids: tuple[int, ...]
     monitor: tuple[DirectionScores, ...]
     steered: bool = False
+    # The policy's alert rules on these scores, each with its rule's action; Score only records (nothing stops or
+    # steers). RUNNING: token_index i of the first response reading (token_scores[i]) that reaches the threshold.
+    alerts: tuple[Alert, ...] = ()
 
 
 @dataclass(frozen=True)

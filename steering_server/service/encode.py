@@ -100,6 +100,7 @@ def score_response(result: ScoreResult) -> pb.ScoreResponse:
         usage=pb.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=len(result.response_token_ids)),
         response_token_ids=result.response_token_ids,
         monitor=_scores(result.monitor),
+        alerts=[_alert(a) for a in result.alerts],
     )
 
 

@@ -19,7 +19,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..engine_api import EngineClient
-from ..types import CompareResult, DirectionScores, GenerationResult, ScoreResult
+from ..types import Alert, CompareResult, DirectionScores, GenerationResult, ScoreResult
 
 __all__ = ["INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "RAW_SCORE_BUCKETS", "TTFT_BUCKETS", "Z_BUCKETS", "Metrics"]
 
@@ -189,10 +189,7 @@ class Metrics:
         self._prompt_tokens.labels(rpc=rpc).inc(result.prompt_tokens)
         self._generated_tokens.labels(rpc=rpc).inc(len(result.token_ids))
         self._scores(result.monitor)
-        for alert in result.alerts:
-            labels = (alert.direction, alert.action.name, alert.scope.name, alert.source)
-            self._direction_series(alert.direction, self._alerts, labels)
-            self._alerts.labels(*labels).inc()
+        self._count_alerts(result.alerts)
         timing = result.timing
         if timing is None:
             return
@@ -217,6 +214,13 @@ class Metrics:
         self._engine_requests.labels(rpc="Score", steered=_flag(result.steered)).inc()
         self._prompt_tokens.labels(rpc="Score").inc(result.prompt_tokens)
         self._scored_tokens.inc(len(result.response_token_ids))
+        self._count_alerts(result.alerts)
+
+    def _count_alerts(self, alerts: tuple[Alert, ...]) -> None:
+        for alert in alerts:
+            labels = (alert.direction, alert.action.name, alert.scope.name, alert.source)
+            self._direction_series(alert.direction, self._alerts, labels)
+            self._alerts.labels(*labels).inc()
 
     def forget_direction(self, name: str) -> None:
         """Remove every series of a deleted direction."""

@@ -173,6 +173,32 @@ async def unset_threshold_is_the_calibrated_one(client: AsyncSteeringClient) -> 
         await client.delete_direction("probe")
 
 
+async def score_records_the_alert_rules(client: AsyncSteeringClient) -> None:
+    """Score evaluates the policy's alert rules on the scores it returns; it only records (STOP and STEER rules keep
+    their action in the alert, yet neither stops nor steers the scores)."""
+    response = " The cat sat on the mat and looked at me"
+    plain = await client.score(PROMPT, response=response, token_scores=True, ignore_policy=True)
+    scores = list(plain.monitor[0].token_scores)
+    j = next(j for j, v in enumerate(scores) if v >= sorted(scores)[-2])
+    threshold = scores[j]
+    low = plain.monitor[0].prompt_score - 0.5
+    push = add("misalignment", -8.0, positions="generated")
+    await client.set_steering(alerts=[
+        _rule(pb.STOP, threshold), _rule(pb.STEER, low, pb.PROMPT_SCORE, steering=[push]), _rule(pb.RECORD, 1e6),
+    ])
+    try:
+        scored = await client.score(PROMPT, response=response, token_scores=True, ignore_policy=True)
+    finally:
+        await client.set_steering()
+    assert list(scored.monitor) == list(plain.monitor)  # nothing steered
+    stop, steer = scored.alerts  # the RECORD rule over every reading never fired
+    assert (stop.action, stop.scope, stop.token_index, stop.threshold, stop.source) == (
+        pb.STOP, pb.RUNNING_SCORE, j, threshold, "policy")
+    assert abs(stop.score - threshold) <= 1e-4 * max(1.0, abs(threshold))
+    assert (steer.action, steer.scope, steer.HasField("token_index")) == (pb.STEER, pb.PROMPT_SCORE, False)
+    assert abs(steer.score - plain.monitor[0].prompt_score) <= 1e-4 * max(1.0, abs(steer.score))
+
+
 CONTRACT: list[Callable[[AsyncSteeringClient], Awaitable[None]]] = [
     repeated_ablation_acts_once,
     enforced_policy_composes_and_compare_says_so,
@@ -180,4 +206,5 @@ CONTRACT: list[Callable[[AsyncSteeringClient], Awaitable[None]]] = [
     stop_holds_back_the_tokens_that_triggered_it,
     steer_rule_equals_the_conditional_term,
     unset_threshold_is_the_calibrated_one,
+    score_records_the_alert_rules,
 ]

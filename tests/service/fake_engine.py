@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -189,8 +189,9 @@ class FakeEngine(EngineClient):
             check_monitor(request.monitor, prefix)
         terms, effect, plan = self._plan(request.steering, request.ignore_policy, f"{prefix}steering",
                                          request.monitor, prefix)
-        # The monitor feed, as the real engine publishes it: the effective terms and policy read at admission.
-        field_terms = effective_terms(request.steering, self.policy, request.ignore_policy)
+        # The monitor feed, as the real engine publishes it: the terms that ran (the STEER rules' included) and the
+        # policy read at admission.
+        field_terms = plan.terms
         front, policy, rpc = current_front_end(), self.policy, current_rpc(rpc)
         monitored = self._monitored(request.monitor, prefix)
         if len(self.active) >= self.limits.max_queued:
@@ -203,6 +204,7 @@ class FakeEngine(EngineClient):
             self, f"fake{next(self._ids)}", prompt, request.sampling, terms, monitored, request.monitor, effect,
             conditions, plan.watches,
         )
+        stream.plan = plan
         self.active[stream.request_id] = stream
 
         def publish(future: asyncio.Future[GenerationResult]) -> None:
@@ -248,7 +250,7 @@ class FakeEngine(EngineClient):
         else:
             check_text_size(len(request.response_text or ""), self.limits, "response")
             response = self.tokenize(request.response_text or "")
-        terms, effect, _ = self._plan(request.steering, request.ignore_policy, "steering")
+        terms, _, plan = self._plan(request.steering, request.ignore_policy, "steering")
         monitored = self._monitored(request.monitor, "")
         ids = prompt + response
         n_scored = max(0, len(response) - 1)
@@ -263,6 +265,18 @@ class FakeEngine(EngineClient):
         )
         field_terms = effective_terms(request.steering, self.policy, request.ignore_policy)
         policy, front = self.policy, current_front_end()
+        # Score only records: each policy rule (one watch each, in order) on these scores, with the rule's action.
+        alerts: list[Alert] = []
+        policy_watches = [w for w in plan.watches if w.source == "policy"]
+        for w, rule in zip(policy_watches, policy.alerts, strict=True):
+            at: list[tuple[int, int | None]] = [(len(prompt) - 1, None)] if w.scope == ConditionScope.PROMPT else [
+                (len(prompt) + i, i) for i in range(n_scored)
+            ]
+            for position, index in at:
+                score = _score(w.entry.direction, ids, position, terms)
+                if w.fires(score):
+                    alerts.append(replace(w.alert(score, index), action=rule.action))
+                    break
         await asyncio.sleep(0)
         self.monitor_feed.publish(
             request_event(
@@ -275,9 +289,10 @@ class FakeEngine(EngineClient):
                 scores=scores,
                 prompt_tokens=len(prompt),
                 completion_tokens=len(response),
+                alerts=tuple(alerts),
             )
         )
-        return ScoreResult(len(prompt), tuple(response), scores, steered=bool(effect))
+        return ScoreResult(len(prompt), tuple(response), scores, steered=plan.applied(()), alerts=tuple(alerts))
 
     def list_directions(self) -> list[Direction]:
         return self.registry.list()
@@ -503,6 +518,7 @@ class _FakeStream(RequestStream):
         self._watches = list(watches or [])
         self._delay = any(w.action == AlertAction.STOP and w.scope == ConditionScope.RUNNING for w in self._watches)
         self.alerts: list[Alert] = []
+        self.plan: RequestPlan | None = None  # set by FakeEngine._admit
         self._text = ""  # the text of the released tokens
         self._emitted = 0  # characters of it streamed
         self._released = 0  # tokens streamed
@@ -644,7 +660,7 @@ class _FakeStream(RequestStream):
                 request_id=self.request_id,
                 text_tail=tail,
                 alerts=tuple(self.alerts),
-                steered=bool(self._effect) or bool(self._gates),
+                steered=self.plan.applied(tuple(self.alerts)),
                 timing=RequestTiming(self._admitted, self._scheduled, tuple(self._token_times), time.monotonic()),
             )
         )

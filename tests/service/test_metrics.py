@@ -185,6 +185,10 @@ async def test_alerts_of_policy_rules_and_stop_thresholds_are_counted_by_directi
     assert sample(text, "steering_monitor_alerts_total", direction="sycophancy", scope="PROMPT") == 2
     assert sample(text, "steering_monitor_alerts_total", direction="misalignment", scope="RUNNING") == 1
     assert sample(text, "steering_generations_total", rpc="Generate", stop_reason="MONITOR_ALERT") == 1
+    # Score evaluates the rules too (it only records): its alert is counted like Generate's.
+    scored = await client.score("Hello", response="abc")
+    assert [(a.direction, a.action) for a in scored.alerts] == [("sycophancy", pb.RECORD)]
+    assert sample(page(registry), "steering_monitor_alerts_total", direction="sycophancy", scope="PROMPT") == 3
 
 
 def _alerting_result(direction: str, action: AlertAction) -> GenerationResult:

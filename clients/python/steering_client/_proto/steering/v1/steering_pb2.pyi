@@ -325,14 +325,16 @@ class ScoreRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response: _Optional[str] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., steering: _Optional[_Iterable[_Union[SteeringTerm, _Mapping]]] = ..., monitor: _Optional[_Union[MonitorOptions, _Mapping]] = ..., ignore_policy: _Optional[bool] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("usage", "response_token_ids", "monitor")
+    __slots__ = ("usage", "response_token_ids", "monitor", "alerts")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MONITOR_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     response_token_ids: _containers.RepeatedScalarFieldContainer[int]
     monitor: _containers.RepeatedCompositeFieldContainer[DirectionScores]
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., monitor: _Optional[_Iterable[_Union[DirectionScores, _Mapping]]] = ...) -> None: ...
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., monitor: _Optional[_Iterable[_Union[DirectionScores, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
 
 class LayerVector(_message.Message):
     __slots__ = ("layer", "values")
