@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .composition import FieldTerm, calibration
-from .directions import Calibration, Direction, validate_direction_name
+from .composition import FieldTerm
+from .directions import Calibration, Direction, scope_pooling, validate_direction_name
 from .errors import InvalidArgumentError
 from .registry import DirectionRegistry, RegisteredDirection
 from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPolicy, SteeringTerm
@@ -43,8 +43,9 @@ MAX_ALERT_RULES = 16
 
 
 def scope_calibration(entry: RegisteredDirection, scope: ConditionScope) -> Calibration | None:
-    """The calibration a scope's scores are z-scored with (the same one the monitor reports them in)."""
-    return calibration(entry, "last_prompt" if scope == ConditionScope.PROMPT else "token")
+    """The calibration a scope's scores are z-scored with: the one the monitor reports them in (an SAE feature's
+    too: its calibration is of the activation the watch compares, unlike steering's, composition.calibration)."""
+    return entry.direction.calibration_for(scope_pooling(scope))
 
 
 def to_raw(threshold: float, cal: Calibration | None, direction: Direction) -> float:
@@ -111,7 +112,7 @@ def resolve_rules(
         threshold = rule.threshold
         if threshold is None:
             if cal is None or cal.threshold is None:
-                pooling = "last_prompt" if rule.scope == ConditionScope.PROMPT else "token"
+                pooling = scope_pooling(rule.scope)
                 raise InvalidArgumentError(
                     f"{f}.threshold",
                     f"direction {rule.direction!r} has no calibrated threshold for {pooling!r} scores: give one",
@@ -171,12 +172,11 @@ def check_unreferenced(policy: SteeringPolicy, name: str, field: str = "name") -
 def check_replacement(policy: SteeringPolicy, direction: Direction, field: str = "calibration") -> None:
     """Refuse a new version of a direction that an alert rule takes its calibrated threshold from, when the new
     one has none for the rule's scope: every request would then fail on the rule."""
-    cals = direction.calibration
     for i, rule in enumerate(policy.alerts):
         if rule.direction != direction.name or rule.threshold is not None:
             continue
-        pooling = "last_prompt" if rule.scope == ConditionScope.PROMPT else "token"
-        cal = cals.get(pooling, cals.get("token"))
+        pooling = scope_pooling(rule.scope)
+        cal = direction.calibration_for(pooling)
         if cal is None or cal.threshold is None:
             raise InvalidArgumentError(
                 field,

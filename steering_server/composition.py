@@ -92,13 +92,13 @@ def combine(terms: list[ResolvedTerm]) -> dict[tuple[int, int], tuple[Affine, li
 
 
 def calibration(entry: RegisteredDirection, pooling: str) -> Calibration | None:
-    """A direction's calibration for `pooling`, falling back to the per-token one. None for an SAE feature: its
-    calibration is of its activation, not of the decoder projection that steering moves, so steering along a
-    feature is in raw units (CLAMP c sets the decoder projection to c) with 0 as its benign reference."""
+    """The calibration steering along a direction uses for `pooling` (Direction.calibration_for: that pooling's,
+    else the per-token one). None for an SAE feature: its calibration is of its activation, not of the decoder
+    projection that steering moves, so steering along a feature is in raw units (CLAMP c sets the decoder
+    projection to c) with 0 as its benign reference. Scores, conditions and alerts use calibration_for itself."""
     if entry.direction.feature is not None:
         return None
-    cals = entry.direction.calibration
-    return cals.get(pooling, cals.get("token"))
+    return entry.direction.calibration_for(pooling)
 
 
 def calibration_pooling(positions: SteeringPositions) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from .errors import InvalidArgumentError
 from .names import validate_direction_name
-from .types import SteeringMode, SteeringPositions
+from .types import ConditionScope, SteeringMode, SteeringPositions
 
 __all__ = [
     "DEFAULT_REMOVAL",
@@ -27,11 +27,18 @@ __all__ = [
     "Feature",
     "Provenance",
     "Removal",
+    "scope_pooling",
     "validate_direction_name",
 ]
 
 # Calibration is stored per pooling because the three have different spreads (DESIGN.md "Calibration").
 POOLINGS = ("token", "response_mean", "last_prompt")
+
+
+def scope_pooling(scope: ConditionScope) -> str:
+    """The pooling whose scores a condition or alert scope reads: PROMPT the last prompt token, RUNNING each token."""
+    return "last_prompt" if scope == ConditionScope.PROMPT else "token"
+
 _MAX_UINT32 = (1 << 32) - 1  # counts travel as uint32 in the API
 # Free text a direction carries into every ListDirections answer.
 _TEXT_LIMITS = {"description": 4096, "method": 256, "created_at": 64, "model_id": 512}
@@ -172,6 +179,11 @@ class Direction:
         """The uncalibrated score from the projection on the unit monitor vector: the feature's activation for a
         feature, else the projection itself. Calibration (mu, sigma) is of this value."""
         return self.feature.activation_of(projection) if self.feature is not None else projection
+
+    def calibration_for(self, pooling: str) -> Calibration | None:
+        """The calibration `pooling` scores are z-scored with: that pooling's, else the per-token one (so every
+        score of a calibrated direction is a z-score). For an SAE feature it is of the activation (score_of)."""
+        return self.calibration.get(pooling, self.calibration.get("token"))
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -627,7 +627,8 @@ class Engine(EngineClient):
 
     def restore_state(self) -> None:
         """Apply the state directory over the start-up directions: deletions, uploads, then the policy. An enforced
-        policy that cannot be restored raises StateError: the engine must not serve without it (fail closed)."""
+        policy, or one with alert rules, that cannot be restored raises StateError: the engine must not serve
+        without it (fail closed)."""
         if self.state is None:
             return
         stored = self.state.load(self.num_layers)
@@ -643,8 +644,10 @@ class Engine(EngineClient):
         try:
             self.set_policy(stored.policy)
         except SteeringError as exc:
-            if stored.policy.enforced:
-                raise StateError(f"the saved enforced policy cannot be restored: {exc}") from exc
+            # Alert rules apply to every request, like an enforced policy: dropping one (a STOP rule) fails open.
+            if stored.policy.enforced or stored.policy.alerts:
+                what = "enforced policy" if stored.policy.enforced else "policy with alert rules"
+                raise StateError(f"the saved {what} cannot be restored: {exc}") from exc
             log.error("state: the saved (not enforced) policy was not restored: %s", exc)
         log.info(
             "state restored from %s: %d directions, %d deletions, policy %s",

@@ -153,11 +153,9 @@ def make_plan(
                 name=name,
                 entry=entry,
                 layer=d.monitor_layer,
-                calibration=d.calibration.get("token"),
-                # A pooling without its own statistics falls back to the per-token ones, so that every score of
-                # a direction reported as calibrated is a z-score.
-                response_calibration=d.calibration.get("response_mean", d.calibration.get("token")),
-                prompt_calibration=d.calibration.get("last_prompt", d.calibration.get("token")),
+                calibration=d.calibration_for("token"),
+                response_calibration=d.calibration_for("response_mean"),
+                prompt_calibration=d.calibration_for("last_prompt"),
                 post_intervention=any(layer < d.monitor_layer for layer in steered_layers),
             )
         )

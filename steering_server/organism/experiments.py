@@ -180,7 +180,7 @@ def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int],
 
 def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
     """The reference-hook form of a served term (CLAMP in the calibration of the positions it steers)."""
-    cal = d.calibration.get(calibration_pooling(t.positions), d.calibration.get("token"))
+    cal = d.calibration_for(calibration_pooling(t.positions))
     return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0,
                    t.positions.name)
 

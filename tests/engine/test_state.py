@@ -15,7 +15,7 @@ import pytest
 
 from steering_server.direction_files import save_direction
 from steering_server.state import StateDir, StateError
-from steering_server.types import SteeringMode, SteeringPolicy, SteeringTerm
+from steering_server.types import AlertAction, AlertRule, SteeringMode, SteeringPolicy, SteeringTerm
 
 from .conftest import loaded_model, random_direction, running_engine
 
@@ -56,7 +56,12 @@ async def test_an_enforced_policy_that_cannot_be_restored_fails_closed(tmp_path:
     with pytest.raises(StateError, match="saved policy"):
         async with running_engine(loaded_model(), state_dir=state, directions=boot):
             pass
-    # A policy that was not enforced is dropped with an error in the log instead.
+    # Alert rules apply to every request like an enforced policy: a lost STOP rule fails closed too.
+    StateDir(state).save_policy(SteeringPolicy(alerts=(AlertRule("up", AlertAction.STOP, 2.0),)))
+    with pytest.raises(StateError, match=r"policy with alert rules cannot be restored.*up"):
+        async with running_engine(loaded_model(), state_dir=state, directions=boot):
+            pass
+    # A policy that was not enforced, without alert rules, is dropped with an error in the log instead.
     StateDir(state).save_policy(SteeringPolicy(ABLATE_UP.terms, enforced=False))
     async with running_engine(loaded_model(), state_dir=state, directions=boot) as engine:
         assert engine.get_policy() == SteeringPolicy()
