@@ -128,6 +128,29 @@ async def test_rpc_and_offline_command_recover_the_planted_direction_and_agree(
     assert [s["auroc"] for s in printed["layers"]] == pytest.approx([s.auroc for s in rpc_result.layers], abs=1e-6)
 
 
+async def test_offline_command_keeps_a_direction_it_could_not_write(
+    planted: tuple[object, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out went away during the job (the up-front check passed): the summary is printed, the file saved to a
+    temporary path named in one line, exit 1."""
+    loaded, _ = planted
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    loaded.tokenizer.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    (tmp_path / "examples.jsonl").write_text(as_json(planted_examples(N_PAIRS)))
+    monkeypatch.setattr("steering_client.compute.check_writable", lambda path, flag="--out": None)
+    argv = ["direction", "compute", "--model", str(model_dir), "--examples", str(tmp_path / "examples.jsonl"),
+            "--name", "late", "--out", str(tmp_path / "gone/late.safetensors"), "--device", "cpu"]
+    assert await asyncio.to_thread(main, argv) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["name"] == "late"
+    (line,) = [x for x in captured.err.splitlines() if "direction compute:" in x]
+    spare = Path(line.split("saved to ")[1].split(" instead")[0])
+    assert "--out" in line and load_direction(spare).name == "late"
+    spare.unlink()
+
+
 async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     rpc_result: pb.ComputeDirectionResult, client: AsyncSteeringClient, engine: Engine,
     capsys: pytest.CaptureFixture[str],
