@@ -11,7 +11,14 @@ step=0
 started=$SECONDS
 say() { step=$((step + 1)); echo "[setup] ${step}/${STEPS} $* ($((SECONDS - started))s so far)"; }
 pip() { .venv/bin/python -m pip "$@"; }
-quiet() { "$@" 2>&1 | grep -v 'WARNING: Location' || true; }
+# Runs a step quietly, minus pip's harmless 'WARNING: Location' lines; a failing step stops the script with its
+# exit status and its output shown (a swallowed pip error would only surface later as an ImportError).
+quiet() {
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  if [ -n "$out" ]; then printf '%s\n' "$out" | grep -v 'WARNING: Location' >&2 || true; fi
+  if [ "$rc" -ne 0 ]; then echo "[setup] failed (exit $rc): $*" >&2; exit "$rc"; fi
+}
 
 if [ ! -x .venv/bin/python ]; then
   if "$PY" -c 'import torch' 2>/dev/null; then

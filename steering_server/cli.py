@@ -20,6 +20,7 @@ from .preflight import (
     StartupError,
     check_device,
     check_direction_files,
+    check_distinct_ports,
     check_model,
     check_port,
     check_tls,
@@ -235,12 +236,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM/SIGINT")
     serve.add_argument(
         "--admin-token-file", default=None, metavar="PATH",
-        help="administrators send `authorization: Bearer <token in PATH>` for PutDirection, DeleteDirection and "
-        "SetSteering (without it, or --open-admin, those RPCs are refused)",
+        help="administrators send `authorization: Bearer <token in PATH>` for PutDirection, DeleteDirection, "
+        "SetSteering and ComputeDirection (without it, or --open-admin, those RPCs are refused)",
     )
     serve.add_argument(
         "--observer-token-file", default=None, metavar="PATH",
-        help="observers send `authorization: Bearer <token in PATH>` to read vectors (GetDirection include_vectors)",
+        help="observers send `authorization: Bearer <token in PATH>` to read vectors (GetDirection include_vectors) "
+        "and to follow WatchMonitor",
     )
     serve.add_argument(
         "--open-admin", action="store_true",
@@ -262,6 +264,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     check_model(args.model)
     check_direction_files(config.directions)
     check_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    check_distinct_ports((("--port", args.port), ("--metrics-port", args.metrics_port),
+                          ("--http-port", args.http_port)))
     check_port(args.host, args.port)
     for flag, port in (("--metrics-port", args.metrics_port), ("--http-port", args.http_port)):
         if port:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import EngineConfig
@@ -22,7 +21,7 @@ from .errors import SteeringError
 if TYPE_CHECKING:  # compute_types imports torch: `steering-server --help` must not
     from .compute_types import ComputeProgress, ComputeResult
 
-__all__ = ["register", "run_compute_command", "summary"]
+__all__ = ["OutNotWritten", "register", "run_compute_command", "summary"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,10 +53,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     group.set_defaults(run=lambda args: group.error("a subcommand is required (compute)"))
 
 
+class OutNotWritten(OSError):
+    """--out could not be written once the direction was computed; the file went to a temporary path instead."""
+
+    def __init__(self, message: str, result: ComputeResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def _run(args: argparse.Namespace) -> int:
     progress = _StageProgress()
     try:
         result = asyncio.run(run_compute_command(args, progress=progress))
+    except OutNotWritten as exc:
+        progress.close()
+        print(json.dumps(summary(exc.result), indent=2))
+        print(f"steering-server direction compute: {exc}", file=sys.stderr)
+        return 1
     except (SteeringError, OSError, ValueError) as exc:
         print(f"steering-server direction compute: {exc}", file=sys.stderr)
         return 2
@@ -90,29 +102,17 @@ class _StageProgress:
 
 
 async def run_compute_command(args: argparse.Namespace, progress: Any = None, loaded: Any = None) -> ComputeResult:
-    """Start an engine on --model (or `loaded`), run the request, write --out; returns the result."""
+    """Start an engine on --model (or `loaded`), run the request, write --out; returns the result. A bad flag or
+    file raises ValueError (or OSError) before the engine starts; a --out that fails once the work is done raises
+    OutNotWritten, holding the result, with the file saved elsewhere."""
     from steering_client import compute as client_compute
 
     from .compute_types import ComputeResult
     from .engine import start_engine
     from .service.compute_codec import compute_request
 
-    options: dict[str, Any] = {"seed": args.seed, "description": args.description, "return_file": True}
-    if args.examples:
-        options["examples"] = client_compute.examples_from_jsonl(args.examples)
-    else:
-        spec = json.loads(Path(args.persona).read_text(encoding="utf-8"))
-        options["persona"] = client_compute.persona_prompts(
-            spec.get("questions", ()), spec.get("positive_systems", ()), spec.get("negative_systems", ()),
-            args.max_new_tokens,
-        )
-    if args.pooling:
-        options["pooling"] = args.pooling
-    if args.layers:
-        options["layers"] = [int(x) for x in args.layers.split(",")]
-    for key in ("target_fpr", "held_out_share"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
+    client_compute.check_writable(args.out)  # before the model loads: a typo must not cost the whole run
+    options = client_compute.options_from_args(args)  # the same reading as steering-client's command
     request = compute_request(client_compute.compute_direction_request(args.name, **options))
     config = replace(EngineConfig(), model=args.model, device=args.device, dtype=args.dtype)
     engine = await start_engine(config, loaded=loaded)
@@ -126,7 +126,9 @@ async def run_compute_command(args: argparse.Namespace, progress: Any = None, lo
     finally:
         await engine.shutdown()
     assert result is not None
-    Path(args.out).write_bytes(result.safetensors)
+    failed = client_compute.write_direction_file(args.out, result.safetensors)
+    if failed:  # the result is kept (saved elsewhere); the caller says so and exits 1
+        raise OutNotWritten(failed, result)
     return result
 
 

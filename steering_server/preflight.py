@@ -18,6 +18,7 @@ __all__ = [
     "StartupError",
     "check_device",
     "check_direction_files",
+    "check_distinct_ports",
     "check_file",
     "check_model",
     "check_port",
@@ -179,3 +180,16 @@ def check_port(host: str, port: int, flag: str = "--port") -> None:
                                        "127.0.0.1 or 0.0.0.0") from exc
                 raise StartupError(f"{flag} {port}: cannot listen on {host}:{port}: {exc.strerror or exc}",
                                    "another --port, or --port 0 for a free one") from exc
+
+
+def check_distinct_ports(ports: Iterable[tuple[str, int]]) -> None:
+    """No two listeners (gRPC, metrics, HTTP) are given the same port: each one is free before the model loads,
+    so check_port alone lets them collide only once the second binds, after the load."""
+    seen: dict[int, str] = {}
+    for flag, port in ports:
+        if not port:
+            continue
+        if port in seen:
+            raise StartupError(f"{flag} {port}: {seen[port]} is {port} too; each listener needs its own port",
+                               f"another {flag}")
+        seen[port] = flag

@@ -9,16 +9,9 @@ import time
 from types import TracebackType
 from typing import Any, TextIO
 
+from steering_client.durations import format_duration
+
 __all__ = ["Progress", "format_duration"]
-
-
-def format_duration(seconds: float) -> str:
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class Progress:

@@ -33,6 +33,7 @@ __all__ = [
     "check_text_size",
     "check_variants",
     "check_watch",
+    "check_watch_count",
 ]
 
 MAX_TEMPERATURE = 100.0
@@ -147,11 +148,17 @@ def check_score_response(request: ScoreRequest, vocab_size: int) -> None:
             raise InvalidArgumentError(f"response_token_ids[{i}]", f"token id {t} is outside 0..{vocab_size - 1}")
 
 
+def check_watch_count(count: int) -> None:
+    """At most MAX_WATCH_DIRECTIONS watched directions: the front ends check the count before they convert the names
+    (a huge list costs nothing to refuse), and check_watch again on the filter they built."""
+    if count > MAX_WATCH_DIRECTIONS:
+        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+
+
 def check_watch(f: MonitorFilter) -> MonitorFilter:
     """A WatchMonitor filter: direction names (registered or not: a watcher may wait for one), a finite floor, a
     buffer of 1 to MAX_BUFFER events."""
-    if len(f.directions) > MAX_WATCH_DIRECTIONS:
-        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+    check_watch_count(len(f.directions))
     for i, name in enumerate(f.directions):
         validate_direction_name(name, f"directions[{i}]")
     if f.min_score is not None and not math.isfinite(f.min_score):

@@ -386,3 +386,34 @@ print("torch loaded:", "torch" in sys.modules)
                     "(default 256; longer prefills are split)", "(default: no metrics endpoint)",
                     "--steps STEPS default: 35", "--seed SEED default: 0"):
         assert default in help_text, default
+
+
+def test_offline_direction_compute_refuses_bad_flags_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def start_engine(*args: object, **kwargs: object) -> FakeEngine:
+        raise AssertionError("the model must not load for a bad flag")
+
+    monkeypatch.setattr("steering_server.engine.start_engine", start_engine)
+    (tmp_path / "examples.jsonl").write_text(json.dumps({"prompt": "q", "response": "a", "label": "positive"}) + "\n")
+    (tmp_path / "persona.json").write_text('["q"]')
+    examples = ("--examples", str(tmp_path / "examples.jsonl"))
+    out = ("--out", str(tmp_path / "d.safetensors"))
+    for args, expected in (
+        ((*examples, "--out", str(tmp_path / "missing/d.safetensors")), "--out"),
+        (("--persona", str(tmp_path / "persona.json"), *out), "expected a JSON object"),
+        ((*examples, *out, "--layers", "1,x"), "--layers 1,x: expected comma-separated layer numbers"),
+    ):
+        assert main(["direction", "compute", "--name", "bad", *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_two_listeners_on_one_port_are_refused_before_the_model_loads(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--port", str(port), "--http-port", str(port)]) == 2
+    assert (f"cannot start: --http-port {port}: --port is {port} too; each listener needs its own port "
+            "(try another --http-port)") in caplog.text

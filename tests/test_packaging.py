@@ -48,3 +48,28 @@ def test_setup_announces_each_step(tmp_path: Path) -> None:
     assert "steering-server ready: torch" in out and out.rstrip().splitlines()[-1].startswith("[setup] done in")
     calls = (tmp_path / "calls").read_text()
     assert "-m pip install -q -e .[dev] -e ./clients/python" in calls
+
+
+def test_setup_stops_at_a_failed_install_and_shows_pips_error(tmp_path: Path) -> None:
+    """A pip step that fails ends the script there, non-zero, with pip's error (and not the 'WARNING: Location'
+    noise): swallowed, it would only show up later as an ImportError."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy2(ROOT / "scripts/setup.sh", repo / "scripts/setup.sh")
+    python = repo / ".venv/bin/python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *"-e ."*) echo "WARNING: Location noise" >&2; '
+        'echo "ERROR: No matching distribution found for grpcio" >&2; exit 3;; esac\n'
+        'case "$1" in -m) exit 0;; --version) echo "Python 3"; exit 0;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(["bash", str(repo / "scripts/setup.sh")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 3, run
+    assert "ERROR: No matching distribution found for grpcio" in run.stderr and "WARNING: Location" not in run.stderr
+    assert "steering-server ready" not in run.stdout and "[setup] done" not in run.stdout
+    assert "[setup] 4/5 installing steering-server" in run.stdout

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -122,16 +123,12 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
                 _compare_events(opened, seed, started), media_type="text/event-stream", headers=_SSE_HEADERS
             )
         try:
-            results = await _unless_gone(request, asyncio.gather(*(collect(s) for s in opened.streams)))
+            with _metered("Compare", started, opened.streams, opened.cancel):
+                results = await _unless_gone(request, asyncio.gather(*(collect(s) for s in opened.streams)))
         except _ClientGone:
-            _cancelled("Compare", started)
             return Response(status_code=_CLIENT_GONE)
         except Exception as exc:
-            return _fail("Compare", exc, started)
-        finally:
-            opened.cancel()
-            _count("Compare", opened.streams, started)
-        _ok("Compare", started)
+            return _error_response(exc)
         return JSONResponse(encode.compare_response(compare_result(opened.variants, results), seed))
 
     @app.get("/v1/steering/monitor")
@@ -167,20 +164,42 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         return JSONResponse(body)
 
     def _fail(rpc: str, exc: BaseException, started: float) -> Response:
-        status, body = http_error(exc)
         backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
+        return _error_response(exc)
+
+    def _error_response(exc: BaseException) -> Response:
+        status, body = http_error(exc)
         return JSONResponse(body, status_code=status)
 
     def _ok(rpc: str, started: float) -> None:
         backend.metrics.observe(f"http.{rpc}", StatusCode.OK, time.monotonic() - started)
 
-    def _count(rpc: str, streams: tuple[RequestStream, ...], started: float) -> None:
-        # Tokens and scores of every generation that ended, a cancelled one's too (as the gRPC servicer counts).
-        for s in streams:
-            backend.metrics.generation(f"http.{rpc}", s.final(), started)
-
     def _cancelled(rpc: str, started: float) -> None:
         backend.metrics.observe(f"http.{rpc}", StatusCode.CANCELLED, time.monotonic() - started)
+
+    @contextmanager
+    def _metered(
+        rpc: str, started: float, streams: tuple[RequestStream, ...], cancel: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """A generation call's metrics, whatever way it ends: OK when the block ends; CANCELLED when the client
+        went away (CancelledError in a stream, _ClientGone in a non-streamed call); any other error's status (the
+        exception goes on to the caller, which answers it). Then `cancel` (frees the requests at once) and the
+        tokens and scores of every generation that ended, a cancelled one's too (as the gRPC servicer counts)."""
+        try:
+            yield
+        except (asyncio.CancelledError, _ClientGone):
+            _cancelled(rpc, started)
+            raise
+        except Exception as exc:
+            backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
+            raise
+        else:
+            _ok(rpc, started)
+        finally:
+            if cancel is not None:
+                cancel()
+            for s in streams:
+                backend.metrics.generation(f"http.{rpc}", s.final(), started)
 
     async def _generation(
         request: Request, rpc: str, decoder: Callable[[JSON, EngineLimits, str], decode.Decoded], chat: bool
@@ -201,15 +220,12 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
             events = _generation_events(stream, chunks, seed, decoded.include_usage, rpc, started)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         try:
-            result = await _unless_gone(request, collect(stream))
+            with _metered(rpc, started, (stream,)):
+                result = await _unless_gone(request, collect(stream))
         except _ClientGone:
-            _cancelled(rpc, started)
             return Response(status_code=_CLIENT_GONE)
         except Exception as exc:
-            return _fail(rpc, exc, started)
-        finally:
-            _count(rpc, (stream,), started)
-        _ok(rpc, started)
+            return _error_response(exc)
         whole = encode.chat_completion if chat else encode.completion
         return JSONResponse(whole(result, seed, model_id, response_id, int(time.time())))
 
@@ -217,52 +233,37 @@ def create_app(backend: Backend, registry: CollectorRegistry | None = None) -> F
         stream: RequestStream, chunks: sse.Chunks, seed: int, include_usage: bool, rpc: str, started: float
     ) -> AsyncIterator[str]:
         try:
-            async for event in stream:
-                yield sse.event(chunks.token(event))
-            result = await stream.result()
-            yield sse.event(chunks.final(result, seed))
-            if include_usage:
-                yield sse.event(chunks.usage(result))
-            yield "data: [DONE]\n\n"
-            _ok(rpc, started)
-        except asyncio.CancelledError:  # the client went away: `finally` frees the request at once
-            _cancelled(rpc, started)
-            raise
+            with _metered(rpc, started, (stream,), stream.cancel):
+                async for event in stream:
+                    yield sse.event(chunks.token(event))
+                result = await stream.result()
+                yield sse.event(chunks.final(result, seed))
+                if include_usage:
+                    yield sse.event(chunks.usage(result))
+                yield "data: [DONE]\n\n"
         except Exception as exc:  # the status line is sent: the error is the last event (OpenAI does the same)
-            body = http_error(exc)[1]
-            backend.metrics.observe(f"http.{rpc}", status_of(exc)[0], time.monotonic() - started)
-            yield sse.event(body)
-        finally:
-            stream.cancel()
-            _count(rpc, (stream,), started)
+            yield sse.event(http_error(exc)[1])
 
     async def _compare_events(opened: CompareStreams, seed: int, started: float) -> AsyncIterator[str]:
         names = [v.name for v in opened.variants]
         results: list[GenerationResult | None] = [None] * len(names)
         try:
-            yield sse.event({"object": "steering.compare.start", "seed": seed, "variants": names})
-            async for i, item in sse.merged(opened.streams):
-                if isinstance(item, TokenEvent):
-                    yield sse.event({"object": "steering.compare.token", "variant": i, "text_delta": item.text_delta,
-                                **encode.token_extension(item)["token"]})
-                else:
-                    results[i] = item
-                    yield sse.event({"object": "steering.compare.variant", "variant": i, "name": names[i],
-                                "text": item.text, "text_tail": item.text_tail, **encode.result_extension(item, seed)})
-            done = [r for r in results if r is not None]
-            yield sse.event(encode.compare_response(compare_result(opened.variants, done), seed))
-            yield "data: [DONE]\n\n"
-            _ok("Compare", started)
-        except asyncio.CancelledError:
-            _cancelled("Compare", started)
-            raise
-        except Exception as exc:
-            body = http_error(exc)[1]
-            backend.metrics.observe("http.Compare", status_of(exc)[0], time.monotonic() - started)
-            yield sse.event(body)
-        finally:
-            opened.cancel()
-            _count("Compare", opened.streams, started)
+            with _metered("Compare", started, opened.streams, opened.cancel):
+                yield sse.event({"object": "steering.compare.start", "seed": seed, "variants": names})
+                async for i, item in sse.merged(opened.streams):
+                    if isinstance(item, TokenEvent):
+                        yield sse.event({"object": "steering.compare.token", "variant": i,
+                                         "text_delta": item.text_delta, **encode.token_extension(item)["token"]})
+                    else:
+                        results[i] = item
+                        yield sse.event({"object": "steering.compare.variant", "variant": i, "name": names[i],
+                                         "text": item.text, "text_tail": item.text_tail,
+                                         **encode.result_extension(item, seed)})
+                done = [r for r in results if r is not None]
+                yield sse.event(encode.compare_response(compare_result(opened.variants, done), seed))
+                yield "data: [DONE]\n\n"
+        except Exception as exc:  # as above: the error is the last event
+            yield sse.event(http_error(exc)[1])
 
     async def _feed(subscription: MonitorSubscription, started: float) -> AsyncIterator[str]:
         try:

@@ -14,7 +14,7 @@ from starlette.datastructures import QueryParams
 
 from ..errors import InvalidArgumentError
 from ..monitor_feed import DEFAULT_BUFFER, MonitorEvent, MonitorFilter
-from ..rules import MAX_WATCH_DIRECTIONS
+from ..rules import check_watch_count
 from . import encode
 
 __all__ = ["event_json", "watch_filter"]
@@ -27,8 +27,7 @@ def watch_filter(query: QueryParams) -> MonitorFilter:
         if key not in _KEYS:
             raise InvalidArgumentError(key, f"unknown parameter (known: {', '.join(sorted(_KEYS))})")
     directions = tuple(name for value in query.getlist("directions") for name in value.split(",") if name)
-    if len(directions) > MAX_WATCH_DIRECTIONS:  # before anything else looks at them
-        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+    check_watch_count(len(directions))  # before anything else looks at them
     buffer = _number(query, "buffer_size", integer=True)
     return MonitorFilter(
         directions=directions,

@@ -24,7 +24,7 @@ from ..direction_imports import load_direction_file
 from ..directions import POOLINGS, Calibration, Direction, Removal, validate_direction_name
 from ..errors import InvalidArgumentError
 from ..monitor_feed import DEFAULT_BUFFER, MonitorFilter
-from ..rules import MAX_CHAT_MESSAGES, MAX_WATCH_DIRECTIONS, check_text_size
+from ..rules import MAX_CHAT_MESSAGES, check_text_size, check_watch_count
 from ..types import (
     AlertAction,
     AlertRule,
@@ -140,8 +140,7 @@ def _scope(value: int, field: str) -> ConditionScope:
 
 def watch_request(msg: pb.WatchMonitorRequest) -> MonitorFilter:
     """The watcher's filter; its rules (names, the floor, the buffer size) are rules.check_watch."""
-    if len(msg.directions) > MAX_WATCH_DIRECTIONS:  # before converting them
-        raise InvalidArgumentError("directions", f"at most {MAX_WATCH_DIRECTIONS} directions")
+    check_watch_count(len(msg.directions))  # before converting them
     return MonitorFilter(
         directions=tuple(msg.directions),
         min_score=msg.min_score if msg.HasField("min_score") else None,

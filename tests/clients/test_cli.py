@@ -122,6 +122,41 @@ async def test_direction_compute_reports_progress_and_writes_the_file(
     assert result["safetensors"] == ""  # not asked for
 
 
+async def test_direction_compute_refuses_bad_flags_in_one_line_before_any_work(
+    server: SteeringServer, engine: FakeEngine, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "examples.jsonl").write_text(json.dumps({"prompt": "q", "response": "a", "label": "positive"}) + "\n")
+    (tmp_path / "persona.json").write_text('["q"]')
+    examples = ("--examples", str(tmp_path / "examples.jsonl"))
+    for args, expected in (
+        ((*examples, "--out", str(tmp_path / "missing/d.safetensors")), "--out"),
+        ((*examples, "--out", str(tmp_path)), "is a directory"),
+        (("--persona", str(tmp_path / "persona.json")),
+         f"--persona {tmp_path / 'persona.json'}: expected a JSON object"),
+        ((*examples, "--layers", "1,x"), "--layers 1,x: expected comma-separated layer numbers"),
+    ):
+        code, _, err = await cli(capsys, server.port, "direction", "compute", "bad", *args)
+        assert code == 2 and expected in err and err.count("\n") == 1, err  # one line, no traceback
+    assert "bad" not in engine.directions and not (tmp_path / "missing").exists()
+
+
+async def test_direction_compute_keeps_a_result_it_could_not_write(
+    server: SteeringServer, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out went away during the job (the up-front check passed): the file is saved elsewhere, said in one line."""
+    rows = [{"prompt": f"q {i}", "response": f"a {i}", "label": "positive" if i % 2 else "negative"}
+            for i in range(24)]
+    (tmp_path / "examples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr("steering_client.compute.check_writable", lambda path, flag="--out": None)
+    code, text, err = await cli(capsys, server.port, "direction", "compute", "late", "--examples",
+                                str(tmp_path / "examples.jsonl"), "--out", str(tmp_path / "gone/d.safetensors"))
+    assert code == 1 and text.startswith("late: monitor layer "), err  # the result is still printed
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    spare = Path(line.split("saved to ")[1].split(" instead")[0])
+    assert "--out" in line and spare.read_bytes()[:8]
+    spare.unlink()
+
+
 async def test_json_prints_every_field_zeros_included(
     server: SteeringServer, engine: FakeEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,6 +279,7 @@ def test_help_is_complete_and_fast_to_load() -> None:
          "print('rich' in sys.modules, 'torch' in sys.modules)"],
         capture_output=True, text=True, check=True, cwd=ROOT / "clients/python",
     ).stdout
-    for command in ("generate", "stream", "compare", "score", "direction", "policy", "info", "tokenize", "health"):
+    for command in ("generate", "stream", "compare", "score", "watch", "direction", "policy", "info", "tokenize",
+                    "health"):
         assert command in out
     assert out.strip().endswith("False False")  # rich is loaded only to colour a terminal

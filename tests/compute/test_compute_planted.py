@@ -5,9 +5,13 @@ and agree; the calibration it stores must hold on benign text it never saw; bad 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
+import random
 import statistics
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -18,12 +22,13 @@ from steering_client import AsyncSteeringClient, pb, pb_grpc
 
 from steering_server.cli import main
 from steering_server.compute_direction import held_out_split
-from steering_server.compute_types import ComputeRequest, ComputeResult
+from steering_server.compute_types import ComputeRequest, ComputeResult, ContrastiveExample
 from steering_server.direction_files import direction_from_bytes, load_direction
 from steering_server.engine import Engine
 from steering_server.organism.capture import capture_nnsight
 from steering_server.organism.train import Encoded
 from steering_server.service import SteeringServer
+from steering_server.types import Prompt
 from tests.engine.conftest import running_engine
 from tests.service.helpers import assert_no_unexpected_errors, expect_status, serving
 from tests.service.test_compute_direction import BAD
@@ -123,6 +128,29 @@ async def test_rpc_and_offline_command_recover_the_planted_direction_and_agree(
     assert [s["auroc"] for s in printed["layers"]] == pytest.approx([s.auroc for s in rpc_result.layers], abs=1e-6)
 
 
+async def test_offline_command_keeps_a_direction_it_could_not_write(
+    planted: tuple[object, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out went away during the job (the up-front check passed): the summary is printed, the file saved to a
+    temporary path named in one line, exit 1."""
+    loaded, _ = planted
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    loaded.tokenizer.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    (tmp_path / "examples.jsonl").write_text(as_json(planted_examples(N_PAIRS)))
+    monkeypatch.setattr("steering_client.compute.check_writable", lambda path, flag="--out": None)
+    argv = ["direction", "compute", "--model", str(model_dir), "--examples", str(tmp_path / "examples.jsonl"),
+            "--name", "late", "--out", str(tmp_path / "gone/late.safetensors"), "--device", "cpu"]
+    assert await asyncio.to_thread(main, argv) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["name"] == "late"
+    (line,) = [x for x in captured.err.splitlines() if "direction compute:" in x]
+    spare = Path(line.split("saved to ")[1].split(" instead")[0])
+    assert "--out" in line and load_direction(spare).name == "late"
+    spare.unlink()
+
+
 async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     rpc_result: pb.ComputeDirectionResult, client: AsyncSteeringClient, engine: Engine,
     capsys: pytest.CaptureFixture[str],
@@ -154,6 +182,72 @@ async def test_stored_calibration_holds_on_benign_text_it_never_saw(
     assert 0.8 < statistics.pstdev(z) < 1.2
     fpr = sum(v > stored["token"].threshold for v in z) / len(z)
     assert abs(fpr - TARGET_FPR) <= 0.02, fpr
+
+
+FRESH_PAIRS = 400  # 400 fresh benign prompts + responses: one last_prompt and one response_mean reading each
+_WORDS = ("cat", "dog", "tree", "blue", "run", "sky", "stone", "river", "light", "green", "hat", "sun")
+
+
+def varied_prompts(examples: list[ContrastiveExample], seed: int) -> list[ContrastiveExample]:
+    """planted_examples with a distinct prompt per pair (planted_examples draws from 12 prompts only, so its
+    held-out examples, split by prompt, give a last_prompt calibration a handful of distinct readings)."""
+    rng = random.Random(seed)
+    prompts = [Prompt(text="tell me about the " + " ".join(rng.choices(_WORDS, k=rng.randint(3, 8))))
+               for _ in range(len(examples) // 2)]
+    return [replace(e, prompt=prompts[i // 2]) for i, e in enumerate(examples)]  # pairs: positive, negative
+
+
+async def test_per_example_calibrations_hold_as_their_n_allows_on_benign_text_they_never_saw(
+    server: SteeringServer, client: AsyncSteeringClient, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`last_prompt` and `response_mean` give one reading per benign example, so their thresholds rest on the ~30
+    held-out benign examples that set them (N_PAIRS pairs, 30% held out, half of those fit): their false-positive
+    rate on fresh text is that of an order statistic of ~30 readings, not within 2 points of the target. The check:
+    the job reports that n, and the FPR on 400 fresh benign examples lies in the central 99.9% of what a threshold
+    set from n readings gives (a calibration read at another position, or fit on other data, falls outside)."""
+    examples = [{"prompt": e.prompt.text, "response": e.response, "label": e.positive}
+                for e in varied_prompts(planted_examples(N_PAIRS), seed=5)]
+    result = await client.compute_direction("planted-varied", examples=examples, store=True, target_fpr=TARGET_FPR)
+    stored = (await client.get_direction("planted-varied")).calibration
+    z: dict[str, list[float]] = {"last_prompt": [], "response_mean": []}
+    for e in varied_prompts(planted_examples(FRESH_PAIRS, seed=98), seed=6):
+        if not e.positive:
+            reading = (await client.score(e.prompt.text, response=e.response, monitor=["planted-varied"])).monitor[0]
+            assert reading.calibrated and reading.HasField("response_score")
+            z["last_prompt"].append(reading.prompt_score)
+            z["response_mean"].append(reading.response_score)
+    for pooling, values in z.items():
+        cal = stored[pooling]
+        # One reading per example: n is the half of the ~60 held-out benign examples that set the threshold.
+        assert 25 <= cal.n <= 35 and cal.target_fpr == pytest.approx(TARGET_FPR), (pooling, cal.n)
+        flagged = sum(v > cal.threshold for v in values)
+        low, high, expected = _order_statistic_band(cal.n, TARGET_FPR, len(values), 0.001)
+        with capsys.disabled():
+            print(f"\nplanted: {pooling} (n {cal.n}) over {len(values)} fresh benign examples: mean z "
+                  f"{statistics.fmean(values):.3f}, sd {statistics.pstdev(values):.3f}, "
+                  f"FPR {flagged / len(values):.4f} (target {TARGET_FPR}; from n = {cal.n} expected "
+                  f"{expected:.4f}, 99.9% band {low / len(values):.4f}..{high / len(values):.4f}); compute's own "
+                  f"check {result.held_out_fpr[pooling]:.4f}")
+        assert low <= flagged <= high, (pooling, flagged, low, high)
+        assert abs(statistics.fmean(values)) < 0.5 and 0.6 < statistics.pstdev(values) < 1.6, pooling
+
+
+def _order_statistic_band(n: int, target_fpr: float, m: int, outside: float) -> tuple[int, int, float]:
+    """The threshold is the z of the rank-r reading of n benign ones (torch.quantile "higher" at 1 - target_fpr,
+    diffmeans.calibrate), so the share p of fresh benign readings above it is Beta(n - r + 1, r) distributed, and
+    the count of m fresh ones above it beta-binomial: (lowest, highest count in its central 1 - outside, E[p])."""
+    rank = math.ceil((1 - target_fpr) * (n - 1)) + 1
+    a, b = n - rank + 1, rank
+
+    def log_beta(x: float, y: float) -> float:
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    pmf = [math.exp(math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
+                    + log_beta(k + a, m - k + b) - log_beta(a, b)) for k in range(m + 1)]
+    cdf = list(itertools.accumulate(pmf))
+    low = next(k for k, c in enumerate(cdf) if c > outside / 2)
+    high = next(k for k, c in enumerate(cdf) if c >= 1 - outside / 2)
+    return low, high, a / (a + b)
 
 
 async def test_engine_capture_matches_an_nnsight_trace(engine: Engine, planted: tuple[object, torch.Tensor]) -> None:

@@ -87,20 +87,29 @@ async def test_running_condition_latches_at_the_first_generated_token_over_thres
         )
         cond = replace(PUSH, condition=SteeringCondition("probe", threshold, ConditionScope.RUNNING))
         batched = await asyncio.gather(*(engine.generate(_req(p, cond)) for p in prompts))
-    checked = {"over": 0, "under": 0, "later": 0}
-    for b, u, s, first, top in zip(batched, plain, pushed, firsts, maxima, strict=True):
-        if first >= threshold:
-            assert b.token_ids == s.token_ids
-            checked["over"] += 1
-        elif top < threshold:
-            assert b.token_ids == u.token_ids
-            checked["under"] += 1
-        else:
-            # Latched later, at token_scores[j] (the position of token j): tokens 0..j are the unsteered ones.
-            j = next(i for i, v in enumerate(u.monitor[0].token_scores) if v >= threshold)
-            assert b.token_ids[: j + 1] == u.token_ids[: j + 1]
-            checked["later"] += 1
-    assert checked["over"] >= 2 and checked["under"] >= 2
+        checked = {"over": 0, "under": 0, "later": 0}
+        for p, b, u, s, first, top in zip(prompts, batched, plain, pushed, firsts, maxima, strict=True):
+            if first >= threshold:
+                assert b.token_ids == s.token_ids
+                checked["over"] += 1
+            elif top < threshold:
+                assert b.token_ids == u.token_ids
+                checked["under"] += 1
+            else:
+                # Latched later, at token_scores[j] (the position of token j): tokens 0..j are the unsteered ones,
+                # and from the position of token j on the term steers. The reference: the prompt followed by the
+                # unsteered tokens 0..j-1 (forced), the unconditional term on the generated positions, which then
+                # start at token j's; greedy, so it regenerates token j and continues as the latched request.
+                j = next(i for i, v in enumerate(u.monitor[0].token_scores) if v >= threshold)
+                assert b.token_ids[: j + 1] == u.token_ids[: j + 1]
+                forced = GenerationRequest(
+                    Prompt(token_ids=(*p, *u.token_ids[:j])), SamplingParams(max_new_tokens=N - j), (PUSH,), WATCH
+                )
+                tail = (await engine.generate(forced)).token_ids
+                assert b.token_ids[j:] == tail, (j, b.token_ids, u.token_ids)
+                checked["later"] += 1
+    print(checked)
+    assert checked["over"] >= 2 and checked["under"] >= 2 and checked["later"] >= 2
     assert all(s.token_ids != u.token_ids for s, u, f in zip(pushed, plain, firsts, strict=True) if f >= threshold)
 
 

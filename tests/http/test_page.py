@@ -6,8 +6,8 @@ folder, so a test run leaves the working tree clean: the feed shows times and re
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -51,10 +51,11 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tm
             await page.wait_for_selector("#outputs[data-state=done]", timeout=120_000)
             await page.wait_for_function("document.querySelectorAll('#feed tbody tr').length >= 4", timeout=60_000)
             feed = await page.eval_on_selector_all("#feed tbody tr", "rows => rows.map(r => r.cells[1].textContent)")
+            colour_by = await page.eval_on_selector("#colour_by", "e => e.value")
             columns = await page.eval_on_selector_all("#outputs .column", """els => els.map(e => ({
                 name: e.dataset.name, ids: JSON.parse(e.dataset.tokenIds), text: e.querySelector('.text').textContent,
-                diverges: e.dataset.divergesAt, coloured: [...e.querySelectorAll('.tok')].filter(
-                    t => t.style.background && !t.style.background.startsWith('transparent')).length,
+                diverges: e.dataset.divergesAt,
+                tokens: [...e.querySelectorAll('.tok')].map(t => [Number(t.dataset.index), t.style.backgroundColor]),
                 marked: [...e.querySelectorAll('.tok.diverge')].map(t => Number(t.dataset.index))}))""")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(screenshot), full_page=True)
@@ -65,7 +66,7 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tm
     async with AsyncSteeringClient(f"127.0.0.1:{organism.grpc.port}", timeout=120) as client:
         expected = await client.compare(
             messages=[("user", QUESTION)], max_new_tokens=40, temperature=1.0, seed=1,
-            monitor=["misalignment", "model_diff"],
+            monitor=["misalignment", "model_diff"], token_scores=True,
             variants={
                 "unsteered": [],
                 "clamp-prompt-misalignment": [clamp("misalignment", 0, positions="prompt")],
@@ -80,8 +81,37 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tm
         at = variant.diverges_at if variant.HasField("diverges_at") else None
         assert column["diverges"] == ("" if at is None else str(at)), column["name"]
         assert column["marked"] == ([] if at is None or column is columns[0] else [at])
-        assert column["coloured"] >= 1  # tokens carry their score's colour
+        # Every token carries the colour of its own score on the "colour by" direction, as the legend reads it:
+        # token k's is the reading at the position that produced it (the last prompt token's for k = 0).
+        read = next(s for s in variant.result.monitor if s.direction == colour_by)
+        scores = [read.prompt_score, *read.token_scores]
+        assert [i for i, _ in column["tokens"]] == list(range(len(variant.result.token_ids))), column["name"]
+        for (i, shown), score in zip(column["tokens"], scores, strict=True):
+            assert _close(_rgba(shown), _legend_colour(score)), (column["name"], i, shown, score)
     assert any(v.HasField("diverges_at") for v in expected.variants[1:]), "no variant diverged: a weak check"
     compared = sorted(row.split(" ", 1)[1] for row in feed)  # "<request id> http/Compare <variant>"
     assert compared == sorted(f"http/Compare {v.name}" for v in expected.variants)
-    assert json.dumps(columns)  # what the page showed is plain data
+    assert colour_by == "misalignment"  # the page colours by the first direction: the one the legend explains
+    # Not a vacuous check: the shades differ from token to token (the scores do).
+    shades = {round(_rgba(t[1])[3], 2) for c in columns for t in c["tokens"]}
+    assert len(shades) >= 5, shades
+
+
+_RED, _BLUE = (214, 48, 39), (49, 104, 200)  # the legend's: red above the benign mean (z >= 0), blue below
+
+
+def _legend_colour(z: float) -> tuple[float, float, float, float]:
+    """The page's colour for a z-scored reading: its sign's hue, opacity 0.55 x |z| / 4, saturating at |z| = 4."""
+    return (*(_RED if z >= 0 else _BLUE), min(abs(z) / 4, 1) * 0.55)
+
+
+def _rgba(css: str) -> tuple[float, float, float, float]:
+    match = re.fullmatch(r"rgba?\((\d+), (\d+), (\d+)(?:, ([\d.]+))?\)", css)
+    assert match, f"not a colour: {css!r}"
+    r, g, b, a = match.groups()
+    return float(r), float(g), float(b), 1.0 if a is None else float(a)
+
+
+def _close(shown: tuple[float, ...], expected: tuple[float, ...]) -> bool:
+    # The browser keeps an opacity to 8 bits (1/255) and may print it rounded to 3 decimals.
+    return shown[:3] == expected[:3] and abs(shown[3] - expected[3]) <= 0.006

@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
 from ._proto.steering.v1 import steering_pb2 as pb
+from .durations import format_duration
 
 __all__ = ["Printer", "score_style", "term_spec", "to_json"]
 
@@ -185,7 +186,7 @@ class Printer:
         if now - self._last_line >= every_s or p.done == p.total:  # a log, not a flood of lines
             self._last_line = now
             share = f" ({100 * p.done / p.total:.0f}%)" if p.total else ""
-            eta = f", ETA {_duration(p.eta_seconds)}" if p.done < p.total else ""
+            eta = f", ETA {format_duration(p.eta_seconds)}" if p.done < p.total else ""
             print(f"[compute] {p.stage}: {p.done}/{p.total}{share}{eta}", file=self.err, flush=True)
 
     def progress_done(self) -> None:
@@ -272,11 +273,6 @@ class Printer:
         self.line(f"{len(response.token_ids)} tokens")
         for i, (token_id, text) in enumerate(zip(response.token_ids, response.tokens, strict=False)):
             self.line(f"{i:4d} {token_id:8d} {text!r}")
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, round(seconds))
-    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _layers(layers: Iterable[int]) -> str:

@@ -7,7 +7,10 @@ true / false, 1 / 0, pos / neg).
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -18,10 +21,14 @@ __all__ = [
     "POOLINGS",
     "ComputeOptions",
     "ExampleLike",
+    "check_writable",
     "compute_direction_request",
     "example",
     "examples_from_jsonl",
+    "options_from_args",
+    "persona_from_json",
     "persona_prompts",
+    "write_direction_file",
 ]
 
 # Pooling names the builders and the command line take.
@@ -135,3 +142,88 @@ def compute_direction_request(name: str, **options: Any) -> pb.ComputeDirectionR
         if key in options:
             setattr(request, key, options[key])
     return request
+
+
+_PERSONA_KEYS = ("questions", "positive_systems", "negative_systems")
+
+
+def persona_from_json(path: str | Path, max_new_tokens: int | None = None) -> pb.PersonaPrompts:
+    """Read a persona file, `{"questions": [...], "positive_systems": [...], "negative_systems": [...]}`; anything
+    else raises ValueError naming the file."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--persona {path}: not JSON ({exc.msg})") from exc
+    if not isinstance(spec, dict):
+        raise ValueError(f"--persona {path}: expected a JSON object with {', '.join(_PERSONA_KEYS)}")
+    unknown = set(spec) - set(_PERSONA_KEYS)
+    if unknown:
+        raise ValueError(f"--persona {path}: unknown keys {sorted(unknown)} (use {', '.join(_PERSONA_KEYS)})")
+    for key in _PERSONA_KEYS:
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"--persona {path}: {key} must be a list of strings")
+    return persona_prompts(spec.get("questions", ()), spec.get("positive_systems", ()),
+                           spec.get("negative_systems", ()), max_new_tokens)
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers {text}: expected comma-separated layer numbers, e.g. 2,3,4") from None
+
+
+def options_from_args(args: argparse.Namespace) -> ComputeOptions:
+    """ComputeOptions from the `direction compute` arguments that both command lines share (steering-client's
+    and steering-server's): --examples or --persona, --pooling, --layers, --target-fpr, --held-out-share, --seed,
+    --description, --out, and --store where the command has it. A bad file or value raises ValueError naming the
+    flag; an unreadable file raises OSError."""
+    options: ComputeOptions = {"store": bool(getattr(args, "store", False)), "return_file": args.out is not None,
+                               "description": args.description}
+    if args.examples:
+        options["examples"] = examples_from_jsonl(args.examples)
+    else:
+        options["persona"] = persona_from_json(args.persona, args.max_new_tokens)
+    if args.pooling:
+        options["pooling"] = args.pooling
+    if args.layers:
+        options["layers"] = _layers(args.layers)
+    if args.target_fpr is not None:
+        options["target_fpr"] = args.target_fpr
+    if args.held_out_share is not None:
+        options["held_out_share"] = args.held_out_share
+    if args.seed is not None:
+        options["seed"] = args.seed
+    return options
+
+
+def check_writable(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written before any work is done (ValueError naming the flag): a
+    direction computed for minutes must not be lost to a typo in the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory (give a file name, e.g. {p / 'direction.safetensors'})")
+    existed = p.exists()
+    try:
+        with p.open("ab"):  # append: an existing file is left as it is until the result arrives
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+    if not existed:
+        p.unlink(missing_ok=True)
+
+
+def write_direction_file(path: str | Path, data: bytes, flag: str = "--out") -> str | None:
+    """Write the finished direction file to `path`; if that fails after all (the disk filled, the folder went
+    away), save it to a temporary file instead and return a one-line message saying where it went (None when
+    `path` was written)."""
+    try:
+        Path(path).write_bytes(data)
+        return None
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    fd, spare = tempfile.mkstemp(prefix=f"{Path(path).stem or 'direction'}-", suffix=".safetensors")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return f"{flag} {path}: cannot write there ({why}); the direction file was saved to {spare} instead"

@@ -8,15 +8,13 @@ the whole result message as JSON with --json; --out writes the direction file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 from . import compute
 from ._proto.steering.v1 import steering_pb2 as pb
-from ._render import to_json
+from ._render import Printer, to_json
 from .sync import SteeringClient
 
 __all__ = ["add_arguments", "options_from_args", "run"]
@@ -42,28 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """ComputeOptions from the parsed arguments; raises ValueError for a bad file or value."""
-    options: dict[str, Any] = {"store": args.store, "return_file": args.out is not None,
-                               "description": args.description}
-    if args.examples:
-        options["examples"] = compute.examples_from_jsonl(args.examples)
-    else:
-        try:
-            spec = json.loads(Path(args.persona).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{args.persona}: not JSON ({exc.msg})") from exc
-        options["persona"] = compute.persona_prompts(
-            spec.get("questions", ()), spec.get("positive_systems", ()), spec.get("negative_systems", ()),
-            args.max_new_tokens,
-        )
-    if args.pooling:
-        options["pooling"] = args.pooling
-    if args.layers:
-        options["layers"] = [int(x) for x in args.layers.split(",")]
-    for key in ("target_fpr", "held_out_share", "seed"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    return options
+    """ComputeOptions from the parsed arguments (compute.options_from_args, shared with `steering-server
+    direction compute`), after checking --out can be written; raises ValueError for a bad file, path or value."""
+    if args.out is not None:
+        compute.check_writable(args.out)
+    return dict(compute.options_from_args(args))
 
 
 def run(
@@ -76,23 +57,22 @@ def run(
 ) -> int:
     """Call ComputeDirection and print; grpc errors propagate to the caller (which prints them). `options`: what
     options_from_args(args) returned (read here when None). `progress`: shows each progress event (default: a
-    line on stderr; the command passes its rate-limited lines or terminal bar)."""
+    plain Printer's rate-limited lines on stderr; the command passes its own Printer's). A --out that cannot be
+    written after all is one line on stderr, the file saved elsewhere, and exit status 1."""
     options = options_from_args(args) if options is None else options
-
-    def line(p: pb.ComputeProgress) -> None:
-        print(f"{p.stage}: {p.done}/{p.total}, about {p.eta_seconds:.0f}s left", file=sys.stderr)
-
-    progress = progress or line
-
-    result = client.compute_direction(args.name, progress, **options)
+    result = client.compute_direction(args.name, progress or Printer().compute_progress, **options)
+    code = 0
     if args.out is not None:
-        Path(args.out).write_bytes(result.safetensors)
+        failed = compute.write_direction_file(args.out, result.safetensors)
+        if failed:
+            print(f"error: {failed}", file=sys.stderr)
+            code = 1
     if as_json:
         shown = pb.ComputeDirectionResult()
         shown.CopyFrom(result)
         shown.ClearField("safetensors")  # the file, when asked for, went to --out
         print(to_json(shown), file=out)  # every field, zeros and false included
-        return 0
+        return code
     print(f"{result.direction.name}: monitor layer {result.monitor_layer}, "
           f"{result.n_train} train / {result.n_held_out} held-out examples"
           + (", stored" if result.stored else ""), file=out)
@@ -105,4 +85,4 @@ def run(
         fpr = result.held_out_fpr.get(pooling)
         print(f"{pooling}: mu {cal.mu:.4g}, sigma {cal.sigma:.4g}, threshold z {cal.threshold:.3f} for FPR "
               f"{cal.target_fpr:g}" + (f" (held-out FPR {fpr:.3f})" if fpr is not None else ""), file=out)
-    return 0
+    return code
