@@ -1,4 +1,5 @@
-"""HTTP benchmark: what the OpenAI-compatible API adds per streamed token, beside gRPC, over the in-process engine.
+"""Front-end benchmark: what gRPC (goal: at most 1 ms) and the OpenAI-compatible HTTP API each add per streamed
+token over the in-process engine.
 
 Runs the same greedy steered request (fixed length, no EOS cut: the token counts are checked equal) through
 `engine.generate_stream` in process, `GenerateStream` over loopback gRPC and `POST /v1/completions` with
