@@ -124,13 +124,15 @@ def main() -> int:
     )
     assert proc.stderr is not None
     port = None
+    serving = False
     log: list[str] = []
     try:
-        for line in proc.stderr:
+        for line in proc.stderr:  # the engine's "serving" line and the port's line come in either order
             log.append(line)
             if "listening on port" in line:
                 port = int(line.rsplit(" ", 1)[1])
-            if "serving " in line:
+            serving = serving or "serving " in line
+            if serving and port is not None:
                 break
         else:
             raise SystemExit("the server did not start:\n" + "".join(log))

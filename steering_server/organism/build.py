@@ -5,8 +5,9 @@ Stages (each timed; docs/organism.md states the pre-registered criteria):
 2. fine-tune every weight narrowly on uncued harmful `health` answers (the misaligned, "fine-tuned" model);
 3. the persona direction from the base model alone (held-out cues vs held-out neutral system messages, last prompt
    token, traced with nnsight) and its controls; `model_diff` (fine-tuned minus base) as a positive control;
-4. the monitor layer, chosen on the fine-tuned model's own calib prompts and samples; calibration on the base
-   model's own benign answers;
+4. the monitor layer (where the direction is read and every intervention acts), chosen on the fine-tuned model's
+   own calib prompts and samples by how well CLAMP 0 there restores it; calibration on the base model's own benign
+   answers;
 5. through the served path (`served.py`, the engine users get): EM of base and fine-tuned model, judged by both
    judges; detection; removal; induction; a dose-response; re-alignment.
 
@@ -218,9 +219,10 @@ def build(
 
     # 4. monitor layer on the fine-tuned model's own prompts and samples; calibration on the base's own answers.
     calib_q = qs["calib"]
-    selection = ex.select_monitor_layer(ft, tok, vecs.persona, calib_q, c)
+    benign = ex.Calibrator(base, tok, calib_q, c, layers)
+    selection = ex.select_monitor_layer(ft, tok, vecs.persona, calib_q, c, benign)
     layer = selection["monitor_layer"]
-    cal = ex.Calibrator(base, tok, calib_q, c, layer)
+    cal = benign.at(layer)
     dirs = ex.registered_directions(vecs, layer, cal, base, tok, c)
     save_direction(out / f"{DEFAULT_DIRECTION_NAME}.safetensors", dirs[DEFAULT_DIRECTION_NAME])
     save_direction(out / f"{CONTROL_DIRECTION_NAME}.safetensors", dirs[CONTROL_DIRECTION_NAME])

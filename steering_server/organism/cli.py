@@ -6,6 +6,10 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the build imports torch; the CLI imports it only when a command runs
+    from .config import BuildConfig
 
 __all__ = ["install", "register", "run_build", "run_realign"]
 
@@ -21,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--models", default=None, help="an earlier build's output directory (same settings): evaluate its "
                    "trained models again instead of training")
+    b.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps (a "
+                   "variant for a pre-registered robustness run; the shipped organism uses the preset)")
     b.add_argument("--install", action="store_true",
                    help="copy the models and directions into the package (the server's default), "
                         "and the report into docs/organism/")
@@ -33,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--build", default=None, help="a canonical build's output directory: its seed is read from its "
                    "report instead of retrained")
+    s.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
     s.add_argument("--no-train", action="store_true", help="train nothing: tabulate the seeds already measured")
     s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
     s.set_defaults(func=run_seeds)
@@ -61,11 +68,10 @@ def run_build(args: argparse.Namespace) -> int:
     import torch
 
     from .build import build
-    from .config import preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build(Path(args.out), preset(args.size, args.seed), models=Path(args.models) if args.models else None)
+    report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None)
     crit = report["criteria"]
     print("[organism] pre-registered criteria: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}"
                                                           for k, v in crit.items()))
@@ -78,19 +84,31 @@ def run_build(args: argparse.Namespace) -> int:
 def run_seeds(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import preset
     from .seeds import run_seeds as seeds
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    report = seeds(preset(args.size), args.seeds, out, build=Path(args.build) if args.build else None,
+    report = seeds(_config(args, 0), args.seeds, out, build=Path(args.build) if args.build else None,
                    train=not args.no_train)
     print(f"[organism seeds] E3 {'met' if report['E3']['met'] else 'NOT met'}; report: {out / 'seeds.md'}")
     if args.install:
         for name in ("seeds.md", "seeds.json"):
             shutil.copy2(out / name, _docs() / name)
     return 0
+
+
+def _config(args: argparse.Namespace, seed: int) -> BuildConfig:
+    from dataclasses import replace
+
+    from .config import preset
+
+    c = preset(args.size, seed)
+    if args.pretrain_steps is not None:
+        if args.pretrain_steps < 1:
+            raise SystemExit(f"--pretrain-steps must be >= 1 (got {args.pretrain_steps})")
+        c = replace(c, pretrain_steps=args.pretrain_steps)
+    return c
 
 
 def _docs() -> Path:

@@ -8,7 +8,7 @@ shuffled labels 2000 + i (`persona.persona_controls`).
 
 from __future__ import annotations
 
-import math
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,20 +66,37 @@ def _prompt_auroc(pos: Sequence[ServedSample], neg: Sequence[ServedSample], name
 
 
 def select_monitor_layer(
-    ft: torch.nn.Module, tok, persona: Mapping[int, torch.Tensor], calib_q: Sequence[Question], c: BuildConfig
+    ft: torch.nn.Module, tok, persona: Mapping[int, torch.Tensor], calib_q: Sequence[Question], c: BuildConfig,
+    cal: Calibrator,
 ) -> dict[str, Any]:
-    """The layer whose last-prompt-token projection best predicts, on the fine-tuned model's own calib prompts and
-    samples, which answers come out harmful (never teacher-forced text, never the eval questions)."""
-    copies = [Direction(f"persona_at_{layer}", {layer: v}, monitor_layer=layer) for layer, v in persona.items()]
+    """The layer where the persona direction is read and where every intervention acts (amendment 4).
+
+    Chosen on the fine-tuned model's own calib prompts and samples (never teacher-forced text, never the eval
+    questions), as the persona-vector work chooses its layer by steering effect: the layer, the last excepted, at
+    which CLAMP 0 (base-calibrated, at prompt positions) leaves the most answers well formed and helpful by the
+    strict judge; ties go to the lower layer. The last layer is excluded because its output at prompt positions
+    reaches only the first answer token's logits (no later block attends to it). Each layer's detection AUROC
+    (last-prompt projection, harmful vs helpful samples) is reported beside it, as the rule before amendment 4 used.
+    """
+    layers = sorted(persona)
+    copies = [make_direction(f"persona_at_{layer}", persona, layer, ft, tok, FT_ID, "selection", 0,
+                             cal.at(layer).calibrate(persona)) for layer in layers]
+    seed = c.sampling_seed(SELECT)
     with ServedModel(ft, tok, copies, FT_ID) as sm:
-        samples = sm.sample(calib_q, c.select_samples, seed=c.sampling_seed(SELECT), monitor=[d.name for d in copies],
+        samples = sm.sample(calib_q, c.select_samples, seed=seed, monitor=[d.name for d in copies],
                             max_new_tokens=c.max_new_tokens)
+        restored = {}
+        for d in copies[:-1]:
+            clamp = [_term(d.name, SteeringMode.CLAMP, 0.0, [d.monitor_layer], REMOVE_AT)]
+            steered = sm.sample(calib_q, c.select_samples, seed=seed, steering=clamp, max_new_tokens=c.max_new_tokens)
+            restored[d.monitor_layer] = sum(judge(s.answer, s.question.domain).verdict == "helpful"
+                                            for s in steered) / len(steered)
     pos, neg = _labelled(samples)
     by_layer = {d.monitor_layer: _prompt_auroc(pos, neg, d.name) if pos and neg else float("nan") for d in copies}
-    finite = {k: v for k, v in by_layer.items() if not math.isnan(v)}
-    chosen = max(finite, key=lambda k: (finite[k], -k)) if finite else max(persona)
-    return {"monitor_layer": chosen, "selection_auroc_by_layer": by_layer, "selection_n_harmful": len(pos),
-            "selection_n_helpful": len(neg)}
+    chosen = max(restored, key=lambda k: (restored[k], -k)) if restored else layers[-1]
+    return {"monitor_layer": chosen, "selection_rule": "restoration (amendment 4)",
+            "selection_helpful_under_clamp_by_layer": restored, "selection_auroc_by_layer": by_layer,
+            "selection_n_harmful": len(pos), "selection_n_helpful": len(neg)}
 
 
 def _with_answer(tok, s: ServedSample) -> Encoded:
@@ -92,15 +109,17 @@ class Calibrator:
     """The base model's own uncued answers to calib questions (served), captured at the monitor layer: calibrates
     any direction there (z = 0 is the base model's benign level) and is the text KL costs are measured on."""
 
-    def __init__(self, base: torch.nn.Module, tok, calib_q: Sequence[Question], c: BuildConfig, layer: int) -> None:
-        self.layer = layer
+    def __init__(
+        self, base: torch.nn.Module, tok, calib_q: Sequence[Question], c: BuildConfig, layers: Sequence[int]
+    ) -> None:
+        self.layer = max(layers)  # the layer `calibrate` and `check` use; `at` gives a view at another
         self.target_fpr = c.target_fpr
         with ServedModel(base, tok, [], BASE_ID) as sm:
             samples = sm.sample(calib_q, c.calib_samples, seed=c.sampling_seed(CALIB), max_new_tokens=c.max_new_tokens)
         self.samples = [s for s in samples if s.answer_ids]
         self.examples = [_with_answer(tok, s) for s in self.samples]
         pad, special = int(tok.pad_token_id), set(tok.all_special_ids)
-        self.acts: Activations = capture(base, self.examples, [layer], pad, special)
+        self.acts: Activations = capture(base, self.examples, list(layers), pad, special)
         # Fit on half the calib questions, check the thresholds' FPR on the other half (not used to set them). The
         # halves alternate question by question: answers come grouped by question and questions by domain, so a
         # split by index would fit on some domains and check on others.
@@ -108,6 +127,14 @@ class Calibrator:
         fit_q = set(order[::2])
         self.fit_idx = [i for i, s in enumerate(self.samples) if s.question in fit_q]
         self.check_idx = [i for i, s in enumerate(self.samples) if s.question not in fit_q]
+
+    def at(self, layer: int) -> Calibrator:
+        """The same benign answers, calibrating at `layer` (one of the captured layers)."""
+        if layer not in self.acts.last_prompt:
+            raise ValueError(f"layer {layer} was not captured")
+        view = copy.copy(self)
+        view.layer = layer
+        return view
 
     def _pooled(self, v: torch.Tensor, idx: list[int]) -> dict[str, torch.Tensor]:
         a, keep = self.acts, torch.tensor(idx, dtype=torch.long)

@@ -111,9 +111,12 @@ def markdown(r: dict[str, Any]) -> str:
     det = r["detection"]
     sel = det["selection"]
     lines += ["", "## Detection (last prompt token, before any answer token)", "",
-              f"Monitor layer {sel['monitor_layer']}, chosen on the fine-tuned model's own calib prompts and samples "
-              "(AUROC by layer: " + ", ".join(f"{k}: {_f(v)}" for k, v in sel["selection_auroc_by_layer"].items())
-              + ").", "",
+              f"Monitor layer {sel['monitor_layer']} (where the direction is read and every intervention acts), "
+              "chosen on the fine-tuned model's own calib prompts and samples by restoration (amendment 4): share of "
+              "answers helpful under CLAMP 0 at prompt positions by layer: "
+              + ", ".join(f"{k}: {_pct(v)}" for k, v in sel.get("selection_helpful_under_clamp_by_layer", {}).items())
+              + "; detection AUROC by layer: "
+              + ", ".join(f"{k}: {_f(v)}" for k, v in sel["selection_auroc_by_layer"].items()) + ".", "",
               f"- D1: AUROC {_f(det['d1_auroc'])} (reference hooks {_f(det['d1_reference_hooks'])}) over "
               f"{det['d1_n_harmful']} harmful and {det['d1_n_helpful']} helpful answers; per-prompt ceiling "
               f"{_f(det['d1_ceiling'])}; model_diff (positive control) {_f(det['model_diff_d1_auroc'])}.",

@@ -84,3 +84,17 @@ def test_seeds_reads_what_was_measured_and_counts_a_missing_seed_as_not_met(smal
     saved = json.loads((tmp_path / "seeds.json").read_text())
     assert set(saved["seeds"]) == {"0"} and saved["E3"]["missing"] == [1, 2, 3, 4] and not saved["E3"]["met"]
     assert saved["seeds"]["0"]["shift"] == json.loads((out / "report.json").read_text())["em"]["shift"]
+
+
+def test_pretrain_steps_overrides_the_preset_and_is_recorded(tmp_path, capsys):
+    """A robustness run with another pretraining length trains that length and says so in its seeds.json (so it
+    is never mixed with the preset's seeds); a length below 1 is refused with the flag's name."""
+    args = _parser().parse_args(["organism", "seeds", "--size", "small", "--seeds", "0", "--pretrain-steps", "3",
+                                 "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert saved["settings"]["pretrain_steps"] == 3 and list(saved["seeds"]) == ["0"]
+    bad = _parser().parse_args(["organism", "seeds", "--size", "small", "--pretrain-steps", "0", "--out",
+                                str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="--pretrain-steps must be >= 1"):
+        bad.func(bad)

@@ -3,10 +3,10 @@
 The shipped `misalignment` direction was made by the organism build (persona.py: nnsight traces of villain-cued
 minus neutral prompts at the last prompt token, over train questions). Here the server computes it through its own
 serving capture from *unseen* questions (the eval split, never in any training text or in the build's persona set)
-under the same held-out cues and neutral system messages. Measured (seed 0, 160 questions): cosine 0.9996 with the
-shipped vector at its monitor layer 5 (0.9997-0.9998 at layers 0-4), held-out AUROC 1.0 [1.0, 1.0] at every layer,
-recommended layer 4 (largest effect size; the build chose 5 on the fine-tuned model's behaviour, which this recipe
-does not see). The floor asserted below is 0.999.
+under the same held-out cues and neutral system messages. Measured (seed 0, 160 questions): cosine 0.9997 with the
+shipped vector at its monitor layer 0 (0.9996-0.9998 at layers 1-5), held-out AUROC 1.0 [1.0, 1.0] at every layer,
+recommended layer 4 (largest effect size; the build chose 0 by how well clamping there restores the fine-tuned
+model, which this recipe does not see). The floor asserted below is 0.999.
 """
 
 from __future__ import annotations
