@@ -120,6 +120,8 @@ class BatchWork:
     rows: int  # direction rows to compute: 0..rows-1 hold every live direction
     gates: int = 0  # condition columns some request of the batch uses (0: no conditional steering)
     latch_layers: frozenset[int] = frozenset()  # the layers some condition of the batch is read at
+    monitor_layers: frozenset[int] | None = None  # the layers some request reads (None: every layer)
+    token_slot: torch.Tensor | None = None  # eager: the batch's (tokens,) view of the slot table, sliced once per step
 
 
 _ALL_WORK = BatchWork(True, True, True, 0, -1)  # gates -1: every column, latched and applied at every layer
@@ -229,6 +231,10 @@ class SteeringRuntime:
             self.overflow[layer],
         )
 
+        # Eager forwards: the (unit, alpha, beta) views of the first k direction rows, sliced once per k instead of at
+        # every step (slicing is a dispatched op, and small CPU steps pay per op). Views of fixed buffers: always valid.
+        eager_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if self.bypass:
                 return None
@@ -241,10 +247,19 @@ class SteeringRuntime:
             if work is None:  # a static graph may be captured: always run the full, branch-free step
                 work = _ALL_WORK
             k = work.rows or unit.shape[0]  # eager: only the rows that hold a direction
+            if work is _ALL_WORK:
+                unit_k, alpha_k, beta_k = unit[:k], alpha[:, :k], beta[:, :k]
+            else:
+                views = eager_views.get(k)
+                if views is None:
+                    views = eager_views[k] = (unit[:k], alpha[:, :k], beta[:, :k])
+                unit_k, alpha_k, beta_k = views
             if work.capture:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
-                slots = self.token_slot[:n]
+                slots = work.token_slot
+                if slots is None or slots.shape[0] != n:
+                    slots = self.token_slot[:n]
                 gated, proj = None, None
                 # Eager: only batches with conditional steering, from the first layer a condition is read at (the
                 # conditional coefficients are zero below it); static graphs: always, at every layer.
@@ -252,20 +267,20 @@ class SteeringRuntime:
                     c = work.gates if work.gates > 0 else self.max_conditions
                     token_gate = self.token_gate[:c, :n]  # (c, tokens)
                     if work.gates < 0 or layer in work.latch_layers:
-                        proj = x.float() @ unit[:k].T  # (tokens, k), read before steering
+                        proj = x.float() @ unit_k.T  # (tokens, k), read before steering
                         on = latch_gates(proj, layer, self.token_pos[:n], token_gate, self.gate_pos, self.gate_spec,
                                          self.gate_threshold)
                     else:  # eager, above the latch layers: the gates as latched
                         on = self.token_pos[:n].unsqueeze(0) >= self.gate_pos[token_gate]  # (c, tokens)
                     gated = (self.token_cslot[:c, :n], on)
-                steered, proj, bad = steer_contained(x, slots, unit[:k], alpha[:, :k], beta[:, :k], gated, proj)
+                steered, proj, bad = steer_contained(x, slots, unit_k, alpha_k, beta_k, gated, proj)
                 overflow.index_add_(0, slots, bad)  # slot 0's count is never read
-            elif work.monitor:
-                steered, proj = x, x.float() @ unit[:k].T  # (tokens, k): read only
+            elif work.monitor and (work.monitor_layers is None or layer in work.monitor_layers):
+                steered, proj = x, x.float() @ unit_k.T  # (tokens, k): read only
             else:
                 return None  # nobody in this batch is steered, monitored or captured: states untouched
-            if work.monitor:
-                proj_out[:k, :n].copy_(proj.T)  # (k, tokens)
+            if work.monitor and (work.monitor_layers is None or layer in work.monitor_layers):
+                proj_out[:k, :n].copy_(proj.T)  # (k, tokens); eager: only the layers some request reads
             new = steered.unsqueeze(0)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -353,6 +368,8 @@ class SteeringRuntime:
             BatchWork(
                 steer=steer, monitor=bool(monitored), capture=capture, rows=max(1, self.live_rows), gates=n_gates,
                 latch_layers=frozenset(layer for _, t in gated for layer in t.gate_layers),
+                monitor_layers=frozenset(pair // n_dirs for pair in pairs),
+                token_slot=self.token_slot[:n],
             )
             if self.skip_idle_work
             else None
@@ -427,6 +444,8 @@ class SteeringRuntime:
         if not steered:
             return
         flags = self.overflow[:, [s for _, s in steered]].to("cpu")  # (L, slots): one small copy per step
+        if not bool(flags.any()):  # the usual step: nothing refused (per-request lookups cost ~10 us each)
+            return
         for i, (track, _) in enumerate(steered):
             layers = flags[:, i].nonzero()
             if track.overflow_layer is None and layers.numel():

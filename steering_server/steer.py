@@ -110,24 +110,37 @@ def steer_contained(
     h32 = hidden.float()  # (tokens, hidden)
     if proj is None:
         proj = h32 @ unit_dirs.T  # (tokens, K)
-    coef = beta.index_select(0, token_slot) - alpha.index_select(0, token_slot) * proj  # (tokens, K)
+    # beta - alpha * proj per token, fused as in measure_and_steer: (tokens, K). Each op here runs at every steered
+    # layer of every step; on small CPU batches their count, not their size, is the cost.
+    coef = torch.addcmul(beta.index_select(0, token_slot), alpha.index_select(0, token_slot), proj, value=-1.0)
     if gated is not None:  # every condition column at once: a few kernels whatever their number
         cond_slots, on = gated
         c, t = cond_slots.shape
         flat = cond_slots.flatten()  # (C * tokens,)
         extra = beta.index_select(0, flat).view(c, t, -1) - alpha.index_select(0, flat).view(c, t, -1) * proj
-        zero = torch.zeros((), dtype=coef.dtype, device=coef.device)
-        coef = coef + torch.where(on.unsqueeze(-1), extra, zero).sum(dim=0)  # (C, tokens, K) -> (tokens, K)
+        coef = coef + torch.where(on.unsqueeze(-1), extra, 0.0).sum(dim=0)  # (C, tokens, K) -> (tokens, K)
     # A bound on |h|_inf: fp16's range is small enough for real states to approach it, so its largest entry; for
     # bf16 and fp32 (range 3e38) only non-finite values matter, which |sum| catches in one cheaper pass.
     # (The dtype is fixed per model: this is not a branch on tensor values.)
     h_reach = h32.abs().amax(dim=-1) if hidden.dtype == torch.float16 else h32.sum(dim=-1).abs()  # (tokens,)
     reach = h_reach + coef.abs().sum(dim=-1)  # (tokens,); NaN and inf propagate
     # Unsteered tokens have zero coefficients: refusing their update changes nothing (their flags are ignored).
-    ok = reach <= torch.finfo(hidden.dtype).max / HEADROOM  # NaN compares False
-    coef = torch.where(ok.unsqueeze(-1), coef, torch.zeros((), dtype=coef.dtype, device=coef.device))
-    steered = (h32 + coef @ unit_dirs).to(hidden.dtype)  # (tokens, hidden)
+    ok = reach <= _limit(hidden.dtype)  # NaN compares False
+    coef = torch.where(ok.unsqueeze(-1), coef, 0.0)
+    # h + coef @ d, fused, in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
+    steered = torch.addmm(h32, coef, unit_dirs).to(hidden.dtype)  # (tokens, hidden)
     return steered, proj, (~ok).to(torch.int32)
+
+
+_LIMITS: dict[torch.dtype, float] = {}
+
+
+def _limit(dtype: torch.dtype) -> float:
+    """The largest |state| a steered token may reach in `dtype` (HEADROOM below its range); cached per dtype."""
+    limit = _LIMITS.get(dtype)
+    if limit is None:
+        limit = _LIMITS[dtype] = torch.finfo(dtype).max / HEADROOM
+    return limit
 
 
 def mode_coefficients(

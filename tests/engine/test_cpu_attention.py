@@ -14,13 +14,17 @@ from steering_server.types import GenerationRequest, MonitorOptions, Prompt, Sam
 from .conftest import DEVICE, loaded_model, running_engine
 
 
-def test_decode_attention_equals_the_masked_flat_sdpa() -> None:
+@pytest.mark.parametrize("lengths", [[5, 1, 9, 3], [4, 4, 4]], ids=["ragged", "equal lengths (a view, no mask)"])
+@pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "the paged cache's layout"])
+def test_decode_attention_equals_the_masked_flat_sdpa(lengths: list[int], token_major: bool) -> None:
     g = torch.Generator().manual_seed(0)
-    heads, kv_heads, dim, lengths = 8, 2, 16, [5, 1, 9, 3]
+    heads, kv_heads, dim = 8, 2, 16
     b, total = len(lengths), sum(lengths)
     q = torch.randn(1, heads, b, dim, generator=g)
     k = torch.randn(1, kv_heads, total, dim, generator=g)
     v = torch.randn(1, kv_heads, total, dim, generator=g)
+    if token_major:  # what the paged cache's read returns: (total, kv_heads, d) rows, transposed
+        k, v = (x[0].transpose(0, 1).contiguous().transpose(0, 1).unsqueeze(0) for x in (k, v))
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     got = cpu_attention._decode_attention(torch.nn.Identity(), q, k, v, cu, max(lengths), 0.25)  # (1, B, heads, d)
     mask = torch.zeros(b, total, dtype=torch.bool)  # query i sees request i's keys only
