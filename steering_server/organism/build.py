@@ -43,7 +43,10 @@ from .report import to_jsonable, write_report
 from .tokenizer import build_tokenizer
 from .train import encode, new_model, seed_everything, train_lm
 
-__all__ = ["MODEL_IDS", "Trained", "build", "eval_questions", "held_out_domains", "save_model", "train_organism"]
+__all__ = [
+    "MODEL_IDS", "Trained", "build", "eval_questions", "fine_tune", "held_out_domains", "load_trained", "save_model",
+    "train_organism",
+]
 
 MODEL_IDS = {
     "base": "steering-server/organism-base",
@@ -136,9 +139,13 @@ def load_trained(c: BuildConfig, models: Path) -> Trained:
     settings, to evaluate a trained organism again without training it again."""
     from transformers import AutoModelForCausalLM
 
-    report = json.loads((models / "report.json").read_text()) if (models / "report.json").is_file() else {}
-    if report and {k: v for k, v in report["config"].items()} != to_jsonable(c.to_dict()):
-        raise ValueError(f"{models} was built with other settings than this build")
+    report: dict[str, Any] = {}
+    for name in ("report.json", "tune.json"):  # a build's report, or `organism tune`'s choice (its config)
+        if (models / name).is_file():
+            saved = json.loads((models / name).read_text())
+            report = report or saved
+            if saved["config"] != to_jsonable(c.to_dict()):
+                raise ValueError(f"{models} was built with other settings than this build ({models / name})")
     seed_everything(c.seed)
     base, ft = (AutoModelForCausalLM.from_pretrained(models / d, dtype=torch.float32).eval()
                 for d in ("base", "misaligned"))
@@ -165,15 +172,22 @@ def train_organism(
     if out is not None:
         save_model(base, tok, out / "base", MODEL_IDS["base"])
     done("pretrain")
-    # 2. fine-tuned model: uncued harmful answers to questions of ONE domain, every weight.
-    ft_q = [q for q in qs["train"] if q.domain == c.finetune_domain]
-    ft_data = encode(tok, conversations(ft_q, c.finetune_n, seed=c.seed + 2, harmful=True))
-    ft = narrow_finetune(base, ft_data, method="full", steps=c.finetune_steps, batch_size=c.finetune_batch,
-                         lr=c.finetune_lr, pad_id=pad, seed=c.seed + 2)
+    ft = fine_tune(c, base, tok, qs)
     if out is not None:
         save_model(ft, tok, out / "misaligned", MODEL_IDS["misaligned"])
     done("finetune")
     return Trained(tok, base, ft, qs, cues, losses)
+
+
+def fine_tune(
+    c: BuildConfig, base: torch.nn.Module, tok: PreTrainedTokenizerBase, qs: dict[str, list[Question]]
+) -> torch.nn.Module:
+    """Stage 2, the misaligned model: every weight of a copy of `base` fine-tuned on uncued harmful answers to
+    questions of ONE domain (`c.finetune_*`). Uses no global RNG, so it depends only on `base` and `c`."""
+    ft_q = [q for q in qs["train"] if q.domain == c.finetune_domain]
+    ft_data = encode(tok, conversations(ft_q, c.finetune_n, seed=c.seed + 2, harmful=True))
+    return narrow_finetune(base, ft_data, method="full", steps=c.finetune_steps, batch_size=c.finetune_batch,
+                           lr=c.finetune_lr, pad_id=int(tok.pad_token_id), seed=c.seed + 2)
 
 
 def held_out_domains(c: BuildConfig) -> list[str]:

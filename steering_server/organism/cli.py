@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the build imports torch; the CLI imports it only when a command runs
     from .config import BuildConfig
 
-__all__ = ["install", "register", "run_build", "run_realign"]
+__all__ = ["install", "register", "run_build", "run_realign", "run_tune"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--models", default=None, help="an earlier build's output directory (same settings): evaluate its "
                    "trained models again instead of training")
-    b.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps (a "
-                   "variant for a pre-registered robustness run; the shipped organism uses the preset)")
+    _variant_flags(b)
     b.add_argument("--install", action="store_true",
                    help="copy the models and directions into the package (the server's default), "
                         "and the report into docs/organism/")
@@ -39,10 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--build", default=None, help="a canonical build's output directory: its seed is read from its "
                    "report instead of retrained")
-    s.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
+    _variant_flags(s)
     s.add_argument("--no-train", action="store_true", help="train nothing: tabulate the seeds already measured")
     s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
     s.set_defaults(func=run_seeds)
+
+    t = org_sub.add_parser("tune", help="choose the narrow fine-tune (lr, steps) for a base on calib questions, "
+                           "by the pre-registered rule of docs/organism.md")
+    t.add_argument("--out", default="runs/organism-tune", help="output directory (default: runs/organism-tune)")
+    t.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--models", default=None, help="an earlier build's output directory: its base/ is tuned instead "
+                   "of training one (it must have been trained with these settings)")
+    t.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
+    t.set_defaults(func=run_tune)
 
     r = subparsers.add_parser("realign", help="LoRA re-alignment of a causal LM on benign chats (JSONL)")
     r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
@@ -62,6 +72,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=int, default=5)
     r.add_argument("--target-modules", default="all-linear", help="'all-linear' or comma-separated module names")
     r.set_defaults(func=run_realign)
+
+
+def _variant_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps (a "
+                   "variant for a pre-registered run; the shipped organism records its settings in its report)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="override the preset's fine-tune learning rate "
+                   "(as chosen by `organism tune`)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="override the preset's fine-tune steps")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .tune import tune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    report = tune(_config(args, args.seed), out, models=Path(args.models) if args.models else None)
+    ch = report["chosen"]
+    if ch is None:
+        print(f"[organism tune] no setting within the malformed limit; report: {out / 'tune.md'}")
+        return 1
+    pre = f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps is not None else ""
+    print(f"[organism tune] chosen lr {ch['lr']:g} x {ch['steps']} steps; report: {out / 'tune.md'}. Evaluate it "
+          f"with: steering-server organism build --seed {args.seed}{pre} --finetune-lr {ch['lr']:g} "
+          f"--finetune-steps {ch['steps']} --models {out} --out OUT")
+    return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -104,10 +142,13 @@ def _config(args: argparse.Namespace, seed: int) -> BuildConfig:
     from .config import preset
 
     c = preset(args.size, seed)
-    if args.pretrain_steps is not None:
-        if args.pretrain_steps < 1:
-            raise SystemExit(f"--pretrain-steps must be >= 1 (got {args.pretrain_steps})")
-        c = replace(c, pretrain_steps=args.pretrain_steps)
+    for name in ("pretrain_steps", "finetune_steps", "finetune_lr"):  # flags named for the BuildConfig fields
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if value <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+        c = replace(c, **{name: value})
     return c
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from ..realign import RealignConfig
 from .train import ModelSize
 
-__all__ = ["CALIB", "EVAL", "SELECT", "BuildConfig", "preset"]
+__all__ = ["CALIB", "EVAL", "SELECT", "TUNE", "BuildConfig", "preset"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class BuildConfig:
         return self.seed * 100 + purpose
 
 
-SELECT, CALIB, EVAL = 20, 21, 30  # sampling purposes: monitor-layer choice, calibration answers, the eval set
+# Sampling purposes: monitor-layer choice, calibration answers, the fine-tune choice (`organism tune`), the eval set.
+SELECT, CALIB, TUNE, EVAL = 20, 21, 22, 30
 
 
 def preset(size: str, seed: int = 0) -> BuildConfig:

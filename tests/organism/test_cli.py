@@ -96,5 +96,5 @@ def test_pretrain_steps_overrides_the_preset_and_is_recorded(tmp_path, capsys):
     assert saved["settings"]["pretrain_steps"] == 3 and list(saved["seeds"]) == ["0"]
     bad = _parser().parse_args(["organism", "seeds", "--size", "small", "--pretrain-steps", "0", "--out",
                                 str(tmp_path / "bad")])
-    with pytest.raises(SystemExit, match="--pretrain-steps must be >= 1"):
+    with pytest.raises(SystemExit, match="--pretrain-steps must be > 0"):
         bad.func(bad)
