@@ -213,6 +213,7 @@ def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
 
 
 MATCH_TOLERANCE = 0.1  # a control is KL-matched when its KL is within 10% of the target
+SEARCH_TOLERANCE = 0.02  # the search stops within 2%: each step is a KL pass over every calib answer
 
 
 @dataclass(frozen=True)
@@ -232,19 +233,25 @@ class Match:
 def match_strength(
     target: float, kl_at: Callable[[float], float], limit: float, start: float = 1.0, steps: int = 12
 ) -> Match:
-    """The strength s in [0, limit] with kl_at(s) = target, for a KL that grows with s. When even s = 0 is above the
-    target, or `limit` below it, the closest end is returned and the Match says it is not matched."""
+    """The strength s in [0, limit] with kl_at(s) = target, for a KL that grows with s: bracketing by doubling from
+    `start`, then bisection until a KL within SEARCH_TOLERANCE of the target (or `steps` halvings). When even s = 0
+    is above the target, or `limit` below it, the closest end is returned and the Match says it is not matched."""
     if (k0 := kl_at(0.0)) >= target:
         return Match(0.0, k0, target)
     lo, hi = 0.0, min(start, limit)
-    while (k := kl_at(hi)) < target:
+    while (k_hi := kl_at(hi)) < target:
         if hi >= limit:
-            return Match(hi, k, target)
+            return Match(hi, k_hi, target)
         lo, hi = hi, min(hi * 2, limit)
     for _ in range(steps):
+        if abs(k_hi - target) <= SEARCH_TOLERANCE * target:
+            break
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if kl_at(mid) < target else (lo, mid)
-    return Match(hi, kl_at(hi), target)
+        if (k := kl_at(mid)) < target:
+            lo = mid
+        else:
+            hi, k_hi = mid, k
+    return Match(hi, k_hi, target)
 
 
 class Lab:

@@ -140,8 +140,10 @@ def test_bootstrap_interval_covers_the_mean_and_kappa_counts_agreement_beyond_ch
 
 
 def test_match_strength_finds_the_strength_with_the_target_kl_or_says_it_did_not():
-    m = match_strength(2.25, lambda a: a * a, limit=100.0)  # KL grows with the strength
-    assert abs(m.strength - 1.5) < 1e-3 and m.matched
+    calls = []
+    m = match_strength(2.25, lambda a: calls.append(a) or a * a, limit=100.0)  # KL grows with the strength
+    assert abs(m.kl - 2.25) <= 0.02 * 2.25 and m.kl == m.strength**2 and m.matched
+    assert len(calls) < 10  # stops once within the search tolerance, without evaluating its answer twice
     above = match_strength(0.5, lambda a: 1.0 + a, limit=100.0)  # already above the target without steering
     assert above.strength == 0.0 and not above.matched
     short = match_strength(2.25, lambda a: a * a, limit=1.0)  # the server would refuse the strength needed
