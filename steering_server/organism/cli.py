@@ -19,10 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     org_sub = org.add_subparsers(dest="organism_command", required=True)
     b = org_sub.add_parser("build", help="train the organism, find its persona direction, evaluate every "
                            "pre-registered criterion but E3, write the report")
-    b.add_argument("--out", default="runs/organism", help="output directory (default: runs/organism)")
-    b.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    _common_flags(b, "runs/organism")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--models", default=None, help="an earlier build's output directory (same settings): evaluate its "
                    "trained models again instead of training")
     _variant_flags(b)
@@ -32,10 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run_build)
 
     s = org_sub.add_parser("seeds", help="criterion E3: rebuild and measure emergent misalignment for several seeds")
-    s.add_argument("--out", default="runs/organism-seeds", help="output directory (default: runs/organism-seeds)")
-    s.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    _common_flags(s, "runs/organism-seeds")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default: 0 1 2 3 4")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--build", default=None, help="a canonical build's output directory: its seed is read from its "
                    "report instead of retrained")
     _variant_flags(s)
@@ -45,10 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = org_sub.add_parser("tune", help="choose the narrow fine-tune (lr, steps) for a base on calib questions, "
                            "by the pre-registered rule of docs/organism.md")
-    t.add_argument("--out", default="runs/organism-tune", help="output directory (default: runs/organism-tune)")
-    t.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    _common_flags(t, "runs/organism-tune")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--models", default=None, help="an earlier build's output directory: its base/ is tuned instead "
                    "of training one (it must have been trained with these settings)")
     t.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
@@ -72,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=int, default=5)
     r.add_argument("--target-modules", default="all-linear", help="'all-linear' or comma-separated module names")
     r.set_defaults(func=run_realign)
+
+
+def _common_flags(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    p.add_argument("--size", choices=("full", "small"), default="full", help="small: seconds, for CI")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _variant_flags(p: argparse.ArgumentParser) -> None:
