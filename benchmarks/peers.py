@@ -1,6 +1,7 @@
 """The engine against what a user would otherwise run, on the same work.
 
-Alternatives, measured side by side in each round (interleaved, rounds repeated; medians with min-max spread):
+Alternatives, measured side by side in each round (interleaved, the order rotated every round, rounds repeated;
+medians with min-max spread, ratios taken within each round):
   engine unsteered             the serving engine, no steering, no monitoring
   engine steered+monitored     ABLATE 1 on every layer, per-token scores at the monitor layer
   generate                     `model.generate` on the padded batch (equal lengths: padded generate's best case)
@@ -208,30 +209,38 @@ async def bench(args: argparse.Namespace) -> None:
             await measure(fn)
         tps: dict[str, list[float]] = {k: [] for k in alts}
         cps: dict[str, list[float]] = {k: [] for k in alts}
-        for _ in range(args.rounds):
-            for name, fn in alts.items():
-                t, c_ = await measure(fn)
+        names = list(alts)
+        for r in range(args.rounds):
+            # The order rotates every round, so no alternative always runs first (cold caches) or right after the
+            # same neighbour; ratios are then taken within each round, where the machine's load was shared.
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t, c_ = await measure(alts[name])
                 tps[name].append(t)
                 cps[name].append(c_)
-        med_t = {k: statistics.median(v) for k, v in tps.items()}
-        med_c = {k: statistics.median(v) for k, v in cps.items()}
-        print(f"\n{c} request(s): median [min-max] over {args.rounds} rounds")
+        print(f"\n{c} request(s): median [min-max] over {args.rounds} rounds (order rotated each round)")
         print(f"  {'':26s} {'tokens/s':>22s} {'CPU-ms/token':>22s}")
         for k in alts:
             print(
-                f"  {k:26s} {med_t[k]:8.1f} [{min(tps[k]):6.1f}-{max(tps[k]):6.1f}]"
-                f" {med_c[k] * 1e3:8.2f} [{min(cps[k]) * 1e3:5.2f}-{max(cps[k]) * 1e3:5.2f}]"
+                f"  {k:26s} {statistics.median(tps[k]):8.1f} [{min(tps[k]):6.1f}-{max(tps[k]):6.1f}]"
+                f" {statistics.median(cps[k]) * 1e3:8.2f} [{min(cps[k]) * 1e3:5.2f}-{max(cps[k]) * 1e3:5.2f}]"
             )
         s, u = "engine steered+monitored", "engine unsteered"
-        print(f"  steered+monitored vs generate + hooks: {med_t[s] / med_t['generate + hooks']:.2f}x tokens/s, "
-              f"{med_c[s] / med_c['generate + hooks']:.2f}x CPU-s/token")
-        print(f"  steered+monitored vs generate:         {med_t[s] / med_t['generate']:.2f}x tokens/s, "
-              f"{med_c[s] / med_c['generate']:.2f}x CPU-s/token")
-        print(f"  engine unsteered vs generate:          {med_t[u] / med_t['generate']:.2f}x tokens/s")
-        print(f"  steered+monitored vs unsteered:        {med_t[s] / med_t[u]:.3f}x tokens/s")
+        print("  ratios, median [min-max] of the per-round ratios:")
+        comparisons = [(s, "generate + hooks"), (s, "generate"), (u, "generate"), (s, u)]
         if "nnsight" in alts:
-            print(f"  steered+monitored vs nnsight:          {med_t[s] / med_t['nnsight']:.2f}x tokens/s")
+            comparisons.append((s, "nnsight"))
+        for a, b in comparisons:
+            line = f"    {a + ' vs ' + b + ':':50s} {_ratio(tps[a], tps[b])} tokens/s"
+            if b != u:
+                line += f", {_ratio(cps[a], cps[b])} CPU-s/token"
+            print(line)
     await engine.shutdown()
+
+
+def _ratio(a: list[float], b: list[float]) -> str:
+    """Median [min-max] of a[i] / b[i], the two measured in the same round."""
+    r = [x / y for x, y in zip(a, b, strict=True)]
+    return f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
 
 
 def _rss_mib() -> float:
