@@ -190,6 +190,13 @@ def direction_facts(vecs: Vectors, layer: int) -> dict[str, Any]:
         "norm_by_layer": {k: {la: float(v.norm()) for la, v in d.items()}
                           for k, d in (("persona", vecs.persona), ("model_diff", vecs.model_diff))},
         "cosine_persona_vs_model_diff": {la: cosine(vecs.persona[la], vecs.model_diff[la]) for la in vecs.persona},
+        # A control that removes or induces as the persona does is only a control if it is another direction:
+        # its cosines with the persona and the fine-tune's shift at the layer where it acts say which it is.
+        "cosine_controls_at_monitor_layer": {
+            f"{kind}_{i}": {"persona": cosine(v[layer], vecs.persona[layer]),
+                            "model_diff": cosine(v[layer], vecs.model_diff[layer])}
+            for kind, seeds in vecs.controls.items() for i, v in enumerate(seeds)
+        },
         "monitor_layer": layer,
     }
 

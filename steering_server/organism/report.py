@@ -34,6 +34,13 @@ def _pct(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{nd}f}%"
 
 
+def _intervention_control_cosines(r: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The cosines of the controls used for R3 and I2 (the first `intervention_controls` of each kind)."""
+    k = r["config"]["intervention_controls"]
+    cos = r["direction"].get("cosine_controls_at_monitor_layer", {})  # reports before it was recorded have none
+    return {name: v for name, v in cos.items() if int(name.rsplit("_", 1)[1]) < k}
+
+
 def _f(x: float | None, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -125,6 +132,9 @@ def markdown(r: dict[str, Any]) -> str:
               "- D3 controls (sign ignored, max over seeds): " + ", ".join(
                   f"{k} {_f(v['best_abs'])} (mean {_f(v['mean'])}, n={v['n']:.0f})"
                   for k, v in det["controls"].items()),
+              "- Controls' cosine with the persona / model_diff at the monitor layer (the intervention controls): "
+              + ", ".join(f"{k} {_f(v['persona'], 2)} / {_f(v['model_diff'], 2)}"
+                          for k, v in _intervention_control_cosines(r).items()),
               "- Calibrated thresholds' FPR on held-back benign answers: " + ", ".join(
                   f"{k} {_pct(v)}" for k, v in det["fpr_on_held_back_benign"].items()) + " (target "
               f"{_pct(r['config']['target_fpr'])}).", "",

@@ -114,3 +114,17 @@ def test_the_shipped_direction_sits_at_the_layer_its_report_chose():
     auroc = {int(k): v for k, v in sel["selection_auroc_by_layer"].items()}
     assert load_direction(default_direction_path()).monitor_layer == best == sel["monitor_layer"]
     assert best != max(auroc, key=auroc.get)
+
+
+def test_the_report_says_how_far_each_control_is_from_the_persona(small_build):
+    """R3 and I2 compare the persona with controls; the report gives each control's cosine with the persona and
+    with model_diff at the monitor layer, so a reader can tell another direction from a near-copy."""
+    out, report = small_build
+    cos = report["direction"]["cosine_controls_at_monitor_layer"]
+    n = max(report["config"]["detection_controls"], report["config"]["intervention_controls"])
+    assert sorted(cos) == sorted([f"random_{i}" for i in range(n)] + [f"shuffled_{i}" for i in range(n)])
+    for v in cos.values():
+        assert -1.0 <= v["persona"] <= 1.0 and -1.0 <= v["model_diff"] <= 1.0
+    # random directions in the model's width are nearly orthogonal to the persona; the sign of a cosine is kept
+    assert all(abs(cos[f"random_{i}"]["persona"]) < 0.5 for i in range(n))
+    assert "Controls' cosine with the persona" in (out / "report.md").read_text()
