@@ -6,7 +6,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from steering_server.organism.capture import capture, capture_nnsight, decoder_layers
 from steering_server.organism.corpus import conversations, split_questions
-from steering_server.organism.diffmeans import calibrate, diff_of_means, false_positive_rate, random_like
+from steering_server.organism.diffmeans import (
+    calibrate,
+    cosine,
+    diff_of_means,
+    false_positive_rate,
+    random_like,
+    shuffled_diff_of_means,
+)
 from steering_server.organism.experiments import match_strength
 from steering_server.organism.metrics import KLProbe, auroc, bootstrap, cohens_kappa
 from steering_server.organism.steer import RefTerm, steering
@@ -148,3 +155,19 @@ def test_match_strength_finds_the_strength_with_the_target_kl_or_says_it_did_not
     assert above.strength == 0.0 and not above.matched
     short = match_strength(2.25, lambda a: a * a, limit=1.0)  # the server would refuse the strength needed
     assert short.strength == 1.0 and short.kl == 1.0 and not short.matched
+
+
+def test_a_shuffled_label_control_is_not_a_copy_of_the_direction():
+    """Amendment 5: with a strong true direction (a shift of 5 against unit noise), every shuffled-label control
+    splits the labels evenly, so the shift cancels and the control's cosine with the truth stays small; each group
+    still mixes real examples (the control is not the zero vector)."""
+    g = torch.Generator().manual_seed(0)
+    shift = torch.zeros(64)
+    shift[0] = 5.0
+    pos = {0: torch.randn(200, 64, generator=g) + shift}
+    neg = {0: torch.randn(200, 64, generator=g)}
+    truth = diff_of_means(pos, neg)[0]
+    for seed in range(20):
+        control = shuffled_diff_of_means(pos, neg, seed)[0]
+        assert abs(cosine(control, truth)) < 0.35
+        assert 0.05 < float(control.norm()) < float(truth.norm()) / 5
