@@ -42,7 +42,7 @@ class _SerialStream(RequestStream):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.events: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
-        self.final: asyncio.Future[GenerationResult] = loop.create_future()
+        self.done: asyncio.Future[GenerationResult] = loop.create_future()
         self.cancelled = False
 
     async def _iterate(self) -> AsyncIterator[TokenEvent]:
@@ -53,7 +53,11 @@ class _SerialStream(RequestStream):
         return self._iterate()
 
     async def result(self) -> GenerationResult:
-        return await self.final
+        return await self.done
+
+    def final(self) -> GenerationResult | None:
+        done = self.done.done() and not self.done.cancelled() and self.done.exception() is None
+        return self.done.result() if done else None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -115,8 +119,8 @@ class SerialGenerateServer(EngineClient):
                 prompt_tokens=ids.shape[1],
                 monitor=(),
             )
+            stream.loop.call_soon_threadsafe(stream.done.set_result, result)  # first: final() holds at the end
             stream.loop.call_soon_threadsafe(stream.events.put_nowait, None)
-            stream.loop.call_soon_threadsafe(stream.final.set_result, result)
 
     def generate_stream(self, request: GenerationRequest) -> RequestStream:
         stream = _SerialStream(asyncio.get_running_loop())
@@ -256,8 +260,10 @@ async def main(args: argparse.Namespace) -> None:
     for name, s in samples.items():
         print(f"{name:18s}" + "".join(f"{med[name][m]:9.1f} [{min(v):6.1f}-{max(v):6.1f}]" for m, v in s.items()))
     e, b = med["engine"], med["generate + hooks"]
-    print(f"\nengine / generate + hooks: throughput {e['throughput tok/s'] / b['throughput tok/s']:.2f}x, "
-          f"TTFT p50 {e['TTFT p50 ms'] / b['TTFT p50 ms']:.2f}x, ITL p50 {e['ITL p50 ms'] / b['ITL p50 ms']:.2f}x")
+    print(
+        f"\nengine / generate + hooks: throughput {e['throughput tok/s'] / b['throughput tok/s']:.2f}x, "
+        f"TTFT p50 {e['TTFT p50 ms'] / b['TTFT p50 ms']:.2f}x, ITL p50 {e['ITL p50 ms'] / b['ITL p50 ms']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

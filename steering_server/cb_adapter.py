@@ -29,7 +29,7 @@ from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
 from transformers.generation.continuous_batching.utils import stream_context
 
-from .cpu_attention import install_cpu_decode_attention
+from .cpu_attention import install_cpu_attention
 from .runtime import SteeringRuntime
 from .types import ServingSettings
 
@@ -135,7 +135,7 @@ class BatchingManager(ContinuousBatchingManager):
             # same numbers ~5x faster (a quarter of a 32-request step here). On CUDA a masked grouped sdpa can fall
             # back to the math kernel, so this stays CPU-only. Process-wide; it only changes how sdpa is called.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
-            install_cpu_decode_attention()  # decode-only batches: per-request attention, not a block-diagonal mask
+            install_cpu_attention()  # per-request attention, not a block-diagonal mask over every request's keys
         # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
         compiled = (
             CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)

@@ -1,5 +1,5 @@
-"""Per-request decode attention on the CPU equals continuous batching's block-diagonal sdpa, and the engine uses
-it for decode-only batches."""
+"""Per-request attention on the CPU equals continuous batching's block-diagonal sdpa, for decode-only batches and
+for batches that prefill beside decoding requests, and the engine uses it for both."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from steering_server import cpu_attention
 from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams
@@ -60,3 +61,72 @@ async def test_the_engine_takes_the_per_request_path_at_decode(monkeypatch: pyte
         ]
         await asyncio.gather(*(engine.generate(r) for r in reqs))
     assert calls["n"] >= 4 * engine.num_layers  # the decode steps both requests share, at every layer
+
+
+def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
+    """Continuous batching's mask: request i's queries see its own keys, the new tokens being the last of them."""
+    mask = torch.zeros(sum(q_lens), sum(k_lens), dtype=torch.bool)
+    q0 = k0 = 0
+    for nq, nk in zip(q_lens, k_lens, strict=True):
+        for j in range(nq):
+            mask[q0 + j, k0 : k0 + nk - nq + j + 1] = True
+        q0, k0 = q0 + nq, k0 + nk
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("q_lens", "k_lens"),
+    [([1, 7, 1, 5], [9, 7, 4, 12]), ([6, 3], [6, 3]), ([1, 0, 4], [6, 3, 10])],
+    ids=["decoders beside a fresh prompt and a chunk after its cache", "fresh prompts only", "a request with no query"],
+)
+def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k_lens: list[int]) -> None:
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, dim = 4, 2, 8
+    q = torch.randn(1, heads, sum(q_lens), dim, generator=g)
+    # the paged cache's layout: (total, kv_heads, d) rows, transposed
+    k, v = (torch.randn(sum(k_lens), kv_heads, dim, generator=g).transpose(0, 1).unsqueeze(0) for _ in range(2))
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(x).cumsum(0).tolist()], dtype=torch.int32) for x in (q_lens, k_lens))
+    got = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3)  # (1, total_q, heads, d)
+    rep = heads // kv_heads
+    mask = _block_causal_mask(q_lens, k_lens)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), attn_mask=mask, scale=0.3
+    ).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the engine's own calls (its mask, its paged-cache layout), the per-request path gives what transformers'
+    sdpa gives, in steps that prefill a chunk after cached tokens while another request decodes."""
+    if DEVICE != "cpu":
+        pytest.skip("CPU-only path")
+    cpu_attention.install_cpu_attention()
+    installed, original = ALL_ATTENTION_FUNCTIONS["sdpa"], cpu_attention._INSTALLED["sdpa"]
+    seen: list[tuple[list[int], list[int], float]] = []  # (query lengths, key lengths, max |difference|) per call
+
+    def checking(
+        module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, **kw: object
+    ) -> tuple[torch.Tensor, None]:
+        got = installed(module, q, k, v, mask, **kw)
+        if kw.get("max_length_q", 1) != 1 and isinstance(kw.get("cu_seq_lens_q"), torch.Tensor):
+            want = original(module, q, k, v, mask, **kw)[0]
+            cq, ck = (x.diff().tolist() for x in (kw["cu_seq_lens_q"], kw["cu_seq_lens_k"]))  # type: ignore[union-attr]
+            seen.append((cq, ck, float((got[0] - want).abs().max())))
+        return got
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", checking)
+    async with running_engine(loaded_model(), max_batch_tokens=24) as engine:
+        short = GenerationRequest(
+            Prompt(token_ids=(5, 6, 7)), SamplingParams(max_new_tokens=30), monitor=MonitorOptions(enabled=False)
+        )
+        long = GenerationRequest(
+            Prompt(token_ids=tuple(range(10, 70))),
+            SamplingParams(max_new_tokens=4),
+            monitor=MonitorOptions(enabled=False),
+        )
+        first = asyncio.ensure_future(engine.generate(short))
+        await asyncio.sleep(0.05)  # the short request is decoding when the 60-token prompt arrives in 24-token chunks
+        await asyncio.gather(first, engine.generate(long))
+    mixed = [(cq, ck) for cq, ck, _ in seen if 1 in cq and any(k > q > 1 for q, k in zip(cq, ck, strict=True))]
+    assert len(mixed) >= engine.num_layers, seen  # a decoder beside a chunk after its cache, at every layer
+    assert max(d for *_, d in seen) < 1e-5
