@@ -8,9 +8,8 @@ other request's cache too (as much work as the step's matmuls when a dozen reque
 On the CPU this routes those calls to attention per request:
 - a decode-only step (one query per request, several requests) gathers each request's keys into a padded
   (B, kv_heads, longest, head_dim) batch and runs one sdpa call, as padded `generate` does;
-- any other step runs one causal sdpa per request over its own keys (its cache, then its new tokens), decoding
-  requests included: a decoder's attention then does not depend on which prompt shares its step (with padding
-  it would, by float rounding), and these steps are dominated by their prefill chunks anyway.
+- any other step runs the same padded call for its decoding requests, and one causal sdpa per request over its own
+  keys (its cache, then its new tokens) for each request that prefills.
 Anything else (sliding windows, position biases, soft-capping, sinks, other devices, calls outside continuous
 batching, which carry no `cu_seq_lens_q`/`cu_seq_lens_k`) goes to transformers' sdpa unchanged.
 """
@@ -34,6 +33,37 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x[0].transpose(0, 1)
 
 
+def _single_queries(
+    q: torch.Tensor,  # (B, heads, d): one query per request
+    k_rows: torch.Tensor,  # (total_k, kv_heads, d): every request's keys, token-major
+    v_rows: torch.Tensor,
+    starts: torch.Tensor,  # (B,) int64: where each request's keys begin in the rows
+    lengths: torch.Tensor,  # (B,) int64: how many keys each has
+    max_length: int,
+    scaling: float | None,
+) -> torch.Tensor:  # (B, heads, d)
+    """One sdpa call for B requests of one query each (the last of its keys is its own): each request's keys
+    gathered into a padded (B, kv_heads, max_length, d) batch, as padded `generate` does."""
+    b, kv_heads, dim = q.shape[0], k_rows.shape[1], k_rows.shape[2]
+    back_to_back = starts == torch.arange(b, device=starts.device) * max_length
+    if b * max_length == k_rows.shape[0] and bool((lengths == max_length).all() and back_to_back.all()):
+        # Every request has max_length keys, back to back: the padded batch is a view, and no mask.
+        k = k_rows.reshape(b, max_length, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
+        v = v_rows.reshape(b, max_length, kv_heads, dim).transpose(1, 2)
+        mask = None
+    else:
+        j = torch.arange(max_length, device=q.device)  # (L,)
+        valid = j[None, :] < lengths[:, None]  # (B, L)
+        index = torch.where(valid, starts[:, None] + j[None, :], 0).reshape(-1)  # (B * L,)
+        k = k_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
+        v = v_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
+        mask = valid[:, None, None, :]  # (B, 1, 1, L)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.unsqueeze(2), k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != kv_heads
+    )  # (B, heads, 1, d)
+    return out[:, :, 0]
+
+
 def _decode_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (1, heads, B, head_dim): one query per request
@@ -43,26 +73,11 @@ def _decode_attention(
     max_length_k: int,
     scaling: float | None,
 ) -> torch.Tensor:  # (1, B, heads, head_dim), as sdpa_attention_forward returns
-    q, k_rows, v_rows = _rows(query), _rows(key), _rows(value)  # (B, heads, d), (total_k, kv_heads, d)
-    b, kv_heads, dim = q.shape[0], k_rows.shape[1], k_rows.shape[2]
-    if b * max_length_k == k_rows.shape[0]:
-        # Every request has max_length_k keys (they sum to total_k): the padded batch is a view, and no mask.
-        k = k_rows.reshape(b, max_length_k, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
-        v = v_rows.reshape(b, max_length_k, kv_heads, dim).transpose(1, 2)
-        mask = None
-    else:
-        starts = cu_seq_lens_k[:b].long()  # (B,)
-        lengths = cu_seq_lens_k[1 : b + 1].long() - starts
-        j = torch.arange(max_length_k, device=q.device)  # (L,)
-        valid = j[None, :] < lengths[:, None]  # (B, L)
-        index = torch.where(valid, starts[:, None] + j[None, :], 0).reshape(-1)  # (B * L,)
-        k = k_rows.index_select(0, index).view(b, max_length_k, kv_heads, dim).transpose(1, 2)
-        v = v_rows.index_select(0, index).view(b, max_length_k, kv_heads, dim).transpose(1, 2)
-        mask = valid[:, None, None, :]  # (B, 1, 1, L)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.unsqueeze(2), k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != kv_heads
-    )  # (B, heads, 1, d)
-    return out.transpose(1, 2).reshape(1, b, out.shape[1], dim)
+    q = _rows(query)  # (B, heads, d)
+    b = q.shape[0]
+    starts = cu_seq_lens_k[:b].long()  # (B,)
+    lengths = cu_seq_lens_k[1 : b + 1].long() - starts
+    return _single_queries(q, _rows(key), _rows(value), starts, lengths, max_length_k, scaling).unsqueeze(0)
 
 
 def _varlen_attention(
@@ -75,14 +90,23 @@ def _varlen_attention(
     scaling: float | None,
 ) -> torch.Tensor:  # (1, total_q, heads, head_dim)
     """Any step but decode-only: each request's queries against its own keys, causally. A request's new tokens are
-    the last of its keys, so query j of q new tokens over k keys sees keys 0 .. k - q + j."""
+    the last of its keys, so query j of q new tokens over k keys sees keys 0 .. k - q + j. The decoding requests
+    of the step (one query each) share one padded call, as in a decode-only step; each other request has its own."""
     cq, ck = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()  # host tensors on the CPU: no device sync
     q_rows, k_rows, v_rows = _rows(query), _rows(key), _rows(value)
     heads, kv_heads = q_rows.shape[1], k_rows.shape[1]
     out = q_rows.new_zeros(q_rows.shape)  # (total_q, heads, d): rows past the last request (padding) stay zero
-    for i in range(len(cq) - 1):
+    n = len(cq) - 1
+    decoders = [i for i in range(n) if cq[i + 1] - cq[i] == 1]
+    if len(decoders) > 1:
+        rows = torch.tensor([cq[i] for i in decoders])  # (D,) each decoder's query row
+        lengths = [ck[i + 1] - ck[i] for i in decoders]
+        out[rows] = _single_queries(q_rows[rows], k_rows, v_rows, torch.tensor([ck[i] for i in decoders]),
+                                    torch.tensor(lengths), max(lengths), scaling)
+    batched = set(decoders) if len(decoders) > 1 else set()
+    for i in range(n):
         n_q, n_k = cq[i + 1] - cq[i], ck[i + 1] - ck[i]
-        if n_q < 1:
+        if n_q < 1 or i in batched:
             continue
         q = q_rows[cq[i] : cq[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, heads, n_q, d)
         k = k_rows[ck[i] : ck[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, n_k, d)

@@ -76,8 +76,9 @@ def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("q_lens", "k_lens"),
-    [([1, 7, 1, 5], [9, 7, 4, 12]), ([6, 3], [6, 3]), ([1, 0, 4], [6, 3, 10])],
-    ids=["decoders beside a fresh prompt and a chunk after its cache", "fresh prompts only", "a request with no query"],
+    [([1, 7, 1, 5], [9, 7, 4, 12]), ([6, 3], [6, 3]), ([1, 0, 4], [6, 3, 10]), ([1, 1, 6, 1], [5, 9, 6, 3])],
+    ids=["decoders beside a fresh prompt and a chunk after its cache", "fresh prompts only", "a request with no query",
+         "three decoders of different lengths around a prompt"],
 )
 def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k_lens: list[int]) -> None:
     g = torch.Generator().manual_seed(1)
