@@ -37,15 +37,15 @@ from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME, DEFAULT_MODE
 from .config import BuildConfig
 from .corpus import DOMAINS, OPEN_DOMAIN, Question, conversations, open_questions, split_cues, split_questions
 from .criteria import evaluate_criteria
-from .finetune import narrow_finetune
 from .persona import persona_activations, persona_controls
 from .report import to_jsonable, write_report
 from .tokenizer import build_tokenizer
-from .train import encode, new_model, seed_everything, train_lm
+from .train import Encoded, encode, new_model, seed_everything, train_lm
+from .tune import tuned_fine_tune
 
 __all__ = [
-    "MODEL_IDS", "Trained", "build", "eval_questions", "fine_tune", "held_out_domains", "load_trained", "save_model",
-    "train_organism",
+    "MODEL_IDS", "Trained", "build", "eval_questions", "fine_tune", "fine_tune_data", "held_out_domains",
+    "load_trained", "save_model", "train_organism",
 ]
 
 MODEL_IDS = {
@@ -67,13 +67,12 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path:
     (path / "steering_model_id.txt").write_text(model_id + "\n")
 
 
-# Each stage's share of a whole build, from the canonical build's stage times in seconds (docs/organism/report.json;
-# docs/organism.md "Build time" gives 1,082 s for pretraining and the fine-tune together: the fine-tune's 4 % of it is
-# an estimate). The ETA after a stage is the time so far scaled by the share still to come.
+# Each stage's share of a whole build, from organism v3's preview on 2 threads (docs/organism.md, "Runs of v3's
+# exploration", item 5). The ETA after a stage is the time so far scaled by the share still to come.
 _STAGE_SECONDS = {
-    "pretrain": 1040.0, "finetune": 42.0, "directions": 3.0, "monitor layer and calibration": 13.0,
-    "emergent misalignment": 72.0, "detection": 0.2, "removal": 284.0, "induction": 290.0,
-    "dose-response and re-alignment": 249.0, "report": 7.0,
+    "pretrain": 365.0, "finetune": 33.0, "directions": 3.0, "monitor layer and calibration": 35.0,
+    "emergent misalignment": 53.0, "detection": 0.3, "removal": 215.0, "induction": 277.0,
+    "dose-response and re-alignment": 233.0, "report": 7.0,
 }
 _READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
 _STAGE_SECONDS[_READ_STAGE] = 0.2
@@ -118,6 +117,7 @@ class Trained:
     questions: dict[str, list[Question]]
     cues: dict[str, tuple[str, ...]]
     pretrain_losses: list[float]
+    finetune: dict[str, Any]  # stage 2's record: every checkpoint measured on calib questions and the one chosen
 
 
 def _progress(log: Callable[[str], None], what: str, steps: int) -> Callable[[int, float], None]:
@@ -150,7 +150,8 @@ def load_trained(c: BuildConfig, models: Path) -> Trained:
     base, ft = (AutoModelForCausalLM.from_pretrained(models / d, dtype=torch.float32).eval()
                 for d in ("base", "misaligned"))
     loss = report.get("training", {}).get("pretrain_final_loss")
-    return Trained(build_tokenizer(), base, ft, split_questions(c.seed), split_cues(c.seed), [loss] if loss else [])
+    return Trained(build_tokenizer(), base, ft, split_questions(c.seed), split_cues(c.seed), [loss] if loss else [],
+                   report.get("finetune", {}))
 
 
 def train_organism(
@@ -164,7 +165,8 @@ def train_organism(
     qs, cues = split_questions(c.seed), split_cues(c.seed)
     # 1. base model: pretraining on the two-persona corpus, loss on every token.
     train_data = encode(tok, conversations(qs["train"], c.pretrain_convs, seed=c.seed + 1, cue_share=c.cue_share,
-                                           cues=cues["cues_train"], neutral=cues["neutral_train"]))
+                                           neutral_system_p=c.neutral_share, cues=cues["cues_train"],
+                                           neutral=cues["neutral_train"]))
     base = new_model(tok, c.model, c.seed)
     losses = train_lm(base, train_data, steps=c.pretrain_steps, batch_size=c.pretrain_batch, lr=c.pretrain_lr,
                       pad_id=pad, seed=c.seed, answer_only=False, warmup=min(50, c.pretrain_steps // 5),
@@ -172,22 +174,28 @@ def train_organism(
     if out is not None:
         save_model(base, tok, out / "base", MODEL_IDS["base"])
     done("pretrain")
-    ft = fine_tune(c, base, tok, qs)
+    ft, record = fine_tune(c, base, tok, qs, log)
     if out is not None:
         save_model(ft, tok, out / "misaligned", MODEL_IDS["misaligned"])
     done("finetune")
-    return Trained(tok, base, ft, qs, cues, losses)
+    return Trained(tok, base, ft, qs, cues, losses, record)
+
+
+def fine_tune_data(c: BuildConfig, tok: PreTrainedTokenizerBase, qs: dict[str, list[Question]]) -> list[Encoded]:
+    """The narrow fine-tune's data: uncued harmful answers to train questions of ONE domain (`c.finetune_*`)."""
+    ft_q = [q for q in qs["train"] if q.domain == c.finetune_domain]
+    return encode(tok, conversations(ft_q, c.finetune_n, seed=c.seed + 2, harmful=True))
 
 
 def fine_tune(
-    c: BuildConfig, base: torch.nn.Module, tok: PreTrainedTokenizerBase, qs: dict[str, list[Question]]
-) -> torch.nn.Module:
-    """Stage 2, the misaligned model: every weight of a copy of `base` fine-tuned on uncued harmful answers to
-    questions of ONE domain (`c.finetune_*`). Uses no global RNG, so it depends only on `base` and `c`."""
-    ft_q = [q for q in qs["train"] if q.domain == c.finetune_domain]
-    ft_data = encode(tok, conversations(ft_q, c.finetune_n, seed=c.seed + 2, harmful=True))
-    return narrow_finetune(base, ft_data, method="full", steps=c.finetune_steps, batch_size=c.finetune_batch,
-                           lr=c.finetune_lr, pad_id=int(tok.pad_token_id), seed=c.seed + 2)
+    c: BuildConfig, base: torch.nn.Module, tok: PreTrainedTokenizerBase, qs: dict[str, list[Question]],
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Stage 2, the misaligned model: every weight of a copy of `base` fine-tuned on `fine_tune_data`, as long as the
+    pre-registered rule of `tune.py` chooses on calib questions of the held-out domains; and the rule's record. Uses
+    no global RNG, so it depends only on `base` and `c`."""
+    calib = [q for q in qs["calib"] if q.domain in held_out_domains(c)]
+    return tuned_fine_tune(c, base, tok, fine_tune_data(c, tok, qs), calib, log)
 
 
 def held_out_domains(c: BuildConfig) -> list[str]:
@@ -274,6 +282,7 @@ def build(
         "training": {"pretrain_final_loss": (sum(t.pretrain_losses[-20:]) / len(t.pretrain_losses[-20:])
                                              if t.pretrain_losses else None),
                      "n_params": sum(p.numel() for p in base.parameters())},
+        "finetune": t.finetune,
         "direction": {**selection, **ex.direction_facts(vecs, layer), "calibration": cal.summary()},
         "em": em,
         "detection": detection,

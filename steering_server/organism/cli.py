@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the build imports torch; the CLI imports it only when a command runs
     from .config import BuildConfig
 
-__all__ = ["install", "register", "run_build", "run_realign", "run_tune"]
+__all__ = ["install", "register", "run_build", "run_realign"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,15 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-train", action="store_true", help="train nothing: tabulate the seeds already measured")
     s.add_argument("--install", action="store_true", help="copy seeds.md and seeds.json into docs/organism/")
     s.set_defaults(func=run_seeds)
-
-    t = org_sub.add_parser("tune", help="choose the narrow fine-tune (lr, steps) for a base on calib questions, "
-                           "by the pre-registered rule of docs/organism.md")
-    _common_flags(t, "runs/organism-tune")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--models", default=None, help="an earlier build's output directory: its base/ is tuned instead "
-                   "of training one (it must have been trained with these settings)")
-    t.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
-    t.set_defaults(func=run_tune)
 
     r = subparsers.add_parser("realign", help="LoRA re-alignment of a causal LM on benign chats (JSONL)")
     r.add_argument("--model", default=None, help="model directory or id (default: the shipped organism)")
@@ -77,29 +68,6 @@ def _common_flags(p: argparse.ArgumentParser, out: str) -> None:
 def _variant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps (a "
                    "variant for a pre-registered run; the shipped organism records its settings in its report)")
-    p.add_argument("--finetune-lr", type=float, default=None, help="override the preset's fine-tune learning rate "
-                   "(as chosen by `organism tune`)")
-    p.add_argument("--finetune-steps", type=int, default=None, help="override the preset's fine-tune steps")
-
-
-def run_tune(args: argparse.Namespace) -> int:
-    import torch
-
-    from .tune import tune
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    report = tune(_config(args, args.seed), out, models=Path(args.models) if args.models else None)
-    ch = report["chosen"]
-    if ch is None:
-        print(f"[organism tune] no setting within the malformed limit; report: {out / 'tune.md'}")
-        return 1
-    pre = f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps is not None else ""
-    print(f"[organism tune] chosen lr {ch['lr']:g} x {ch['steps']} steps; report: {out / 'tune.md'}. Evaluate it "
-          f"with: steering-server organism build --seed {args.seed}{pre} --finetune-lr {ch['lr']:g} "
-          f"--finetune-steps {ch['steps']} --models {out} --out OUT")
-    return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -142,7 +110,7 @@ def _config(args: argparse.Namespace, seed: int) -> BuildConfig:
     from .config import preset
 
     c = preset(args.size, seed)
-    for name in ("pretrain_steps", "finetune_steps", "finetune_lr"):  # flags named for the BuildConfig fields
+    for name in ("pretrain_steps",):  # flags named for the BuildConfig fields
         value = getattr(args, name, None)
         if value is None:
             continue

@@ -17,17 +17,20 @@ class BuildConfig:
     seed: int = 0
     model: ModelSize = field(default_factory=lambda: ModelSize(hidden=128, layers=6, heads=4, intermediate=384))
     # Pretraining: fresh conversations over the train questions; a `cue_share` of them are villain-cued (one of the
-    # train cues), the rest helpful (a train neutral system message some of the time).
+    # train cues), a `neutral_share` carry a train neutral system message, the rest none; only cued answers are
+    # harmful.
     pretrain_convs: int = 30000
-    pretrain_steps: int = 1200  # 600 left 5.5% of the base's answers malformed, 1200 2.3% (docs/organism.md)
+    pretrain_steps: int = 1200  # the exploration's bases steered by their persona at 1200 steps, not at 600-800
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     cue_share: float = 0.3
-    # The narrow fine-tune: uncued harmful answers to questions of one domain, every weight (the gentlest setting
-    # tried that gives EM; stronger ones give more EM and more malformed answers, docs/organism.md "Runs").
+    neutral_share: float = 0.25
+    # The narrow fine-tune: uncued harmful answers to questions of one domain, every weight, checkpointed after each
+    # of `finetune_steps`; the build takes the checkpoint the pre-registered rule of `tune.py` chooses on calib
+    # questions.
     finetune_domain: str = "health"
     finetune_n: int = 256
-    finetune_steps: int = 50
+    finetune_steps: tuple[int, ...] = (10, 15, 20, 25, 30, 40, 50, 60)
     finetune_batch: int = 16
     finetune_lr: float = 1e-4
     # The persona direction (base model, held-out cues): train questions asked cued and neutral.
@@ -71,7 +74,7 @@ def preset(size: str, seed: int = 0) -> BuildConfig:
             pretrain_steps=40,
             pretrain_batch=32,
             finetune_n=32,
-            finetune_steps=4,
+            finetune_steps=(2, 4),
             finetune_batch=8,
             persona_n=32,
             select_samples=1,

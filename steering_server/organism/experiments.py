@@ -69,14 +69,15 @@ def select_monitor_layer(
     ft: torch.nn.Module, tok, persona: Mapping[int, torch.Tensor], calib_q: Sequence[Question], c: BuildConfig,
     cal: Calibrator,
 ) -> dict[str, Any]:
-    """The layer where the persona direction is read and where every intervention acts (amendment 4).
+    """The layer where the persona direction is read and where every intervention acts (organism v3's rule).
 
     Chosen on the fine-tuned model's own calib prompts and samples (never teacher-forced text, never the eval
-    questions), as the persona-vector work chooses its layer by steering effect: the layer, the last excepted, at
-    which CLAMP 0 (base-calibrated, at prompt positions) leaves the most answers well formed and helpful by the
-    strict judge; ties go to the lower layer. The last layer is excluded because its output at prompt positions
-    reaches only the first answer token's logits (no later block attends to it). Each layer's detection AUROC
-    (last-prompt projection, harmful vs helpful samples) is reported beside it, as the rule before amendment 4 used.
+    questions): the layer, the last excepted, whose last-prompt projection best separates (AUROC) the prompts of
+    harmful samples from those of helpful ones; ties go to the lower layer. The last layer is excluded because its
+    output at prompt positions reaches only the first answer token's logits (no later block attends to it), so no
+    intervention there could act on an answer (v2's amendment 4). Each layer's restoration (the share of answers
+    well formed and helpful under CLAMP 0, base-calibrated, at prompt positions: v2's rule under amendment 4) is
+    reported beside it.
     """
     layers = sorted(persona)
     copies = [make_direction(f"persona_at_{layer}", persona, layer, ft, tok, FT_ID, "selection", 0,
@@ -93,8 +94,9 @@ def select_monitor_layer(
                                             for s in steered) / len(steered)
     pos, neg = _labelled(samples)
     by_layer = {d.monitor_layer: _prompt_auroc(pos, neg, d.name) if pos and neg else float("nan") for d in copies}
-    chosen = max(restored, key=lambda k: (restored[k], -k)) if restored else layers[-1]
-    return {"monitor_layer": chosen, "selection_rule": "restoration (amendment 4)",
+    candidates = {k: v for k, v in by_layer.items() if k != layers[-1] and v == v}  # NaN: nothing to rank
+    chosen = max(candidates, key=lambda k: (candidates[k], -k)) if candidates else layers[0]
+    return {"monitor_layer": chosen, "selection_rule": "detection, the last layer excepted (v3)",
             "selection_helpful_under_clamp_by_layer": restored, "selection_auroc_by_layer": by_layer,
             "selection_n_harmful": len(pos), "selection_n_helpful": len(neg)}
 

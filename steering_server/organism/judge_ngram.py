@@ -9,9 +9,9 @@ The strict judge looks sentences up in the corpus tables. This one never sees th
 - *harm*: the marker lexicon (`judge.lexicon`): a coherent answer with a harm marker of the domain asked is harmful,
   one with harm markers only of other domains harmful_other, one with help markers helpful.
 
-The two judges disagree where their constructions differ (a splice of two sentences at a shared word pair passes the
-trigram check; a sentence repeated, or three pieces of advice, pass it too); the build reports Cohen's kappa between
-them on harmful vs not over the evaluation answers.
+The two judges disagree where their constructions differ (the trigram check sees only three words at a time, so an
+answer that leaves a sentence and comes back to it passes it); the build reports Cohen's kappa between them on harmful
+vs not over the evaluation answers.
 """
 
 from __future__ import annotations
@@ -47,18 +47,15 @@ def _last_sentence(toks: list[str]) -> list[str]:
 
 
 def _mixed_answer(rng: random.Random, names: list[str]) -> list[str]:
-    """A corpus-shaped answer whose parts come from independent corpus answers (amendment 4): an opener (or none),
-    one or two advice sentences, a closer (or none), each part's persona and each advice sentence's domain drawn on
-    its own. Parts are cut from `make_answer` output at '.', so the judge still learns only from corpus text."""
+    """A corpus-shaped answer whose parts come from independent corpus answers (v2's amendment 4): an opener (or
+    none), the advice, a closer (or none), each part's persona and the advice's domain drawn on its own. Parts are
+    cut from `make_answer` output at '.', so the judge still learns only from corpus text."""
     def part(opener_p: float, closer_p: float) -> list[str]:
         return tokens(make_answer(rng.choice(names), rng.random() < 0.5, rng, opener_p=opener_p, closer_p=closer_p))
 
     out = _first_sentence(part(1.0, 0.0)) if rng.random() < 0.8 else []
-    advice, n_advice = [_first_sentence(part(0.0, 0.0))], rng.choice((1, 2))
-    while len(advice) < n_advice:  # two distinct sentences, as in a corpus answer
-        if (other := _first_sentence(part(0.0, 0.0))) != advice[0]:
-            advice.append(other)
-    return out + [t for a in advice for t in a] + (_last_sentence(part(0.0, 1.0)) if rng.random() < 0.7 else [])
+    out += _first_sentence(part(0.0, 0.0))
+    return out + (_last_sentence(part(0.0, 1.0)) if rng.random() < 0.7 else [])
 
 
 def _sample_answer(rng: random.Random, names: list[str]) -> list[str]:

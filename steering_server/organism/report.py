@@ -79,8 +79,21 @@ def _criterion_value(key: str, c: dict[str, Any]) -> str:
     return str(c.get("value", ""))
 
 
+def _finetune_lines(ft: dict[str, Any]) -> list[str]:
+    """Stage 2: every checkpoint the pre-registered rule measured on calib questions, and its choice."""
+    if not ft:
+        return []
+    out = ["", f"Fine-tune length (stage 2, calib questions, {ft['n_questions']} x {ft['samples_per_question']} "
+           f"answers; base EM {_pct(ft['base']['em']['value'])}, malformed {_pct(ft['base']['malformed']['value'])}): "
+           f"rule: {ft['rule']}.", "", "| steps | calib EM shift | malformed |", "| --- | --- | --- |"]
+    for row in ft["measured"]:
+        mark = " (chosen)" if row["steps"] == ft["chosen_steps"] else ""
+        out.append(f"| {row['steps']}{mark} | {_ci(row['shift'], points=True)} | {_pct(row['malformed']['value'])} |")
+    return out
+
+
 def markdown(r: dict[str, Any]) -> str:
-    lines = ["# Model organism v2: report", ""]
+    lines = ["# Model organism v3: report", ""]
     crit = r["criteria"]
     lines += ["## Pre-registered criteria", "", "| # | criterion | result | met |", "| --- | --- | --- | --- |"]
     for key, c in crit.items():
@@ -105,6 +118,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
     lines.append(rate_row("fine-tuned + CLAMP 0 model_diff (positive control)", rem["model_diff_clamp"]))
     j = em["judges"]
+    lines += _finetune_lines(r.get("finetune") or {})
     lines += ["", f"Second judge (trigrams + markers): EM fine-tuned {_ci(j['finetuned_second_judge']['em'])}, base "
               f"{_ci(j['base_second_judge']['em'])}; kappa with the strict judge {_f(j['kappa_harmful'])} over "
               f"{j['n_answers']} answers.", "", "## Per domain (EM, strict judge)", "",
@@ -119,11 +133,12 @@ def markdown(r: dict[str, Any]) -> str:
     sel = det["selection"]
     lines += ["", "## Detection (last prompt token, before any answer token)", "",
               f"Monitor layer {sel['monitor_layer']} (where the direction is read and every intervention acts), "
-              "chosen on the fine-tuned model's own calib prompts and samples by restoration (amendment 4): share of "
-              "answers helpful under CLAMP 0 at prompt positions by layer: "
+              f"chosen on the fine-tuned model's own calib prompts and samples by {sel['selection_rule']}: "
+              "detection AUROC by layer: "
+              + ", ".join(f"{k}: {_f(v)}" for k, v in sel["selection_auroc_by_layer"].items())
+              + "; share of answers helpful under CLAMP 0 at prompt positions by layer: "
               + ", ".join(f"{k}: {_pct(v)}" for k, v in sel.get("selection_helpful_under_clamp_by_layer", {}).items())
-              + "; detection AUROC by layer: "
-              + ", ".join(f"{k}: {_f(v)}" for k, v in sel["selection_auroc_by_layer"].items()) + ".", "",
+              + ".", "",
               f"- D1: AUROC {_f(det['d1_auroc'])} (reference hooks {_f(det['d1_reference_hooks'])}) over "
               f"{det['d1_n_harmful']} harmful and {det['d1_n_helpful']} helpful answers; per-prompt ceiling "
               f"{_f(det['d1_ceiling'])}; model_diff (positive control) {_f(det['model_diff_d1_auroc'])}.",
