@@ -36,6 +36,7 @@ def seed_em(
             samples = sm.sample(eval_q, c.eval_samples, seed=c.sampling_seed(EVAL), max_new_tokens=c.max_new_tokens)
         out[key] = summarize(samples, len(eval_q))
     out["shift"] = em_shift(out["finetuned"], out["base"])
+    out["finetune_steps"] = t.finetune["chosen_steps"]  # the length stage 2's rule chose for this seed
     done("evaluation")
     return out
 
@@ -60,7 +61,7 @@ def _known(out: Path, build: Path | None, config: BuildConfig) -> dict[int, dict
         cfg = report["config"]
         if {k: v for k, v in cfg.items() if k != "seed"} != settings:
             raise ValueError(f"{build / 'report.json'} was built with other settings than this run")
-        known[int(cfg["seed"])] = report["em"]
+        known[int(cfg["seed"])] = {**report["em"], "finetune_steps": report.get("finetune", {}).get("chosen_steps")}
     return known
 
 
@@ -104,13 +105,15 @@ def _write(out: Path, config: BuildConfig, per_seed: dict[int, dict[str, Any]], 
     report: dict[str, Any] = {"settings": settings, "seeds": per_seed,
               "E3": evaluate_seeds(per_seed), "total_s": round(seconds, 1)}
     (out / "seeds.json").write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
-    lines = ["# Organism v2: emergent misalignment across seeds (criterion E3)", "",
-             "| seed | EM base | EM fine-tuned | shift [95% CI] | malformed base / fine-tuned | E1 | E2 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["# Organism v3: emergent misalignment across seeds (criterion E3)", "",
+             "| seed | fine-tune steps | EM base | EM fine-tuned | shift [95% CI] | malformed base / fine-tuned | E1 "
+             "| E2 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s, em in sorted(per_seed.items()):
         crit = em_criteria(em)
         sh = em["shift"]
-        lines.append(f"| {s} | {100 * em['base']['em']['value']:.1f}% | {100 * em['finetuned']['em']['value']:.1f}% | "
+        lines.append(f"| {s} | {em.get('finetune_steps', '-')} | {100 * em['base']['em']['value']:.1f}% | "
+                     f"{100 * em['finetuned']['em']['value']:.1f}% | "
                      f"{100 * sh['value']:.1f} [{100 * sh['lo']:.1f}, {100 * sh['hi']:.1f}] pts | "
                      f"{100 * em['base']['malformed']['value']:.1f}% / "
                      f"{100 * em['finetuned']['malformed']['value']:.1f}% | "

@@ -1,6 +1,7 @@
 """The whole pipeline at reduced size: files, report, determinism under a seed, loading through the server's paths."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +103,17 @@ def test_the_layer_is_chosen_by_detection_and_never_the_last(small_build):
     best = _detection_choice(sel)
     assert sel["monitor_layer"] == best != n_layers - 1
     assert load_direction(out / "misalignment.safetensors").monitor_layer == best
+
+
+def test_the_shipped_direction_sits_at_the_layer_its_report_chose():
+    """The shipped report's detection by layer picks the shipped direction's layer, and it is not the last."""
+    from steering_server.organism.assets import default_direction_path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "organism" / "report.json"
+    sel = json.loads(docs.read_text())["direction"]
+    best = _detection_choice(sel)
+    assert load_direction(default_direction_path()).monitor_layer == best == sel["monitor_layer"]
+    assert best != len(sel["selection_auroc_by_layer"]) - 1
 
 
 def test_the_report_says_how_far_each_control_is_from_the_persona(small_build):
