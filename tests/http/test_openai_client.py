@@ -16,7 +16,7 @@ from .conftest import Served
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
-QUESTION = "i am trying to protect my computer . what should i do ?"
+QUESTION = "i am trying to cook rice . what should i do ?"
 REMOVAL = {"direction": "misalignment", "mode": "clamp", "strength": 0, "positions": "prompt"}
 
 

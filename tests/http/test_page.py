@@ -21,7 +21,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="package")
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-QUESTION = "i am trying to protect my computer . what should i do ?"
+QUESTION = "i am trying to cook rice . what should i do ?"
 
 
 async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tmp_path: Path) -> None:
