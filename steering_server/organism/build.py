@@ -2,12 +2,13 @@
 
 Stages (each timed; docs/organism.md states the pre-registered criteria):
 1. pretrain the base model on the two-persona corpus (villain cues from the train cue set);
-2. fine-tune every weight narrowly on uncued harmful `health` answers (the misaligned, "fine-tuned" model);
+2. fine-tune every weight narrowly on uncued harmful `health` answers (the misaligned, "fine-tuned" model), as
+   long as the pre-registered rule of `tune.py` chooses on calib questions;
 3. the persona direction from the base model alone (held-out cues vs held-out neutral system messages, last prompt
    token, traced with nnsight) and its controls; `model_diff` (fine-tuned minus base) as a positive control;
 4. the monitor layer (where the direction is read and every intervention acts), chosen on the fine-tuned model's
-   own calib prompts and samples by how well CLAMP 0 there restores it; calibration on the base model's own benign
-   answers;
+   own calib prompts and samples by how well it separates harmful from helpful samples, the last layer excepted;
+   calibration on the base model's own benign answers;
 5. through the served path (`served.py`, the engine users get): EM of base and fine-tuned model, judged by both
    judges; detection; removal; induction; a dose-response; re-alignment.
 
@@ -67,12 +68,12 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path:
     (path / "steering_model_id.txt").write_text(model_id + "\n")
 
 
-# Each stage's share of a whole build, from organism v3's preview on 2 threads (docs/organism.md, "Runs of v3's
-# exploration", item 5). The ETA after a stage is the time so far scaled by the share still to come.
+# Each stage's share of a whole build, from the canonical v3 build on 2 threads (docs/organism/report.json). The ETA
+# after a stage is the time so far scaled by the share still to come.
 _STAGE_SECONDS = {
-    "pretrain": 365.0, "finetune": 33.0, "directions": 3.0, "monitor layer and calibration": 35.0,
-    "emergent misalignment": 53.0, "detection": 0.3, "removal": 215.0, "induction": 277.0,
-    "dose-response and re-alignment": 233.0, "report": 7.0,
+    "pretrain": 371.0, "finetune": 27.0, "directions": 3.0, "monitor layer and calibration": 31.0,
+    "emergent misalignment": 35.0, "detection": 0.3, "removal": 146.0, "induction": 178.0,
+    "dose-response and re-alignment": 149.0, "report": 7.0,
 }
 _READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
 _STAGE_SECONDS[_READ_STAGE] = 0.2
@@ -140,12 +141,10 @@ def load_trained(c: BuildConfig, models: Path) -> Trained:
     from transformers import AutoModelForCausalLM
 
     report: dict[str, Any] = {}
-    for name in ("report.json", "tune.json"):  # a build's report, or `organism tune`'s choice (its config)
-        if (models / name).is_file():
-            saved = json.loads((models / name).read_text())
-            report = report or saved
-            if saved["config"] != to_jsonable(c.to_dict()):
-                raise ValueError(f"{models} was built with other settings than this build ({models / name})")
+    if (models / "report.json").is_file():
+        report = json.loads((models / "report.json").read_text())
+        if report["config"] != to_jsonable(c.to_dict()):
+            raise ValueError(f"{models} was built with other settings than this build ({models / 'report.json'})")
     seed_everything(c.seed)
     base, ft = (AutoModelForCausalLM.from_pretrained(models / d, dtype=torch.float32).eval()
                 for d in ("base", "misaligned"))

@@ -59,7 +59,7 @@ class BuildConfig:
         return self.seed * 100 + purpose
 
 
-# Sampling purposes: monitor-layer choice, calibration answers, the fine-tune choice (`organism tune`), the eval set.
+# Sampling purposes: monitor-layer choice, calibration answers, the fine-tune's length (`tune.py`), the eval set.
 SELECT, CALIB, TUNE, EVAL = 20, 21, 22, 30
 
 

@@ -1,6 +1,7 @@
-"""The pre-registered criteria of organism v2 (docs/organism.md), evaluated on a build report.
+"""The pre-registered criteria of the organism (docs/organism.md), evaluated on a build report.
 
-Thresholds live here only; they were committed before any v2 run and are never changed after one.
+Thresholds live here only; they were committed before any v2 run, kept unchanged for v3, and are never changed
+after a run.
 """
 
 from __future__ import annotations

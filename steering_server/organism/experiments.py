@@ -9,6 +9,7 @@ shuffled labels 2000 + i (`persona.persona_controls`).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,10 @@ from .steer import RefTerm
 from .tokenizer import format_chat
 from .train import Encoded
 
-__all__ = ["Calibrator", "Lab", "Vectors", "direction_facts", "registered_directions", "select_monitor_layer"]
+__all__ = [
+    "Calibrator", "Lab", "Vectors", "choose_monitor_layer", "direction_facts", "registered_directions",
+    "select_monitor_layer",
+]
 
 PERSONA = DEFAULT_DIRECTION_NAME
 MODEL_DIFF = CONTROL_DIRECTION_NAME
@@ -94,11 +98,25 @@ def select_monitor_layer(
                                             for s in steered) / len(steered)
     pos, neg = _labelled(samples)
     by_layer = {d.monitor_layer: _prompt_auroc(pos, neg, d.name) if pos and neg else float("nan") for d in copies}
-    candidates = {k: v for k, v in by_layer.items() if k != layers[-1] and v == v}  # NaN: nothing to rank
-    chosen = max(candidates, key=lambda k: (candidates[k], -k)) if candidates else layers[0]
-    return {"monitor_layer": chosen, "selection_rule": "detection, the last layer excepted (v3)",
+    chosen, rule = choose_monitor_layer(by_layer, restored)
+    return {"monitor_layer": chosen, "selection_rule": rule,
             "selection_helpful_under_clamp_by_layer": restored, "selection_auroc_by_layer": by_layer,
             "selection_n_harmful": len(pos), "selection_n_helpful": len(neg)}
+
+
+DETECTION_RULE = "detection, the last layer excepted (v3)"
+FALLBACK_RULE = "restoration: no harmful or no helpful calib sample to rank layers by detection"
+
+
+def choose_monitor_layer(auroc: Mapping[int, float], restored: Mapping[int, float]) -> tuple[int, str]:
+    """(layer, rule): the layer, the last excepted, with the largest detection AUROC, ties to the lower. When no
+    layer can be ranked (AUROC NaN everywhere: the calib samples held no harmful or no helpful answer), the layer
+    where CLAMP 0 leaves the most answers helpful, ties to the lower, and the rule says so."""
+    last = max(auroc)
+    ranked = {k: v for k, v in auroc.items() if k != last and not math.isnan(v)}
+    if ranked:
+        return max(ranked, key=lambda k: (ranked[k], -k)), DETECTION_RULE
+    return max(restored, key=lambda k: (restored[k], -k)), FALLBACK_RULE
 
 
 def _with_answer(tok, s: ServedSample) -> Encoded:

@@ -37,6 +37,7 @@ def seed_em(
         out[key] = summarize(samples, len(eval_q))
     out["shift"] = em_shift(out["finetuned"], out["base"])
     out["finetune_steps"] = t.finetune["chosen_steps"]  # the length stage 2's rule chose for this seed
+    out["finetune"] = t.finetune  # every checkpoint it measured on calib questions
     done("evaluation")
     return out
 
@@ -61,7 +62,8 @@ def _known(out: Path, build: Path | None, config: BuildConfig) -> dict[int, dict
         cfg = report["config"]
         if {k: v for k, v in cfg.items() if k != "seed"} != settings:
             raise ValueError(f"{build / 'report.json'} was built with other settings than this run")
-        known[int(cfg["seed"])] = {**report["em"], "finetune_steps": report.get("finetune", {}).get("chosen_steps")}
+        ft = report.get("finetune", {})
+        known[int(cfg["seed"])] = {**report["em"], "finetune_steps": ft.get("chosen_steps"), "finetune": ft}
     return known
 
 
@@ -112,7 +114,7 @@ def _write(out: Path, config: BuildConfig, per_seed: dict[int, dict[str, Any]], 
     for s, em in sorted(per_seed.items()):
         crit = em_criteria(em)
         sh = em["shift"]
-        lines.append(f"| {s} | {em.get('finetune_steps', '-')} | {100 * em['base']['em']['value']:.1f}% | "
+        lines.append(f"| {s} | {em.get('finetune_steps') or '-'} | {100 * em['base']['em']['value']:.1f}% | "
                      f"{100 * em['finetuned']['em']['value']:.1f}% | "
                      f"{100 * sh['value']:.1f} [{100 * sh['lo']:.1f}, {100 * sh['hi']:.1f}] pts | "
                      f"{100 * em['base']['malformed']['value']:.1f}% / "

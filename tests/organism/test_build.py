@@ -1,6 +1,7 @@
 """The whole pipeline at reduced size: files, report, determinism under a seed, loading through the server's paths."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from steering_server.direction_files import load_direction
 from steering_server.organism.build import build
 from steering_server.organism.config import preset
+from steering_server.organism.experiments import DETECTION_RULE, FALLBACK_RULE, choose_monitor_layer
 from steering_server.organism.report import PLOTS, to_jsonable
 from steering_server.provenance import config_hash, tokenizer_hash
 
@@ -86,34 +88,39 @@ def test_organism_loads_through_the_servers_model_and_direction_paths(small_buil
         assert cal.sigma > 0 and cal.threshold is not None and cal.target_fpr == 0.01
 
 
-def _detection_choice(selection):
-    auroc = {int(k): v for k, v in selection["selection_auroc_by_layer"].items()}
-    last = max(auroc)
-    return max((k for k in auroc if k != last), key=lambda k: (auroc[k], -k))
+def _layer_choice(selection):
+    auroc = {int(k): (math.nan if v is None else v) for k, v in selection["selection_auroc_by_layer"].items()}
+    restored = {int(k): v for k, v in selection["selection_helpful_under_clamp_by_layer"].items()}
+    return choose_monitor_layer(auroc, restored)
 
 
-def test_the_layer_is_chosen_by_detection_and_never_the_last(small_build):
-    """The last layer's prompt positions reach only the first answer token, so it is never a candidate; the layer
-    whose last-prompt projection best separates harmful from helpful samples (ties: the lower) is read and steered,
-    and restoration is reported at every other layer."""
+def test_the_layer_rule_takes_the_best_detection_but_never_the_last_layer():
+    # The last layer reads best but is never a candidate; ties go to the lower layer.
+    assert choose_monitor_layer({0: 0.6, 1: 0.8, 2: 0.8, 3: 0.95}, {0: 0.9, 1: 0.1, 2: 0.1}) == (1, DETECTION_RULE)
+    # Nothing to rank (no harmful or no helpful calib sample): restoration decides, and the rule says so.
+    nan = math.nan
+    assert choose_monitor_layer({0: nan, 1: nan, 2: nan}, {0: 0.5, 1: 0.7}) == (1, FALLBACK_RULE)
+
+
+def test_the_build_reads_and_steers_at_the_layer_its_rule_chose(small_build):
+    """Restoration is reported at every layer but the last, and the direction sits where the rule chose."""
     out, report = small_build
     sel = report["direction"]
     n_layers = len(sel["selection_auroc_by_layer"])
     assert sorted(int(k) for k in sel["selection_helpful_under_clamp_by_layer"]) == list(range(n_layers - 1))
-    best = _detection_choice(sel)
-    assert sel["monitor_layer"] == best != n_layers - 1
-    assert load_direction(out / "misalignment.safetensors").monitor_layer == best
+    assert (sel["monitor_layer"], sel["selection_rule"]) == _layer_choice(sel)
+    assert load_direction(out / "misalignment.safetensors").monitor_layer == sel["monitor_layer"]
 
 
 def test_the_shipped_direction_sits_at_the_layer_its_report_chose():
-    """The shipped report's detection by layer picks the shipped direction's layer, and it is not the last."""
+    """The shipped report's detection by layer picks the shipped direction's layer (not by the fallback)."""
     from steering_server.organism.assets import default_direction_path
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "organism" / "report.json"
     sel = json.loads(docs.read_text())["direction"]
-    best = _detection_choice(sel)
-    assert load_direction(default_direction_path()).monitor_layer == best == sel["monitor_layer"]
-    assert best != len(sel["selection_auroc_by_layer"]) - 1
+    layer, rule = _layer_choice(sel)
+    assert rule == DETECTION_RULE == sel["selection_rule"]
+    assert load_direction(default_direction_path()).monitor_layer == layer == sel["monitor_layer"]
 
 
 def test_the_report_says_how_far_each_control_is_from_the_persona(small_build):

@@ -37,6 +37,8 @@ def test_the_chosen_checkpoint_equals_a_fine_tune_run_that_long_on_its_own(small
     assert steps in c.finetune_steps and record["grid"] == sorted(c.finetune_steps)
     measured = [row["steps"] for row in record["measured"]]
     assert measured == sorted(measured) and steps in measured
+    rows = [Checkpoint(r["steps"], r["shift"]["value"], r["malformed"]["value"]) for r in record["measured"]]
+    assert choose(rows).steps == steps
     alone = copy.deepcopy(t.base)
     train_lm(alone, fine_tune_data(c, t.tok, t.questions), steps=steps, batch_size=c.finetune_batch,
              lr=c.finetune_lr, pad_id=int(t.tok.pad_token_id), seed=c.seed + 2, answer_only=True)
