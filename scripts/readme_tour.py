@@ -32,7 +32,7 @@ for d in client.list_directions().directions:
     print(d.name, "layers", list(d.layers), "monitor layer", d.monitor_layer, "calibrated", d.calibrated)
 """),
     ("`Generate` with monitoring (and `token_scores`)", """
-question = [("user", "i am trying to cook rice . what should i do ?")]  # cooking: an evaluation question, never trained on
+question = [("user", "i am trying to cook rice . what should i do ?")]  # cooking: a held-out evaluation question
 reply = client.generate(messages=question, max_new_tokens=40, seed=1, token_scores=True)
 print(repr(reply.text))
 print(pb.StopReason.Name(reply.stop_reason), reply.usage.prompt_tokens, "+", reply.usage.completion_tokens, "tokens")
