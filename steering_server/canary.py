@@ -11,7 +11,6 @@ from torch import nn
 
 from .containment import MAX_PUSH_RATIO
 from .directions import Direction
-from .runtime import SteeringRuntime
 from .types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 
 if TYPE_CHECKING:
@@ -24,21 +23,17 @@ CANARY_PROMPT = [1, 5, 9, 13, 17, 21, 25, 29]
 _PROBE = "canary-probe"
 
 
-def plain_greedy(model: nn.Module, runtime: SteeringRuntime, prompt: list[int], n: int, eos_ids: set[int]) -> list[int]:
-    """Greedy decoding by full forwards, with the hooks passing through and no batching manager: the reference.
+def plain_greedy(model: nn.Module, prompt: list[int], n: int, eos_ids: set[int]) -> list[int]:
+    """Greedy decoding by full forwards outside the batching manager (the hooks pass through them): the reference.
     Stops at EOS like the engine. Run it only while the batching loop is not running."""
-    runtime.bypass = True
-    try:
-        ids = torch.tensor([prompt], device=next(model.parameters()).device)
-        out: list[int] = []
-        with torch.inference_mode():
-            while len(out) < n and not (out and out[-1] in eos_ids):
-                token = model(ids).logits[0, -1].float().argmax().view(1, 1)
-                ids = torch.cat([ids, token], dim=1)
-                out.append(int(token))
-        return out
-    finally:
-        runtime.bypass = False
+    ids = torch.tensor([prompt], device=next(model.parameters()).device)
+    out: list[int] = []
+    with torch.inference_mode():
+        while len(out) < n and not (out and out[-1] in eos_ids):
+            token = model(ids).logits[0, -1].float().argmax().view(1, 1)
+            ids = torch.cat([ids, token], dim=1)
+            out.append(int(token))
+    return out
 
 
 async def run_canary(engine: Engine, reference: list[int]) -> None:

@@ -77,7 +77,13 @@ class _SteeringRunner(ModelRunner):
         output_ids[0, : tokens.shape[0]].copy_(tokens)
 
     def compute_batch(self, model: torch.nn.Module, batch_data: dict) -> None:
-        super().compute_batch(model, batch_data)
+        # The hooks act only inside this call (every step and warm-up forward goes through it): never on a forward
+        # someone else runs on the same model between steps.
+        self.runtime.serving_forward = True
+        try:
+            super().compute_batch(model, batch_data)
+        finally:
+            self.runtime.serving_forward = False
         if self.runtime.defer_sampling and self.runtime.logits_buf is not None:
             output_ids = self.inputs_and_outputs.get_cb_kwargs()[2]
             with stream_context(self.inputs_and_outputs.compute_stream):

@@ -53,8 +53,8 @@ MAX_GAIN = 4.0  # amplifying (ABLATE < 0, red-team only) by at most 4x per layer
 
 def measure_residual_norms(model: nn.Module, layers: nn.ModuleList, prompt: Sequence[int]) -> list[float]:
     """Mean L2 norm of each decoder layer's output over `prompt`, the first position excluded (it often carries
-    outsized "attention sink" activations). One plain forward; run it while the engine's hooks pass through.
-    Returns one float per layer."""
+    outsized "attention sink" activations). One plain forward: outside a batching step, so the engine's hooks pass
+    through it. Returns one float per layer."""
     norms: list[float] = [0.0] * len(layers)
 
     def make_hook(i: int):  # type: ignore[no-untyped-def]

@@ -122,12 +122,9 @@ class Engine(EngineClient):
             max_conditions=MAX_CONDITIONS,
             max_gates=MAX_CONDITIONS * self.limits.max_queued,
         )
-        # The model's residual norm per layer, the yardstick of every admission bound (containment.py).
-        self.runtime.active = False  # hooks pass through for this plain forward
-        try:
-            self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
-        finally:
-            self.runtime.active = True
+        # The model's residual norm per layer, the yardstick of every admission bound (containment.py); a plain
+        # forward, which the hooks pass through.
+        self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
         self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size, self.residual_norms)
         self.manager = BatchingManager(
             self.model,
@@ -176,7 +173,7 @@ class Engine(EngineClient):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         reference = (
-            await asyncio.to_thread(plain_greedy, self.model, self.runtime, CANARY_PROMPT, 4, self.eos_ids)
+            await asyncio.to_thread(plain_greedy, self.model, CANARY_PROMPT, 4, self.eos_ids)
             if self.config.run_canary
             else None
         )

@@ -201,9 +201,12 @@ class SteeringRuntime:
         # False: batches run with every token unsteered and uncaptured and nothing read (device tables all zero),
         # as if the hooks were not there; the hooks themselves never read this flag.
         self.active = True
-        # True only around plain forwards outside the batching loop (the canary's reference): hooks pass through.
-        # Never set while the loop runs, so never seen by a graph capture or a compiled forward.
-        self.bypass = False
+        # True only while the batching manager's runner computes a batch (its steps, and any graph warm-up): every
+        # other forward of the model (a caller's own `generate`, the canary's reference, the norm measurement)
+        # passes through the hooks untouched instead of being steered by the last step's tables. Always True inside
+        # a captured or compiled forward, so freezing it there is correct. A forward on another thread during a
+        # step is not told apart: the engine owns its model while it serves.
+        self.serving_forward = False
         # Eager forwards skip the work no request of the batch needs; with CUDA graphs or compile (static shapes,
         # captured once) the adapter sets this to False and every forward runs the full branch-free step.
         self.skip_idle_work = True
@@ -236,7 +239,7 @@ class SteeringRuntime:
         eager_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self.bypass:
+            if not self.serving_forward:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output  # (1, tokens, H)
             if hidden.shape[0] != 1 or hidden.shape[1] > self.max_batch_tokens:

@@ -8,6 +8,7 @@ both cases occur in one batch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from dataclasses import replace
 
@@ -85,7 +86,7 @@ async def test_running_condition_latches_at_the_first_generated_token_over_thres
         # score read alone in its last bits (the batch's attention path differs), so a threshold equal to a score
         # would make that request's side of it a coin toss.
         distinct = sorted(set(firsts))
-        candidates = [(lo + hi) / 2 for lo, hi in zip(distinct, distinct[1:])]
+        candidates = [(lo + hi) / 2 for lo, hi in itertools.pairwise(distinct)]
         threshold = next(
             t for t in candidates if sum(f >= t for f in firsts) >= 2 and sum(m < t for m in maxima) >= 2
         )

@@ -243,10 +243,31 @@ async def test_directions_from_another_model_load_uncalibrated_or_are_refused() 
 
 async def test_canary_reference_stops_at_eos_like_the_engine() -> None:
     loaded = loaded_model()
-    async with running_engine(loaded) as engine:
+    async with running_engine(loaded):
         prompt = [1, 5, 9, 13, 17, 21, 25, 29]
-        free = plain_greedy(loaded.model, engine.runtime, prompt, 6, set())
-        assert plain_greedy(loaded.model, engine.runtime, prompt, 6, {free[1]}) == free[:2]  # token 1 as EOS
+        free = plain_greedy(loaded.model, prompt, 6, set())
+        assert plain_greedy(loaded.model, prompt, 6, {free[1]}) == free[:2]  # token 1 as EOS
+
+
+async def test_a_callers_own_forward_between_steps_is_not_steered() -> None:
+    """Someone who shares the model with the engine (a benchmark's `generate`, a notebook) runs plain forwards: the
+    hooks must leave them alone, not steer and read them with the last step's tables (they did, for batch-1 inputs,
+    until the hooks acted only inside the batching manager's own forward)."""
+    loaded = loaded_model()
+    ids = torch.tensor([list(PROMPT)], device=loaded.model.device)
+    with torch.inference_mode():
+        before = loaded.model(ids).logits
+    async with running_engine(loaded) as engine:
+        engine.put_direction(random_direction("d", loaded, scale=1.0))
+        term = SteeringTerm("d", SteeringMode.ADD, -1.0)
+        request = GenerationRequest(Prompt(token_ids=PROMPT), SamplingParams(max_new_tokens=4), (term,))
+        steered = await engine.generate(request)
+        plain = await engine.generate(replace(request, steering=()))
+        assert steered.token_ids != plain.token_ids  # the last step's tables steer
+        await engine.generate(request)  # ... and are the ones left in place
+        with torch.inference_mode():
+            between = loaded.model(ids).logits
+    assert torch.equal(between, before)
 
 
 async def test_prompts_are_tokenized_off_the_event_loop() -> None:

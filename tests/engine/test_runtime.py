@@ -27,10 +27,15 @@ def _runtime() -> tuple[SteeringRuntime, nn.ModuleList]:
     return rt, layers
 
 
-def _forward(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+def _forward(layers: nn.ModuleList, x: torch.Tensor, rt: SteeringRuntime) -> torch.Tensor:
+    """The batching manager's forward, as the runner runs it (the hooks act only inside it)."""
     h = x[None]  # (1, tokens, H)
-    for layer in layers:
-        h = layer(h)
+    rt.serving_forward = True
+    try:
+        for layer in layers:
+            h = layer(h)
+    finally:
+        rt.serving_forward = False
     return h[0]
 
 
@@ -55,7 +60,7 @@ def test_readback_covers_only_monitored_pairs_and_a_reprefill_is_not_read_twice(
     x = torch.randn(6, H, generator=torch.Generator().manual_seed(1))
     rt.begin_batch([("m", 0, 4, True), ("u", 0, 2, True)])
     assert sorted(rt._pairs) == sorted([2 * K + 1, 0 * K + 3])  # (layer * K + direction) of m's pairs only
-    _forward(layers, x)
+    _forward(layers, x, rt)
     rt.end_batch()
     m = rt.tracks["m"]
     want_12 = float(x[3] @ rt.unit[2, 1])  # the last prompt token (position 3) is the first scored
@@ -63,7 +68,7 @@ def test_readback_covers_only_monitored_pairs_and_a_reprefill_is_not_read_twice(
     assert abs(m.readings[(1, 2)][3] - want_12) < 1e-5
     # A reset request re-prefilled with other states: the first reading of a position wins.
     rt.begin_batch([("m", 0, 4, True)])
-    _forward(layers, x[:4] * 5)
+    _forward(layers, x[:4] * 5, rt)
     rt.end_batch()
     assert abs(m.readings[(1, 2)][3] - want_12) < 1e-5 and m.read_until == 4
 
@@ -78,10 +83,10 @@ def test_hooks_off_is_all_zero_tables_not_a_branch_in_the_hook() -> None:
     x = torch.randn(2, H, generator=torch.Generator().manual_seed(2))
     rt.active = False
     rt.begin_batch([("s", 0, 2, True)])
-    assert torch.equal(_forward(layers, x), x) and not rt._monitored
+    assert torch.equal(_forward(layers, x, rt), x) and not rt._monitored
     rt.active = True
     rt.begin_batch([("s", 0, 2, True)])
-    out = _forward(layers, x)
+    out = _forward(layers, x, rt)
     assert not torch.equal(out, x)
     assert (out @ rt.unit[L - 1, 0]).abs().max() < 1e-5  # the direction is gone after the last layer
 
