@@ -8,8 +8,10 @@ other request's cache too (as much work as the step's matmuls when a dozen reque
 On the CPU this routes those calls to attention per request:
 - a decode-only step (one query per request, several requests) gathers each request's keys into a padded
   (B, kv_heads, longest, head_dim) batch and runs one sdpa call, as padded `generate` does;
-- any other step runs the same padded call for its decoding requests, and one causal sdpa per request over its own
-  keys (its cache, then its new tokens) for each request that prefills.
+- any other step runs the same padded call for its decoding requests, and causal attention over each prefilling
+  request's own keys (its cache, then its new tokens): prefills of similar sizes share one padded call (a step that
+  starts a hundred short prompts would otherwise make a hundred sdpa calls per layer), a prefill unlike the others
+  has its own.
 Anything else (sliding windows, position biases, soft-capping, sinks, other devices, calls outside continuous
 batching, which carry no `cu_seq_lens_q`/`cu_seq_lens_k`) goes to transformers' sdpa unchanged.
 """
@@ -80,6 +82,58 @@ def _decode_attention(
     return _single_queries(q, _rows(key), _rows(value), starts, lengths, max_length_k, scaling).unsqueeze(0)
 
 
+def _prefill_groups(sizes: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Prefilling requests (index, queries, keys) grouped for one padded call each: in order of key length, a
+    request joins the current group while the group's padded work (members x most queries x most keys) stays within
+    twice the members' own (the sum of queries x keys); otherwise it starts the next group."""
+    groups: list[list[tuple[int, int, int]]] = []
+    own = 0
+    for item in sorted(sizes, key=lambda x: (x[2], x[1])):
+        _, n_q, n_k = item
+        group = groups[-1] if groups else None
+        if group is not None:
+            padded = (len(group) + 1) * max(n_q, max(m[1] for m in group)) * n_k
+            if padded <= 2 * (own + n_q * n_k):
+                group.append(item)
+                own += n_q * n_k
+                continue
+        groups.append([item])
+        own = n_q * n_k
+    return groups
+
+
+def _padded_prefills(
+    q_rows: torch.Tensor,  # (total_q, heads, d)
+    k_rows: torch.Tensor,  # (total_k, kv_heads, d)
+    v_rows: torch.Tensor,
+    q_starts: torch.Tensor,  # (P,) int64 where each request's queries begin in the rows
+    q_lens: torch.Tensor,  # (P,) int64
+    k_starts: torch.Tensor,  # (P,) int64 where each request's keys begin
+    k_lens: torch.Tensor,  # (P,) int64, each >= its q_len (the new tokens are the last keys)
+    scaling: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (real queries, heads, d) and their (real queries,) rows in q_rows
+    """Causal attention for P prefilling requests in one sdpa call: queries and keys gathered into padded
+    (P, heads, most queries, d) and (P, kv_heads, most keys, d) batches. Query i of a request with q new tokens over
+    k keys sees keys 0 .. k - q + i; padding rows see key 0 at least (never an empty row: no NaN), and are dropped."""
+    p, heads, dim = q_starts.shape[0], q_rows.shape[1], q_rows.shape[2]
+    kv_heads = k_rows.shape[1]
+    lq, lk = int(q_lens.max()), int(k_lens.max())
+    iq, ik = torch.arange(lq), torch.arange(lk)
+    q_valid = iq[None, :] < q_lens[:, None]  # (P, Lq)
+    k_valid = ik[None, :] < k_lens[:, None]  # (P, Lk)
+    q_index = torch.where(q_valid, q_starts[:, None] + iq[None, :], 0)  # (P, Lq)
+    k_index = torch.where(k_valid, k_starts[:, None] + ik[None, :], 0).reshape(-1)  # (P * Lk,)
+    q = q_rows.index_select(0, q_index.reshape(-1)).view(p, lq, heads, dim).transpose(1, 2)  # (P, heads, Lq, d)
+    k = k_rows.index_select(0, k_index).view(p, lk, kv_heads, dim).transpose(1, 2)  # (P, kv_heads, Lk, d)
+    v = v_rows.index_select(0, k_index).view(p, lk, kv_heads, dim).transpose(1, 2)
+    causal = ik[None, None, :] <= iq[None, :, None] + (k_lens - q_lens)[:, None, None]  # (P, Lq, Lk)
+    mask = (causal & k_valid[:, None, :]).unsqueeze(1)  # (P, 1, Lq, Lk)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scaling, enable_gqa=heads != kv_heads
+    )  # (P, heads, Lq, d)
+    return out.transpose(1, 2)[q_valid], q_index[q_valid]
+
+
 def _varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (1, heads, total_q, head_dim): each request's new tokens, concatenated
@@ -91,7 +145,8 @@ def _varlen_attention(
 ) -> torch.Tensor:  # (1, total_q, heads, head_dim)
     """Any step but decode-only: each request's queries against its own keys, causally. A request's new tokens are
     the last of its keys, so query j of q new tokens over k keys sees keys 0 .. k - q + j. The decoding requests
-    of the step (one query each) share one padded call, as in a decode-only step; each other request has its own."""
+    of the step (one query each) share one padded call, as in a decode-only step; the prefilling ones share padded
+    calls by size (`_prefill_groups`), and a request alone in its group has its own, unpadded."""
     cq, ck = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()  # host tensors on the CPU: no device sync
     q_rows, k_rows, v_rows = _rows(query), _rows(key), _rows(value)
     heads, kv_heads = q_rows.shape[1], k_rows.shape[1]
@@ -104,10 +159,17 @@ def _varlen_attention(
         out[rows] = _single_queries(q_rows[rows], k_rows, v_rows, torch.tensor([ck[i] for i in decoders]),
                                     torch.tensor(lengths), max(lengths), scaling)
     batched = set(decoders) if len(decoders) > 1 else set()
-    for i in range(n):
-        n_q, n_k = cq[i + 1] - cq[i], ck[i + 1] - ck[i]
-        if n_q < 1 or i in batched:
+    rest = [(i, cq[i + 1] - cq[i], ck[i + 1] - ck[i]) for i in range(n) if cq[i + 1] > cq[i] and i not in batched]
+    for group in _prefill_groups(rest):
+        if len(group) > 1:
+            index = [m[0] for m in group]
+            got, rows = _padded_prefills(
+                q_rows, k_rows, v_rows, torch.tensor([cq[i] for i in index]), torch.tensor([m[1] for m in group]),
+                torch.tensor([ck[i] for i in index]), torch.tensor([m[2] for m in group]), scaling,
+            )
+            out[rows] = got
             continue
+        i, n_q, n_k = group[0]
         q = q_rows[cq[i] : cq[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, heads, n_q, d)
         k = k_rows[ck[i] : ck[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, n_k, d)
         v = v_rows[ck[i] : ck[i + 1]].transpose(0, 1).unsqueeze(0)

@@ -76,9 +76,11 @@ def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("q_lens", "k_lens"),
-    [([1, 7, 1, 5], [9, 7, 4, 12]), ([6, 3], [6, 3]), ([1, 0, 4], [6, 3, 10]), ([1, 1, 6, 1], [5, 9, 6, 3])],
+    [([1, 7, 1, 5], [9, 7, 4, 12]), ([6, 3], [6, 3]), ([1, 0, 4], [6, 3, 10]), ([1, 1, 6, 1], [5, 9, 6, 3]),
+     ([3, 1, 40, 2, 5, 4], [3, 8, 40, 10, 5, 4])],
     ids=["decoders beside a fresh prompt and a chunk after its cache", "fresh prompts only", "a request with no query",
-         "three decoders of different lengths around a prompt"],
+         "three decoders of different lengths around a prompt",
+         "short prefills in one padded call, a long one alone"],
 )
 def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k_lens: list[int]) -> None:
     g = torch.Generator().manual_seed(1)
@@ -94,6 +96,18 @@ def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k
         q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), attn_mask=mask, scale=0.3
     ).transpose(1, 2)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_prefills_share_a_padded_call_only_within_twice_their_own_work() -> None:
+    sizes = [(0, 3, 3), (2, 40, 40), (3, 2, 10), (4, 5, 5), (5, 4, 4)]  # (request, queries, keys)
+    groups = cpu_attention._prefill_groups(sizes)
+    assert sorted(m for g in groups for m in g) == sorted(sizes)  # every request, once
+    long = next({m[0] for m in g} for g in groups if any(m[0] == 2 for m in g))
+    assert not long & {0, 4, 5}  # the 40-token prompt would pad the short prompts eight-fold: not with them
+    assert any({0, 4, 5} <= {m[0] for m in g} for g in groups)  # the short ones share one call
+    for g in groups:
+        padded = len(g) * max(m[1] for m in g) * max(m[2] for m in g)
+        assert padded <= 2 * sum(m[1] * m[2] for m in g)
 
 
 async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
