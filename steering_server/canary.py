@@ -25,7 +25,7 @@ _PROBE = "canary-probe"
 
 def plain_greedy(model: nn.Module, prompt: list[int], n: int, eos_ids: set[int]) -> list[int]:
     """Greedy decoding by full forwards outside the batching manager (the hooks pass through them): the reference.
-    Stops at EOS like the engine. Run it only while the batching loop is not running."""
+    Stops at EOS like the engine. Never while a batching step runs (the hooks act on every forward during one)."""
     ids = torch.tensor([prompt], device=next(model.parameters()).device)
     out: list[int] = []
     with torch.inference_mode():

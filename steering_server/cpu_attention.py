@@ -87,18 +87,15 @@ def _prefill_groups(sizes: list[tuple[int, int, int]]) -> list[list[tuple[int, i
     request joins the current group while the group's padded work (members x most queries x most keys) stays within
     twice the members' own (the sum of queries x keys); otherwise it starts the next group."""
     groups: list[list[tuple[int, int, int]]] = []
-    own = 0
+    own = most_q = 0
     for item in sorted(sizes, key=lambda x: (x[2], x[1])):
         _, n_q, n_k = item
-        group = groups[-1] if groups else None
-        if group is not None:
-            padded = (len(group) + 1) * max(n_q, max(m[1] for m in group)) * n_k
-            if padded <= 2 * (own + n_q * n_k):
-                group.append(item)
-                own += n_q * n_k
-                continue
+        if groups and (len(groups[-1]) + 1) * max(most_q, n_q) * n_k <= 2 * (own + n_q * n_k):
+            groups[-1].append(item)
+            own, most_q = own + n_q * n_k, max(most_q, n_q)
+            continue
         groups.append([item])
-        own = n_q * n_k
+        own, most_q = n_q * n_k, n_q
     return groups
 
 
@@ -192,6 +189,7 @@ def _per_request_applies(module: torch.nn.Module, query: torch.Tensor, kwargs: d
         and query.device.type == "cpu"
         and query.shape[0] == 1
         and getattr(module, "sliding_window", None) is None
+        and kwargs.get("sliding_window") is None  # Mistral-style models pass their window as an argument
         and kwargs.get("position_bias") is None
         and kwargs.get("softcap") is None
         and kwargs.get("s_aux") is None

@@ -110,6 +110,16 @@ def test_prefills_share_a_padded_call_only_within_twice_their_own_work() -> None
         assert padded <= 2 * sum(m[1] * m[2] for m in g)
 
 
+def test_a_sliding_window_passed_as_an_argument_goes_to_transformers_sdpa() -> None:
+    """Mistral-style attention passes its window as a keyword, not as a module attribute: per-request attention
+    would attend past it, so such calls keep transformers' masked sdpa."""
+    q = torch.zeros(1, 4, 3, 8)
+    cu = torch.tensor([0, 3], dtype=torch.int32)
+    kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu}
+    assert cpu_attention._per_request_applies(torch.nn.Identity(), q, kwargs)
+    assert not cpu_attention._per_request_applies(torch.nn.Identity(), q, {**kwargs, "sliding_window": 2})
+
+
 async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the engine's own calls (its mask, its paged-cache layout), the per-request path gives what transformers'
     sdpa gives, in steps that prefill a chunk after cached tokens while another request decodes."""
