@@ -26,7 +26,7 @@ from .composition import FieldTerm
 from .directions import Calibration, Direction, scope_pooling, validate_direction_name
 from .errors import InvalidArgumentError
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPolicy, SteeringTerm
+from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPolicy
 
 __all__ = [
     "MAX_ALERT_RULES",
@@ -131,9 +131,7 @@ def resolve_rules(
             continue
         condition = SteeringCondition(rule.direction, threshold, rule.scope)
         if not rule.steering:
-            r = d.removal
-            recipe = SteeringTerm(d.name, r.mode, r.strength, positions=r.positions, condition=condition)
-            terms.append(FieldTerm(f"{f}.steering", recipe))
+            terms.append(FieldTerm(f"{f}.steering", d.removal.term(d.name, condition)))
         for j, term in enumerate(rule.steering):
             if term.condition is not None:
                 raise InvalidArgumentError(f"{f}.steering[{j}].condition", "is set by the rule; leave it unset")

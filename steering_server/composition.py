@@ -3,8 +3,9 @@
 Every term moves one direction's projection p = h.d (d unit) by an affine map, in raw projection units:
     ABLATE a:  p -> (1 - a) p
     ADD a:     p -> p + a |v|
-    CLAMP c:   p -> c_raw          (c_raw = mu + c sigma when calibrated, else c; mu and sigma of the pooling of the
-                                    positions the term steers: `last_prompt` for prompt positions, else `token`)
+    CLAMP c:   p -> c_raw          (c_raw = mu + c sigma when calibrated, else c; mu and sigma at the layer steered
+                                    (Direction.calibration_at), of the pooling of the positions the term steers:
+                                    `last_prompt` for prompt positions, else `token`)
 The terms on one direction at one layer act once, as the composition of their maps in order: the server policy's
 terms first, then the request's, each list in the order given. So ABLATE 1 after ABLATE 1 is ABLATE 1 (an app that
 asks for ablation on a server that enforces it gets ablation, not a reflection), and ADD then ABLATE removes the
@@ -75,7 +76,7 @@ class ResolvedTerm:
             return Affine(1.0 - self.strength, 0.0)
         if self.mode == SteeringMode.ADD:
             return Affine(1.0, self.strength * self.entry.norms[layer])
-        cal = calibration(self.entry, self.pooling)
+        cal = calibration(self.entry, self.pooling, layer)
         target = cal.mu + self.strength * cal.sigma if cal is not None else self.strength
         return Affine(0.0, target)
 
@@ -91,14 +92,15 @@ def combine(terms: list[ResolvedTerm]) -> dict[tuple[int, int], tuple[Affine, li
     return out
 
 
-def calibration(entry: RegisteredDirection, pooling: str) -> Calibration | None:
-    """The calibration steering along a direction uses for `pooling` (Direction.calibration_for: that pooling's,
-    else the per-token one). None for an SAE feature: its calibration is of its activation, not of the decoder
+def calibration(entry: RegisteredDirection, pooling: str, layer: int) -> Calibration | None:
+    """The calibration steering along a direction uses for `pooling` at `layer` (Direction.calibration_at: that
+    pooling's, else the per-token one; None where the direction has none, and planning refuses a CLAMP in z units
+    there). None for an SAE feature: its calibration is of its activation, not of the decoder
     projection that steering moves, so steering along a feature is in raw units (CLAMP c sets the decoder
     projection to c) with 0 as its benign reference. Scores, conditions and alerts use calibration_for itself."""
     if entry.direction.feature is not None:
         return None
-    return entry.direction.calibration_for(pooling)
+    return entry.direction.calibration_at(layer, pooling)
 
 
 def calibration_pooling(positions: SteeringPositions) -> str:
@@ -111,11 +113,11 @@ def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: st
     the calibration of the positions judged (each direction's benign reference is its mean there)."""
     layers = sorted({layer for t in terms for layer in t.layers})
     for ref in registry.entries():
-        cal = calibration(ref, pooling)
-        reference = cal.mu if cal is not None else 0.0
         for layer in layers:
             if layer not in ref.direction.vectors:
                 continue
+            cal = calibration(ref, pooling, layer)
+            reference = cal.mu if cal is not None else 0.0
             net = Affine()
             fields: list[str] = []
             for t in terms:
@@ -131,7 +133,7 @@ def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: st
                 # is p_R -> g p_R + mu_R (1 - g) + sign(c) ((g - 1) mu_t + s) on R; s itself when t is R).
                 # Pure ablation (shift 0) stays pure ablation in every frame: removing a direction or a copy of it
                 # is the literature's removal recipe, never judged a push.
-                cal_t = calibration(t.entry, pooling)
+                cal_t = calibration(t.entry, pooling, layer)
                 mu_t = cal_t.mu if cal_t is not None else 0.0
                 shift = 0.0 if m.shift == 0 else reference * (1 - m.gain) + sign * ((m.gain - 1) * mu_t + m.shift)
                 net = net.then(Affine(m.gain, shift))

@@ -5,7 +5,7 @@ magnitude a caller controls is bounded relative to it, so that no admitted reque
 dtype's range; the per-request non-finite check on the device (steer.steer_contained) catches what still slips
 through (compounding amplification over many layers, overflow inside a layer).
 
-    calibration  |mu| and sigma at most MAX_CALIBRATION_RATIO residual norms of the monitor layer (a CLAMP target
+    calibration  |mu| and sigma at most MAX_CALIBRATION_RATIO residual norms of the layer calibrated (a CLAMP target
                  is mu + c sigma: a finite but huge mu, 1e300, is +inf once it reaches fp32)
     push         per layer and request, the sum over directions of |beta| (the part of the update that does not
                  depend on h: ADD's a|v|, CLAMP's target) at most MAX_PUSH_RATIO residual norms of that layer
@@ -80,14 +80,17 @@ def measure_residual_norms(model: nn.Module, layers: nn.ModuleList, prompt: Sequ
 
 def check_calibration(direction: Direction, norms: Sequence[float], field_name: str = "calibration") -> None:
     """Refuse calibration statistics far outside what the model's residual stream can produce."""
-    limit = MAX_CALIBRATION_RATIO * norms[direction.monitor_layer]
-    for pooling, cal in direction.calibration.items():
-        if not (abs(cal.mu) <= limit and cal.sigma <= limit):
-            raise InvalidArgumentError(
-                f"{field_name}[{pooling!r}]",
-                f"|mu| and sigma must be at most {limit:.4g} ({MAX_CALIBRATION_RATIO:g} times the model's residual "
-                f"norm at layer {direction.monitor_layer}); got mu={cal.mu:.4g}, sigma={cal.sigma:.4g}",
-            )
+    tables = [(direction.monitor_layer, field_name, direction.calibration)]
+    tables += [(layer, f"layer_{field_name}[{layer}]", t) for layer, t in sorted(direction.layer_calibration.items())]
+    for layer, where, table in tables:
+        limit = MAX_CALIBRATION_RATIO * norms[layer]
+        for pooling, cal in table.items():
+            if not (abs(cal.mu) <= limit and cal.sigma <= limit):
+                raise InvalidArgumentError(
+                    f"{where}[{pooling!r}]",
+                    f"|mu| and sigma must be at most {limit:.4g} ({MAX_CALIBRATION_RATIO:g} times the model's residual "
+                    f"norm at layer {layer}); got mu={cal.mu:.4g}, sigma={cal.sigma:.4g}",
+                )
 
 
 def check_push(beta: torch.Tensor, norms: Sequence[float], field_name: str) -> None:

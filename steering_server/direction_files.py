@@ -2,9 +2,11 @@
 
 safetensors (canonical): tensor `direction` of shape (n_layers_stored, hidden) with metadata `layers` naming each
 row's layer, or one tensor `layer.{l}` of shape (hidden,) per layer. Metadata (strings): model_id, config_hash,
-tokenizer_hash, monitor_layer, method, n_examples, calibration (JSON: pooling -> {mu, sigma, threshold, ...}),
-created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0, "positions": "PROMPT"}: the direction's
-removal recipe, the steering Compare runs by default; ABLATE 1 at every position when absent). Every field is
+tokenizer_hash, monitor_layer, method, n_examples, calibration (JSON: pooling -> {mu, sigma, threshold, ...}, at the
+monitor layer), layer_calibration (optional JSON: layer -> pooling -> {...} at other layers, the targets of a CLAMP
+there), created_at, description, removal (JSON: {"mode": "CLAMP", "strength": 0, "positions": "PROMPT", "layers":
+[0, 1]}: the direction's removal recipe, the steering Compare runs by default; ABLATE 1 at every position when
+absent; no layers: the mode's default layers). Every field is
 checked on its own and a bad one is refused naming it (`safetensors.metadata.calibration: ...`).
 
 An SAE feature (Direction.feature) adds tensor `feature.encoder` (hidden,) and metadata `feature` (JSON: bias,
@@ -57,8 +59,12 @@ def direction_to_bytes(direction: Direction) -> bytes:
         "created_at": direction.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": direction.description,
         "removal": json.dumps({"mode": direction.removal.mode.name, "strength": direction.removal.strength,
-                               "positions": direction.removal.positions.name}),
+                               "positions": direction.removal.positions.name,
+                               **({"layers": list(direction.removal.layers)} if direction.removal.layers else {})}),
     }
+    if direction.layer_calibration:
+        meta["layer_calibration"] = json.dumps({str(layer): {k: asdict(v) for k, v in table.items()}
+                                                for layer, table in sorted(direction.layer_calibration.items())})
     tensors = {"direction": table.contiguous()}
     if direction.feature is not None:
         f = direction.feature
@@ -120,6 +126,8 @@ def direction_from_bytes(
     stored_monitor: int | None = _meta_field(meta, "monitor_layer", lambda v: _int(v, 0, 1 << 16), None)
     no_calibration: dict[str, Calibration] = {}
     calibration = _meta_field(meta, "calibration", lambda v: _calibration(_json(v)), no_calibration)
+    no_layers: dict[int, dict[str, Calibration]] = {}
+    by_layer = _meta_field(meta, "layer_calibration", lambda v: _layer_calibration(_json(v)), no_layers)
     n_examples = _meta_field(meta, "n_examples", lambda v: _int(v, 0, (1 << 32) - 1), 0)
     removal = _meta_field(meta, "removal", lambda v: _removal(_json(v)), DEFAULT_REMOVAL)
     feature = None
@@ -133,11 +141,18 @@ def direction_from_bytes(
     chosen = monitor_layer if monitor_layer is not None else stored_monitor
     if chosen is None:
         chosen = _middle(sorted(vectors))
+    # Every calibrated layer by layer; a monitor layer chosen at load takes its own layer's calibration (none when
+    # the file has none there), and the stored monitor layer's becomes one of the others.
+    tables = dict(by_layer)
+    if calibration and (stored_monitor is not None or monitor_layer is None):
+        tables[stored_monitor if stored_monitor is not None else chosen] = calibration
+    calibration = tables.pop(chosen, {})
     return Direction(
         name=name,
         vectors=vectors,
         monitor_layer=chosen,
-        calibration=calibration if (monitor_layer is None or monitor_layer == stored_monitor) else {},
+        calibration=calibration,
+        layer_calibration=tables if calibration else {},
         provenance=Provenance(meta.get("model_id", ""), meta.get("config_hash", ""), meta.get("tokenizer_hash", "")),
         method=meta.get("method", ""),
         n_examples=n_examples,
@@ -209,18 +224,29 @@ def _calibration(raw: Any) -> dict[str, Calibration]:
     return out
 
 
+def _layer_calibration(raw: Any) -> dict[int, dict[str, Calibration]]:
+    """{"layer": {pooling: {mu, sigma, ...}}} with integer layer keys."""
+    if not isinstance(raw, dict):
+        raise TypeError("layer_calibration is not an object")
+    return {_int(layer, 0, 1 << 16): _calibration(table) for layer, table in raw.items()}
+
+
 def _removal(raw: Any) -> Removal:
-    """{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | "PROMPT" | ...}."""
-    expected = '{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | "PROMPT" | ...}'
-    if not isinstance(raw, dict) or set(raw) - {"mode", "strength", "positions"} or "mode" not in raw:
+    """{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | ..., "layers": [int, ...]}."""
+    expected = ('{"mode": "ABLATE" | "ADD" | "CLAMP", "strength": number, "positions": "ALL" | "PROMPT" | ..., '
+                '"layers": [int, ...]}')
+    if not isinstance(raw, dict) or set(raw) - {"mode", "strength", "positions", "layers"} or "mode" not in raw:
+        raise ValueError(f"expected {expected}")
+    layers = raw.get("layers", [])
+    if not isinstance(layers, list) or len(layers) > 1 << 10:
         raise ValueError(f"expected {expected}")
     mode, positions = raw["mode"], raw.get("positions", "ALL")
     if mode not in ("ABLATE", "ADD", "CLAMP"):
         raise ValueError(f"unknown mode {str(mode)[:20]!r}")
     if positions not in SteeringPositions.__members__:
         raise ValueError(f"unknown positions {str(positions)[:20]!r}")
-    return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0)), SteeringPositions[positions]).validate(
-        "removal")
+    return Removal(SteeringMode[mode], _float(raw.get("strength", 1.0)), SteeringPositions[positions],
+                   tuple(_int(layer, 0, 1 << 16) for layer in layers)).validate("removal")
 
 
 def _feature(raw: Any, encoder: torch.Tensor) -> Feature:

@@ -10,13 +10,14 @@ the residual on the encoder row's unit direction, turned into JumpReLU(w_enc . (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .errors import InvalidArgumentError
 from .names import validate_direction_name
-from .types import ConditionScope, SteeringMode, SteeringPositions
+from .types import ConditionScope, SteeringCondition, SteeringMode, SteeringPositions, SteeringTerm
 
 __all__ = [
     "DEFAULT_REMOVAL",
@@ -67,6 +68,11 @@ class Removal:
     mode: SteeringMode = SteeringMode.ABLATE
     strength: float = 1.0
     positions: SteeringPositions = SteeringPositions.ALL  # e.g. PROMPT: the model organism's persona removal
+    layers: tuple[int, ...] = ()  # (): the mode's default (planning: CLAMP at the monitor layer, else it and above)
+
+    def term(self, direction: str, condition: SteeringCondition | None = None) -> SteeringTerm:
+        """The recipe as a steering term on `direction` (Compare's default variant, an alert rule's STEER)."""
+        return SteeringTerm(direction, self.mode, self.strength, self.layers, self.positions, condition)
 
     def validate(self, field_name: str = "removal") -> Removal:
         """A removal never induces: ABLATE in (0, 1], CLAMP <= 0 (z or raw units), ADD < 0."""
@@ -81,6 +87,8 @@ class Removal:
                 field_name,
                 f"{self.mode.name} {s:g} is not a removal (ABLATE in (0, 1], CLAMP in [-100, 0], ADD in [-100, 0))",
             )
+        if len(set(self.layers)) != len(self.layers) or any(layer < 0 for layer in self.layers):
+            raise InvalidArgumentError(f"{field_name}.layers", f"must be distinct layer indices, got {self.layers}")
         return self
 
 
@@ -161,6 +169,10 @@ class Direction:
     vectors: dict[int, torch.Tensor]
     monitor_layer: int
     calibration: dict[str, Calibration] = field(default_factory=dict)  # pooling -> stats at monitor_layer
+    # layer -> pooling -> stats at another layer. Scores are read at monitor_layer only; these give a CLAMP in z units
+    # its target where it acts elsewhere (each layer's benign level differs: the organism's persona reads +15 at the
+    # last prompt token of layer 0 and -39 at layer 4), so a removal can clamp several layers.
+    layer_calibration: dict[int, dict[str, Calibration]] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
     method: str = ""
     n_examples: int = 0
@@ -185,6 +197,17 @@ class Direction:
         score of a calibrated direction is a z-score). For an SAE feature it is of the activation (score_of)."""
         return self.calibration.get(pooling, self.calibration.get("token"))
 
+    def calibration_at(self, layer: int, pooling: str) -> Calibration | None:
+        """calibration_for at `layer`: the monitor layer's, else that layer's (layer_calibration); None where the
+        direction has none."""
+        table = self.calibration if layer == self.monitor_layer else self.layer_calibration.get(layer, {})
+        return table.get(pooling, table.get("token"))
+
+    @property
+    def calibrated_layers(self) -> tuple[int, ...]:
+        """The layers where a CLAMP in z units has a target (none when the direction is uncalibrated)."""
+        return tuple(sorted({self.monitor_layer, *self.layer_calibration})) if self.calibrated else ()
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.vectors))
@@ -198,7 +221,7 @@ class Direction:
         return "token" in self.calibration
 
     def uncalibrated(self) -> Direction:
-        return replace(self, calibration={})
+        return replace(self, calibration={}, layer_calibration={})
 
     def validate(self, num_layers: int, hidden_size: int, field_name: str = "direction") -> Direction:
         """Check shapes and values against a model; returns self with fp32 contiguous CPU vectors."""
@@ -230,18 +253,20 @@ class Direction:
             )
         self.removal.validate(f"{field_name}.removal")
         feature = self.feature.validate(hidden_size, f"{field_name}.feature") if self.feature is not None else None
-        for pooling, cal in self.calibration.items():
-            where = f"{field_name}.calibration[{pooling!r}]"
-            if pooling not in POOLINGS:
-                raise InvalidArgumentError(where, f"unknown pooling (use {', '.join(POOLINGS)})")
-            if not (math.isfinite(cal.mu) and math.isfinite(cal.sigma) and cal.sigma > 0):
-                raise InvalidArgumentError(where, "needs finite mu and sigma > 0")
-            if cal.threshold is not None and not math.isfinite(cal.threshold):
-                raise InvalidArgumentError(f"{where}.threshold", "must be finite")
-            if cal.target_fpr is not None and not 0 <= cal.target_fpr <= 1:
-                raise InvalidArgumentError(f"{where}.target_fpr", "must be in [0, 1]")
-            if not 0 <= cal.n <= _MAX_UINT32:
-                raise InvalidArgumentError(f"{where}.n", f"must be in 0..{_MAX_UINT32}")
+        _validate_calibration(self.calibration, f"{field_name}.calibration")
+        for layer, table in self.layer_calibration.items():
+            where = f"{field_name}.layer_calibration[{layer}]"
+            if layer == self.monitor_layer or layer not in clean:
+                raise InvalidArgumentError(where, f"must name a layer with a vector other than the monitor layer "
+                                           f"{self.monitor_layer} (layers {sorted(clean)})")
+            if feature is not None:
+                raise InvalidArgumentError(where, "an SAE feature is calibrated at its own layer only")
+            if not self.calibrated or "token" not in table:
+                raise InvalidArgumentError(where, "needs a 'token' pooling, and the monitor layer calibrated too")
+            _validate_calibration(table, where)
+        for layer in self.removal.layers:
+            if layer not in clean:
+                raise InvalidArgumentError(f"{field_name}.removal.layers", f"layer {layer} has no vector")
         if not 0 <= self.n_examples <= _MAX_UINT32:
             raise InvalidArgumentError(f"{field_name}.n_examples", f"must be in 0..{_MAX_UINT32}")
         for key, limit in _TEXT_LIMITS.items():
@@ -249,3 +274,18 @@ class Direction:
             if len(text) > limit:
                 raise InvalidArgumentError(f"{field_name}.{key}", f"at most {limit} characters")
         return replace(self, vectors=clean, feature=feature)
+
+
+def _validate_calibration(table: Mapping[str, Calibration], field_name: str) -> None:
+    for pooling, cal in table.items():
+        where = f"{field_name}[{pooling!r}]"
+        if pooling not in POOLINGS:
+            raise InvalidArgumentError(where, f"unknown pooling (use {', '.join(POOLINGS)})")
+        if not (math.isfinite(cal.mu) and math.isfinite(cal.sigma) and cal.sigma > 0):
+            raise InvalidArgumentError(where, "needs finite mu and sigma > 0")
+        if cal.threshold is not None and not math.isfinite(cal.threshold):
+            raise InvalidArgumentError(f"{where}.threshold", "must be finite")
+        if cal.target_fpr is not None and not 0 <= cal.target_fpr <= 1:
+            raise InvalidArgumentError(f"{where}.target_fpr", "must be in [0, 1]")
+        if not 0 <= cal.n <= _MAX_UINT32:
+            raise InvalidArgumentError(f"{where}.n", f"must be in 0..{_MAX_UINT32}")

@@ -354,12 +354,19 @@ def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> Res
         if layer in layers[:j]:
             raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} appears twice")
         registry.check_layer(entry, layer, f"{f}.layers[{j}]")
+        if term.mode == SteeringMode.CLAMP and d.feature is None and d.calibrated and layer not in d.calibrated_layers:
+            raise InvalidArgumentError(
+                f"{f}.layers[{j}]",
+                f"CLAMP strengths are z-scores of {d.name!r}'s calibration, which it has at layers "
+                f"{list(d.calibrated_layers)} only; layer {layer} has no benign level to clamp to (use ABLATE or ADD "
+                f"there, or register the direction with that layer calibrated)",
+            )
     return ResolvedTerm(f, entry, term.mode, term.strength, tuple(layers), calibration_pooling(_positions(ft)))
 
 
 def _default_layers(layers: tuple[int, ...], monitor_layer: int, mode: SteeringMode) -> tuple[int, ...]:
-    """Monitor layer and above, so steering never changes what the monitor reads; CLAMP's calibrated target is
-    only meaningful at the monitor layer, so CLAMP defaults to it alone."""
+    """Monitor layer and above, so steering never changes what the monitor reads; a CLAMP target is a level of one
+    layer (its calibration there), so CLAMP defaults to the monitor layer alone."""
     if mode == SteeringMode.CLAMP:
         return (monitor_layer,)
     return tuple(layer for layer in layers if layer >= monitor_layer)

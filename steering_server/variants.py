@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from .directions import Direction
 from .errors import InvalidArgumentError
-from .types import SteeringPolicy, SteeringPositions, SteeringTerm, Variant
+from .types import SteeringPolicy, SteeringPositions, Variant
 
 __all__ = ["default_variants", "removal_variant", "variant_ignores_policy"]
 
 
 def removal_variant(direction: Direction, prefix: str = "") -> Variant:
     r = direction.removal
-    term = SteeringTerm(direction.name, r.mode, r.strength, positions=r.positions)
+    term = r.term(direction.name)
     where = "" if r.positions == SteeringPositions.ALL else f"{r.positions.name.lower()}-"  # e.g. clamp-prompt-m
     return Variant(f"{prefix}{r.mode.name.lower()}-{where}{direction.name}", (term,))
 

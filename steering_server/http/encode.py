@@ -194,6 +194,7 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
                     "mode": d.removal.mode.name.lower(),
                     "strength": d.removal.strength,
                     "positions": d.removal.positions.name.lower(),
+                    "layers": list(d.removal.layers),
                 },
             }
             for d in sorted(directions, key=lambda d: d.name)

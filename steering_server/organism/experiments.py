@@ -183,17 +183,24 @@ def registered_directions(
     """The served persona direction and model_diff (both calibrated on the base model), and the intervention
     controls (named random_i / shuffled_i), each with every layer and the chosen monitor layer."""
     n = 2 * c.persona_n
+    others = [other for other in vecs.persona if other != layer]
+
+    def calibrated(vectors: Mapping[int, torch.Tensor]) -> dict[str, Any]:
+        """The monitor layer's calibration and every other layer's (the removal clamps each to its own level)."""
+        return {"calibration": cal.calibrate(vectors),
+                "layer_calibration": {other: cal.at(other).calibrate(vectors) for other in others}}
+
     out = {
         PERSONA: make_direction(
             PERSONA, vecs.persona, layer, base, tok, BASE_ID, "persona:cued_minus_neutral:last_prompt", n,
-            cal.calibrate(vecs.persona),
+            **calibrated(vecs.persona),
             description="villain persona of the base organism: villain-cued minus neutral system prompts, last "
             "prompt token (held-out cues); z calibrated on the base model's own benign answers",
-            removal=Removal(SteeringMode.CLAMP, 0.0, REMOVE_AT),
+            removal=Removal(SteeringMode.CLAMP, 0.0, REMOVE_AT, remove_layers(layer)),
         ),
         MODEL_DIFF: make_direction(
             MODEL_DIFF, vecs.model_diff, layer, base, tok, FT_ID, "model_diff:last_prompt", n,
-            cal.calibrate(vecs.model_diff),
+            **calibrated(vecs.model_diff),
             description="positive control: fine-tuned minus base organism at the last prompt token of neutral "
             "prompts (the fine-tune's own shift, not a finding)",
         ),
@@ -201,7 +208,7 @@ def registered_directions(
     for kind, seeds in vecs.controls.items():
         for i, v in enumerate(seeds[: c.intervention_controls]):
             name = f"{kind}_{i}"
-            out[name] = make_direction(name, v, layer, base, tok, BASE_ID, f"control:{kind}", n, cal.calibrate(v))
+            out[name] = make_direction(name, v, layer, base, tok, BASE_ID, f"control:{kind}", n, **calibrated(v))
     return out
 
 
@@ -224,6 +231,13 @@ def direction_facts(vecs: Vectors, layer: int) -> dict[str, Any]:
 # Where each intervention acts (types.SteeringPositions): the persona is read at the last prompt token, and the
 # exploratory runs (docs/organism.md, "Runs") showed interventions on every position break the organism's grammar.
 REMOVE_AT = SteeringPositions.PROMPT  # CLAMP to the base model's level over the whole prompt (the issue's recipe)
+
+
+def remove_layers(monitor_layer: int) -> tuple[int, ...]:
+    """Where the removal clamps (amendment 6, docs/organism.md): every layer up to the monitor layer, each to the
+    base model's level there. At the monitor layer alone, later layers still read the fine-tune's shift from the
+    layers below it at prompt positions (v3 removed 63%)."""
+    return tuple(range(monitor_layer + 1))
 INDUCE_AT = SteeringPositions.LAST_PROMPT  # ADD where the persona is read, before any answer token
 
 
@@ -233,10 +247,11 @@ def _term(name: str, mode: SteeringMode, strength: float, layers: Sequence[int],
 
 
 def _ref(d: Direction, t: SteeringTerm) -> RefTerm:
-    """The reference-hook form of a served term (CLAMP in the calibration of the positions it steers)."""
-    cal = d.calibration_for(calibration_pooling(t.positions))
-    return RefTerm(d.vectors, t.mode.name, t.strength, t.layers, cal.mu if cal else 0.0, cal.sigma if cal else 1.0,
-                   t.positions.name)
+    """The reference-hook form of a served term (CLAMP in each layer's calibration of the positions it steers)."""
+    pooling = calibration_pooling(t.positions)
+    cals = {layer: d.calibration_at(layer, pooling) for layer in t.layers}
+    return RefTerm(d.vectors, t.mode.name, t.strength, t.layers,
+                   {layer: (c.mu, c.sigma) for layer, c in cals.items() if c is not None}, t.positions.name)
 
 
 MATCH_TOLERANCE = 0.1  # a control is KL-matched when its KL is within 10% of the target
@@ -387,10 +402,13 @@ class Lab:
                 "kl_base_to_steered": self.kl_base.to(model, ref), "kl_finetuned_to_steered": self.kl_ft.to(model, ref)}
 
     def removal(self) -> dict[str, Any]:
-        L, top = [self.layer], list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
+        L, top = remove_layers(self.layer), list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
         out: dict[str, Any] = {
             "kl_base_to_finetuned": self.kl_base.to(self.ft, []),
+            "layers": list(L),
             "clamp": self._removal_entry("clamp", [_term(PERSONA, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
+            "clamp_monitor_layer": self._removal_entry(  # version 3's removal, at the monitor layer alone
+                "clamp_monitor_layer", [_term(PERSONA, SteeringMode.CLAMP, 0.0, [self.layer], REMOVE_AT)]),
             "ablate": self._removal_entry("ablate", [_term(PERSONA, SteeringMode.ABLATE, 1.0, top)]),
             "model_diff_clamp": self._removal_entry("model_diff_clamp",
                                                     [_term(MODEL_DIFF, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
@@ -408,18 +426,20 @@ class Lab:
         out["controls"] = controls
         return out
 
-    def _push_room(self) -> float:
-        """How far a term may push at the monitor layer: 90% of the server's bound (containment.MAX_PUSH_RATIO)."""
+    def _push_room(self, layer: int) -> float:
+        """How far a term may push at `layer`: 90% of the server's bound (containment.MAX_PUSH_RATIO)."""
         norms = self.served["ft"].engine.registry.residual_norms
-        return 0.9 * MAX_PUSH_RATIO * float(norms[self.layer]) if norms is not None else float("inf")
+        return 0.9 * MAX_PUSH_RATIO * float(norms[layer]) if norms is not None else float("inf")
 
     def _clamp_limit(self, name: str) -> float:
-        """The largest CLAMP z the server admits for `name` at prompt positions (its target is mu + z sigma)."""
-        cal = self.dirs[name].calibration[calibration_pooling(REMOVE_AT)]
-        return max(0.0, (self._push_room() - abs(cal.mu)) / cal.sigma)
+        """The largest CLAMP z the server admits for `name` at prompt positions of every removal layer (its target
+        there is that layer's mu + z sigma)."""
+        pooling = calibration_pooling(REMOVE_AT)
+        cals = {la: self.dirs[name].calibration_at(la, pooling) for la in remove_layers(self.layer)}
+        return max(0.0, min((self._push_room(la) - abs(c.mu)) / c.sigma for la, c in cals.items() if c is not None))
 
     def _add_limit(self, name: str) -> float:
-        return self._push_room() / float(self.dirs[name].vectors[self.layer].norm())
+        return self._push_room(self.layer) / float(self.dirs[name].vectors[self.layer].norm())
 
     def _control_names(self) -> list[str]:
         return [n for n in self.dirs if n.startswith(("random_", "shuffled_"))]

@@ -34,6 +34,11 @@ def _pct(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{nd}f}%"
 
 
+def _layers(removal: dict[str, Any]) -> str:
+    """The layers the pre-registered removal clamps (v3 reports clamped the monitor layer alone)."""
+    return ", ".join(str(la) for la in removal.get("layers", ["the monitor layer"]))
+
+
 def _intervention_control_cosines(r: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The cosines of the controls used for R3 and I2 (the first `intervention_controls` of each kind)."""
     k = r["config"]["intervention_controls"]
@@ -114,7 +119,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append(rate_row("base", em["base"]))
     lines.append(rate_row("fine-tuned", em["finetuned"]))
     rem = r["removal"]
-    lines.append(rate_row("fine-tuned + CLAMP 0 persona (R1)", rem["clamp"]))
+    lines.append(rate_row(f"fine-tuned + CLAMP 0 persona at layers {_layers(rem)} (R1)", rem["clamp"]))
+    if "clamp_monitor_layer" in rem:
+        lines.append(rate_row("fine-tuned + CLAMP 0 persona at the monitor layer alone (v3)",
+                              rem["clamp_monitor_layer"]))
     lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
     lines.append(rate_row("fine-tuned + CLAMP 0 model_diff (positive control)", rem["model_diff_clamp"]))
     j = em["judges"]
@@ -154,9 +162,13 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{k} {_pct(v)}" for k, v in det["fpr_on_held_back_benign"].items()) + " (target "
               f"{_pct(r['config']['target_fpr'])}).", "",
               "## Removal (fine-tuned model)", "",
+              "Every CLAMP acts at prompt positions, each layer to the base model's level there; the controls at the "
+              "persona's layers, at the z whose KL(fine-tuned‖steered) matches the persona's.", "",
               "| intervention | EM | removed | malformed | KL(base‖steered) | KL(fine-tuned‖steered) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for name, x in (("CLAMP 0 persona", rem["clamp"]), ("ABLATE 1 persona", rem["ablate"]),
+    alone = [("CLAMP 0 persona, monitor layer alone (v3)", rem[k]) for k in ("clamp_monitor_layer",) if k in rem]
+    for name, x in ((f"CLAMP 0 persona, layers {_layers(rem)}", rem["clamp"]), *alone,
+                    ("ABLATE 1 persona", rem["ablate"]),
                     ("CLAMP 0 model_diff", rem["model_diff_clamp"]),
                     *((f"control {c['direction']} (CLAMP {c['clamp_z']:.2f})", c) for c in rem["controls"])):
         lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "

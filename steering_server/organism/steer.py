@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,8 +31,8 @@ class RefTerm:
     mode: str  # ABLATE, ADD or CLAMP
     strength: float
     layers: Sequence[int]
-    clamp_mu: float = 0.0  # calibration of the direction (CLAMP targets mu + strength * sigma)
-    clamp_sigma: float = 1.0
+    # layer -> (mu, sigma): CLAMP at that layer targets mu + strength * sigma (a layer not named: raw units)
+    clamp_calibration: Mapping[int, tuple[float, float]] = field(default_factory=dict)
     positions: str = "ALL"  # ALL, PROMPT, LAST_PROMPT or GENERATED (types.SteeringPositions)
 
 
@@ -49,8 +49,8 @@ def steered_layers(vectors: Mapping[int, torch.Tensor], monitor_layer: int) -> l
     return [layer for layer in sorted(vectors) if layer >= monitor_layer]
 
 
-def _update(h: torch.Tensor, term: RefTerm, v: torch.Tensor) -> torch.Tensor:
-    """The change one term makes to h (batch, seq, hidden), read from the pre-steering state."""
+def _update(h: torch.Tensor, term: RefTerm, layer: int, v: torch.Tensor) -> torch.Tensor:
+    """The change one term makes to h (batch, seq, hidden) at `layer`, read from the pre-steering state."""
     d = v / v.norm()
     proj = (h @ d).unsqueeze(-1)  # (batch, seq, 1)
     if term.mode == "ABLATE":
@@ -58,7 +58,8 @@ def _update(h: torch.Tensor, term: RefTerm, v: torch.Tensor) -> torch.Tensor:
     if term.mode == "ADD":
         return term.strength * v.expand_as(h)
     if term.mode == "CLAMP":
-        return -(proj - (term.clamp_mu + term.strength * term.clamp_sigma)) * d
+        mu, sigma = term.clamp_calibration.get(layer, (0.0, 1.0))
+        return -(proj - (mu + term.strength * sigma)) * d
     raise ValueError(f"unknown mode {term.mode!r}")
 
 
@@ -92,7 +93,7 @@ def steering(
             h32 = h.float()
             delta = torch.zeros_like(h32)
             for t in here:
-                update = _update(h32, t, t.vectors[layer].float().to(h.device))
+                update = _update(h32, t, layer, t.vectors[layer].float().to(h.device))
                 delta += update if t.positions == "ALL" else update * _position_mask(t.positions, at, lens.to(h.device))
             h = (h32 + delta).to(h.dtype)
             return (h, *out[1:]) if isinstance(out, tuple) else h

@@ -193,7 +193,12 @@ def put_direction(msg: pb.PutDirectionRequest, bounds: Bounds) -> Direction:
         positions = _POSITIONS.get(msg.removal.positions)
         if positions is None:
             raise InvalidArgumentError("removal.positions", f"unknown positions value {msg.removal.positions}")
-        direction = replace(direction, removal=Removal(mode, msg.removal.strength, positions).validate("removal"))
+        removal = Removal(mode, msg.removal.strength, positions, tuple(msg.removal.layers)).validate("removal")
+        missing = [layer for layer in removal.layers if layer not in direction.vectors]
+        if missing:
+            raise InvalidArgumentError("removal.layers", f"layers {missing} have no vector (layers "
+                                       f"{list(direction.layers)})")
+        direction = replace(direction, removal=removal)
     return replace(direction, description=msg.description) if msg.description else direction
 
 

@@ -121,7 +121,8 @@ def direction(d: Direction, include_vectors: bool = False) -> pb.Direction:
         created_at=d.created_at,
         description=d.description,
         removal=pb.Removal(mode=_MODES[d.removal.mode], strength=d.removal.strength,
-                           positions=POSITIONS_TO_PB[d.removal.positions]),
+                           positions=POSITIONS_TO_PB[d.removal.positions], layers=list(d.removal.layers)),
+        clamp_layers=sorted(d.layer_calibration),
     )
     for pooling, cal in d.calibration.items():
         message.calibration[pooling].CopyFrom(

@@ -73,6 +73,8 @@ def _assert_same(a: Direction, b: Direction) -> None:
         "n_examples",
         "created_at",
         "description",
+        "layer_calibration",
+        "removal",
     ):
         assert getattr(a, f) == getattr(b, f), f
 
@@ -116,6 +118,39 @@ def test_monitor_layer_override_drops_calibration_made_at_another_layer(tmp_path
     assert moved.monitor_layer == 1 and moved.calibration == {}
     same = direction_from_bytes(data, monitor_layer=3)
     assert same.calibration == _full_direction().calibration
+
+
+def test_calibration_at_other_layers_round_trips_and_follows_a_moved_monitor_layer() -> None:
+    """A removal that clamps several layers needs each layer's own benign level: the file keeps every layer's
+    calibration, and a monitor layer chosen at load takes that layer's (the stored monitor layer's becomes one of
+    the others)."""
+    layer1 = {"token": Calibration(mu=-2.0, sigma=0.5), "last_prompt": Calibration(mu=4.0, sigma=1.0)}
+    d = replace(_full_direction(), layer_calibration={1: layer1},
+                removal=Removal(SteeringMode.CLAMP, 0.0, SteeringPositions.PROMPT, (1, 3)))
+    back = direction_from_bytes(direction_to_bytes(d)).validate(N_LAYERS, HIDDEN)
+    _assert_same(d, back)
+    assert back.calibrated_layers == (1, 3)
+    assert back.calibration_at(1, "last_prompt") == layer1["last_prompt"]
+    assert back.calibration_at(1, "response_mean") == layer1["token"]  # a pooling not calibrated: the per-token one
+    moved = direction_from_bytes(direction_to_bytes(d), monitor_layer=1)
+    assert moved.calibration == layer1 and moved.layer_calibration == {3: _full_direction().calibration}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"layer_calibration": {3: {"token": Calibration(0.0, 1.0)}}}, "direction.layer_calibration[3]"),  # monitor
+        ({"layer_calibration": {2: {"token": Calibration(0.0, 1.0)}}}, "direction.layer_calibration[2]"),  # no vector
+        ({"layer_calibration": {1: {"last_prompt": Calibration(0.0, 1.0)}}}, "direction.layer_calibration[1]"),
+        ({"layer_calibration": {1: {"token": Calibration(0.0, -1.0)}}}, "direction.layer_calibration[1]['token']"),
+        ({"removal": Removal(SteeringMode.CLAMP, 0.0, layers=(2,))}, "direction.removal.layers"),
+        ({"removal": Removal(SteeringMode.CLAMP, 0.0, layers=(1, 1))}, "direction.removal.layers"),
+    ],
+)
+def test_bad_layer_calibration_or_removal_layers_are_refused(change: dict, field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as e:
+        replace(_full_direction(), **change).validate(N_LAYERS, HIDDEN)
+    assert _field(e) == field
 
 
 def test_created_at_is_filled_in_when_missing() -> None:

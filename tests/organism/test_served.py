@@ -70,9 +70,11 @@ def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     terms = [SteeringTerm(NAME, mode, s, layers, positions) for mode, s, layers, positions in spec]
     refs = []
     for mode, s, layers, positions in spec:
-        # CLAMP's z units are those of the positions steered (the last-prompt calibration for prompt positions).
-        cal = direction.calibration[calibration_pooling(positions)]
-        refs.append(RefTerm(direction.vectors, mode.name, s, layers, cal.mu, cal.sigma, positions.name))
+        # CLAMP's z units are those of the layer and positions steered (the last-prompt calibration for prompt
+        # positions).
+        cals = {layer: direction.calibration_at(layer, calibration_pooling(positions)) for layer in layers}
+        refs.append(RefTerm(direction.vectors, mode.name, s, layers, {la: (c.mu, c.sigma) for la, c in cals.items()},
+                            positions.name))
     got = [s.answer_ids for s in served.sample(questions, 1, seed=0, steering=terms, temperature=0.0,
                                                max_new_tokens=24)]
     assert got == _reference_greedy(model, tok, questions, refs, 24), label

@@ -111,7 +111,7 @@ def test_clamp_and_add_reference_arithmetic(tiny):
     d = v / v.norm()
     plain = _block_output(model, ids, 1)
     # CLAMP c with calibration (mu, sigma) sets h.d to mu + c sigma at every position.
-    clamp = RefTerm({1: v}, "CLAMP", 0.5, [1], clamp_mu=2.0, clamp_sigma=4.0)
+    clamp = RefTerm({1: v}, "CLAMP", 0.5, [1], clamp_calibration={1: (2.0, 4.0)})
     clamped = _block_output(model, ids, 1, lambda: steering(model, [clamp]))
     assert torch.allclose(clamped @ d, torch.full_like(clamped @ d, 4.0), atol=1e-4)
     assert torch.allclose(clamped - (clamped @ d).unsqueeze(-1) * d, plain - (plain @ d).unsqueeze(-1) * d, atol=1e-4)

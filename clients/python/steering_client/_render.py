@@ -209,7 +209,7 @@ class Printer:
         if self.message(d):
             return
         removal = pb.SteeringTerm(direction=d.name, mode=d.removal.mode, strength=d.removal.strength,
-                                  positions=d.removal.positions)
+                                  positions=d.removal.positions, layers=d.removal.layers)
         rows = [
             ("name", d.name), ("layers", _layers(d.layers)), ("monitor layer", str(d.monitor_layer)),
             ("hidden size", str(d.hidden_size)), ("calibrated", str(d.calibrated).lower()),

@@ -369,7 +369,7 @@ class Provenance(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., config_hash: _Optional[str] = ..., tokenizer_hash: _Optional[str] = ...) -> None: ...
 
 class Direction(_message.Message):
-    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal", "feature")
+    __slots__ = ("name", "layers", "monitor_layer", "hidden_size", "calibrated", "calibration", "provenance", "method", "n_examples", "created_at", "description", "vectors", "removal", "feature", "clamp_layers")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +391,7 @@ class Direction(_message.Message):
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     REMOVAL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
+    CLAMP_LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     monitor_layer: int
@@ -405,7 +406,8 @@ class Direction(_message.Message):
     vectors: _containers.RepeatedCompositeFieldContainer[LayerVector]
     removal: Removal
     feature: SaeFeature
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., feature: _Optional[_Union[SaeFeature, _Mapping]] = ...) -> None: ...
+    clamp_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., monitor_layer: _Optional[int] = ..., hidden_size: _Optional[int] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, Calibration]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., method: _Optional[str] = ..., n_examples: _Optional[int] = ..., created_at: _Optional[str] = ..., description: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[LayerVector, _Mapping]]] = ..., removal: _Optional[_Union[Removal, _Mapping]] = ..., feature: _Optional[_Union[SaeFeature, _Mapping]] = ..., clamp_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SaeFeature(_message.Message):
     __slots__ = ("index", "activation", "bias", "threshold", "b_dec_proj", "source", "encoder")
@@ -426,14 +428,16 @@ class SaeFeature(_message.Message):
     def __init__(self, index: _Optional[int] = ..., activation: _Optional[str] = ..., bias: _Optional[float] = ..., threshold: _Optional[float] = ..., b_dec_proj: _Optional[float] = ..., source: _Optional[str] = ..., encoder: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Removal(_message.Message):
-    __slots__ = ("mode", "strength", "positions")
+    __slots__ = ("mode", "strength", "positions", "layers")
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     mode: SteeringMode
     strength: float
     positions: SteeringPositions
-    def __init__(self, mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ...) -> None: ...
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, mode: _Optional[_Union[SteeringMode, str]] = ..., strength: _Optional[float] = ..., positions: _Optional[_Union[SteeringPositions, str]] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListDirectionsRequest(_message.Message):
     __slots__ = ()
