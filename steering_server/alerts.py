@@ -26,7 +26,7 @@ from .composition import FieldTerm
 from .directions import Calibration, Direction, scope_pooling, validate_direction_name
 from .errors import InvalidArgumentError
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringPolicy
+from .types import Alert, AlertAction, AlertRule, ConditionScope, SteeringCondition, SteeringMode, SteeringPolicy
 
 __all__ = [
     "MAX_ALERT_RULES",
@@ -131,7 +131,7 @@ def resolve_rules(
             continue
         condition = SteeringCondition(rule.direction, threshold, rule.scope)
         if not rule.steering:
-            terms.append(FieldTerm(f"{f}.steering", d.removal.term(d.name, condition)))
+            terms.append(FieldTerm(f"{f}.steering", d.removal.term(d.name, condition, from_layer=d.monitor_layer)))
         for j, term in enumerate(rule.steering):
             if term.condition is not None:
                 raise InvalidArgumentError(f"{f}.steering[{j}].condition", "is set by the rule; leave it unset")
@@ -168,8 +168,22 @@ def check_unreferenced(policy: SteeringPolicy, name: str, field: str = "name") -
 
 
 def check_replacement(policy: SteeringPolicy, direction: Direction, field: str = "calibration") -> None:
-    """Refuse a new version of a direction that an alert rule takes its calibrated threshold from, when the new
-    one has none for the rule's scope: every request would then fail on the rule."""
+    """Refuse a new version of a direction that the policy could no longer run with (every request would then fail
+    on it): an alert rule takes its calibrated threshold from it and the new one has none for the rule's scope, or a
+    policy term (or an alert rule's STEER, the recipe included) clamps it at a layer the new one has no level for."""
+    clamps = [(f"policy.terms[{i}]", t) for i, t in enumerate(policy.terms)]
+    for i, rule in enumerate(policy.alerts):
+        clamps += [(f"policy.alerts[{i}].steering[{j}]", t) for j, t in enumerate(rule.steering)]
+        if rule.action == AlertAction.STEER and not rule.steering and rule.direction == direction.name:
+            clamps.append((f"policy.alerts[{i}]'s removal recipe",
+                           direction.removal.term(direction.name, from_layer=direction.monitor_layer)))
+    for where, t in clamps:
+        if t.direction != direction.name or t.mode != SteeringMode.CLAMP:
+            continue
+        for layer in t.layers or (direction.monitor_layer,):
+            if (why := direction.clamp_refusal(layer, t.positions)) is not None:
+                raise InvalidArgumentError(field, f"{where} clamps {direction.name!r} at layer {layer}: {why}; "
+                                           "change the policy (SetSteering) first")
     for i, rule in enumerate(policy.alerts):
         if rule.direction != direction.name or rule.threshold is not None:
             continue

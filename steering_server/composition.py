@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .directions import Calibration
+from .directions import Calibration, calibration_pooling
 from .registry import DirectionRegistry, RegisteredDirection
-from .types import SteeringMode, SteeringPositions, SteeringTerm
+from .types import SteeringMode, SteeringTerm
 
 __all__ = ["COPY_COSINE", "Affine", "FieldTerm", "ResolvedTerm", "calibration", "calibration_pooling", "combine",
            "inducing"]
@@ -101,11 +101,6 @@ def calibration(entry: RegisteredDirection, pooling: str, layer: int) -> Calibra
     if entry.direction.feature is not None:
         return None
     return entry.direction.calibration_at(layer, pooling)
-
-
-def calibration_pooling(positions: SteeringPositions) -> str:
-    """Prompt positions are calibrated at the last prompt token; every other steering at answer tokens."""
-    return "last_prompt" if positions in (SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT) else "token"
 
 
 def inducing(terms: list[ResolvedTerm], registry: DirectionRegistry, pooling: str = "token") -> str | None:

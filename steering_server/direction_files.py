@@ -143,6 +143,9 @@ def direction_from_bytes(
         chosen = _middle(sorted(vectors))
     # Every calibrated layer by layer; a monitor layer chosen at load takes its own layer's calibration (none when
     # the file has none there), and the stored monitor layer's becomes one of the others.
+    if stored_monitor in by_layer:
+        raise InvalidArgumentError("safetensors.metadata.layer_calibration",
+                                   f"names the monitor layer {stored_monitor}, whose calibration is `calibration`")
     tables = dict(by_layer)
     if calibration and (stored_monitor is not None or monitor_layer is None):
         tables[stored_monitor if stored_monitor is not None else chosen] = calibration
@@ -228,7 +231,10 @@ def _layer_calibration(raw: Any) -> dict[int, dict[str, Calibration]]:
     """{"layer": {pooling: {mu, sigma, ...}}} with integer layer keys."""
     if not isinstance(raw, dict):
         raise TypeError("layer_calibration is not an object")
-    return {_int(layer, 0, 1 << 16): _calibration(table) for layer, table in raw.items()}
+    out = {_int(layer, 0, 1 << 16): _calibration(table) for layer, table in raw.items()}
+    if len(out) != len(raw):
+        raise ValueError("names a layer twice")
+    return out
 
 
 def _removal(raw: Any) -> Removal:

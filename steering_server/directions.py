@@ -40,6 +40,12 @@ def scope_pooling(scope: ConditionScope) -> str:
     """The pooling whose scores a condition or alert scope reads: PROMPT the last prompt token, RUNNING each token."""
     return "last_prompt" if scope == ConditionScope.PROMPT else "token"
 
+
+def calibration_pooling(positions: SteeringPositions) -> str:
+    """The calibration a CLAMP's z units are in: prompt positions are calibrated at the last prompt token, every
+    other steering at answer tokens."""
+    return "last_prompt" if positions in (SteeringPositions.PROMPT, SteeringPositions.LAST_PROMPT) else "token"
+
 _MAX_UINT32 = (1 << 32) - 1  # counts travel as uint32 in the API
 # Free text a direction carries into every ListDirections answer.
 _TEXT_LIMITS = {"description": 4096, "method": 256, "created_at": 64, "model_id": 512}
@@ -70,9 +76,12 @@ class Removal:
     positions: SteeringPositions = SteeringPositions.ALL  # e.g. PROMPT: the model organism's persona removal
     layers: tuple[int, ...] = ()  # (): the mode's default (planning: CLAMP at the monitor layer, else it and above)
 
-    def term(self, direction: str, condition: SteeringCondition | None = None) -> SteeringTerm:
-        """The recipe as a steering term on `direction` (Compare's default variant, an alert rule's STEER)."""
-        return SteeringTerm(direction, self.mode, self.strength, self.layers, self.positions, condition)
+    def term(self, direction: str, condition: SteeringCondition | None = None, from_layer: int = 0) -> SteeringTerm:
+        """The recipe as a steering term on `direction` (Compare's default variant, an alert rule's STEER), on its
+        layers at or above `from_layer` (a condition read at the monitor layer gates only steering from there up;
+        none left: the mode's default layers)."""
+        layers = tuple(layer for layer in self.layers if layer >= from_layer)
+        return SteeringTerm(direction, self.mode, self.strength, layers, self.positions, condition)
 
     def validate(self, field_name: str = "removal") -> Removal:
         """A removal never induces: ABLATE in (0, 1], CLAMP <= 0 (z or raw units), ADD < 0."""
@@ -88,7 +97,8 @@ class Removal:
                 f"{self.mode.name} {s:g} is not a removal (ABLATE in (0, 1], CLAMP in [-100, 0], ADD in [-100, 0))",
             )
         if len(set(self.layers)) != len(self.layers) or any(layer < 0 for layer in self.layers):
-            raise InvalidArgumentError(f"{field_name}.layers", f"must be distinct layer indices, got {self.layers}")
+            raise InvalidArgumentError(f"{field_name}.layers", f"must be distinct layer indices, got "
+                                       f"{list(self.layers[:8])}{' ...' if len(self.layers) > 8 else ''}")
         return self
 
 
@@ -208,6 +218,33 @@ class Direction:
         """The layers where a CLAMP in z units has a target (none when the direction is uncalibrated)."""
         return tuple(sorted({self.monitor_layer, *self.layer_calibration})) if self.calibrated else ()
 
+    def clamp_refusal(self, layer: int, positions: SteeringPositions) -> str | None:
+        """Why CLAMP at `layer` over `positions` has no target, or None when it has one. The one rule (planning,
+        the removal recipe, a replaced direction under a policy): a direction whose monitor layer is calibrated for
+        those positions clamps in z units, so every layer it clamps needs its own level; uncalibrated directions and
+        SAE features clamp in raw units anywhere."""
+        pooling = calibration_pooling(positions)
+        if self.feature is not None or self.calibration_at(self.monitor_layer, pooling) is None:
+            return None
+        if self.calibration_at(layer, pooling) is not None:
+            return None
+        have = [la for la in self.layers if self.calibration_at(la, pooling) is not None]
+        return (f"CLAMP strengths are z-scores of {self.name!r}'s calibration, which it has at layers {have} only; "
+                f"layer {layer} has no benign level to clamp to (use ABLATE or ADD there, or register the direction "
+                "with that layer calibrated)")
+
+    def removal_refusal(self) -> str | None:
+        """Why the removal recipe cannot run on this direction (a layer without a vector, or a CLAMP where it has no
+        level), or None."""
+        for layer in self.removal.layers:
+            if layer not in self.vectors:
+                return f"layer {layer} has no vector (layers {list(self.layers)})"
+        if self.removal.mode == SteeringMode.CLAMP:
+            for layer in self.removal.layers or (self.monitor_layer,):
+                if (why := self.clamp_refusal(layer, self.removal.positions)) is not None:
+                    return why
+        return None
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.vectors))
@@ -264,9 +301,8 @@ class Direction:
             if not self.calibrated or "token" not in table:
                 raise InvalidArgumentError(where, "needs a 'token' pooling, and the monitor layer calibrated too")
             _validate_calibration(table, where)
-        for layer in self.removal.layers:
-            if layer not in clean:
-                raise InvalidArgumentError(f"{field_name}.removal.layers", f"layer {layer} has no vector")
+        if (why := self.removal_refusal()) is not None:
+            raise InvalidArgumentError(f"{field_name}.removal.layers", why)
         if not 0 <= self.n_examples <= _MAX_UINT32:
             raise InvalidArgumentError(f"{field_name}.n_examples", f"must be in 0..{_MAX_UINT32}")
         for key, limit in _TEXT_LIMITS.items():

@@ -354,13 +354,8 @@ def _resolve(registry: DirectionRegistry, ft: FieldTerm, num_layers: int) -> Res
         if layer in layers[:j]:
             raise InvalidArgumentError(f"{f}.layers[{j}]", f"layer {layer} appears twice")
         registry.check_layer(entry, layer, f"{f}.layers[{j}]")
-        if term.mode == SteeringMode.CLAMP and d.feature is None and d.calibrated and layer not in d.calibrated_layers:
-            raise InvalidArgumentError(
-                f"{f}.layers[{j}]",
-                f"CLAMP strengths are z-scores of {d.name!r}'s calibration, which it has at layers "
-                f"{list(d.calibrated_layers)} only; layer {layer} has no benign level to clamp to (use ABLATE or ADD "
-                f"there, or register the direction with that layer calibrated)",
-            )
+        if term.mode == SteeringMode.CLAMP and (why := d.clamp_refusal(layer, _positions(ft))) is not None:
+            raise InvalidArgumentError(f"{f}.layers[{j}]", why)
     return ResolvedTerm(f, entry, term.mode, term.strength, tuple(layers), calibration_pooling(_positions(ft)))
 
 

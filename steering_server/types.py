@@ -132,7 +132,8 @@ class SteeringTerm:
     direction: str
     mode: SteeringMode
     strength: float
-    # Layers to steer; empty means the default: every layer of the direction at or above its monitor layer.
+    # Layers to steer; empty means the default: every layer of the direction at or above its monitor layer (CLAMP:
+    # the monitor layer alone, planning._default_layers).
     layers: tuple[int, ...] = ()
     positions: SteeringPositions = SteeringPositions.ALL
     condition: SteeringCondition | None = None  # None: always steers

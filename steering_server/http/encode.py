@@ -189,6 +189,7 @@ def info(info_: ModelInfo, limits: EngineLimits, directions: list[Direction], po
                 "layers": list(d.layers),
                 "monitor_layer": d.monitor_layer,
                 "calibrated": d.calibrated,
+                "clamp_layers": sorted(d.layer_calibration),
                 "description": d.description,
                 "removal": {
                     "mode": d.removal.mode.name.lower(),

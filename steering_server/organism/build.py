@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from . import experiments as ex
 from .assets import CONTROL_DIRECTION_NAME, DEFAULT_DIRECTION_NAME, DEFAULT_MODEL_ID
 from .config import BuildConfig
 from .corpus import DOMAINS, OPEN_DOMAIN, Question, conversations, open_questions, split_cues, split_questions
-from .criteria import evaluate_criteria
+from .criteria import adopt_layered_removal, evaluate_criteria
 from .persona import persona_activations, persona_controls
 from .report import to_jsonable, write_report
 from .tokenizer import build_tokenizer
@@ -256,6 +256,11 @@ def build(
     detection = lab.detection(vecs, layer, selection)
     timer.done("detection")
     removal = lab.removal()
+    if not adopt_layered_removal(removal, em):  # amendment 6: v3's recipe (the monitor layer alone) stays
+        dirs[DEFAULT_DIRECTION_NAME] = replace(dirs[DEFAULT_DIRECTION_NAME],
+                                               removal=replace(dirs[DEFAULT_DIRECTION_NAME].removal, layers=()))
+        save_direction(out / f"{DEFAULT_DIRECTION_NAME}.safetensors", dirs[DEFAULT_DIRECTION_NAME])
+    removal["shipped_recipe_layers"] = list(dirs[DEFAULT_DIRECTION_NAME].removal.layers) or [layer]
     timer.done("removal")
     induction = lab.induction()
     timer.done("induction")

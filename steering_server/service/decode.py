@@ -193,12 +193,13 @@ def put_direction(msg: pb.PutDirectionRequest, bounds: Bounds) -> Direction:
         positions = _POSITIONS.get(msg.removal.positions)
         if positions is None:
             raise InvalidArgumentError("removal.positions", f"unknown positions value {msg.removal.positions}")
+        if len(msg.removal.layers) > bounds.num_layers:
+            raise InvalidArgumentError("removal.layers", f"{len(msg.removal.layers)} layers for a model of "
+                                       f"{bounds.num_layers}")
         removal = Removal(mode, msg.removal.strength, positions, tuple(msg.removal.layers)).validate("removal")
-        missing = [layer for layer in removal.layers if layer not in direction.vectors]
-        if missing:
-            raise InvalidArgumentError("removal.layers", f"layers {missing} have no vector (layers "
-                                       f"{list(direction.layers)})")
         direction = replace(direction, removal=removal)
+        if (why := direction.removal_refusal()) is not None:
+            raise InvalidArgumentError("removal.layers", why)
     return replace(direction, description=msg.description) if msg.description else direction
 
 

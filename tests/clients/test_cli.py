@@ -51,14 +51,15 @@ async def test_every_rpc_is_a_command(
 
     save_direction(tmp_path / "extra.safetensors", make_direction("extra", monitor_layer=1))
     put = await cli_json(capsys, port, "direction", "put", str(tmp_path / "extra.safetensors"), "--name", "extra",
-                         "--description", "from a file", "--removal", "clamp:0:prompt")
+                         "--description", "from a file", "--removal", "clamp:0:prompt:1")
     assert put["direction"]["monitor_layer"] == 1 and put["direction"]["removal"]["mode"] == "CLAMP"
+    assert put["direction"]["removal"]["layers"] == [1]
     names = [d["name"] for d in (await cli_json(capsys, port, "direction", "list"))["directions"]]
     assert names == ["extra", "misalignment"]
     got = await cli_json(capsys, port, "direction", "get", "extra", "--vectors")
     assert got["description"] == "from a file" and len(got["vectors"]) == 4
     code, out, _ = await cli(capsys, port, "direction", "get", "extra")
-    assert code == 0 and "monitor layer: 1" in out and "removal: extra:clamp:0::prompt" in out
+    assert code == 0 and "monitor layer: 1" in out and "removal: extra:clamp:0:1:prompt" in out
     assert (await cli(capsys, port, "direction", "delete", "extra"))[:2] == (0, "deleted extra\n")
     assert "extra" not in engine.directions
 

@@ -18,7 +18,8 @@ async def test_info_shows_the_limits_directions_and_policy(fake: FakeEngine, fak
     assert info["model"]["id"] == fake.model_info().model_id
     assert info["limits"]["allow_red_team"] is False  # the page's ADD slider stops at 0
     assert [d["name"] for d in info["directions"]] == ["misalignment"]
-    assert info["directions"][0]["removal"] == {"mode": "ablate", "strength": 1.0, "positions": "all"}
+    assert info["directions"][0]["removal"] == {"mode": "ablate", "strength": 1.0, "positions": "all", "layers": []}
+    assert info["directions"][0]["clamp_layers"] == []  # where CLAMP may act besides the monitor layer
     assert info["policy"]["terms"] == [
         {"direction": "misalignment", "mode": "ablate", "strength": 1.0, "layers": [], "positions": "all"}
     ]

@@ -54,7 +54,9 @@ def _cases(direction):
     generated = SteeringPositions.GENERATED
     return [
         ("unsteered", []),
-        ("clamp 0, prompt positions (the removal)", [(SteeringMode.CLAMP, 0.0, (m,), prompt)]),
+        ("clamp 0, prompt positions, monitor layer", [(SteeringMode.CLAMP, 0.0, (m,), prompt)]),
+        ("the removal: clamp 0, prompt positions, each layer to its own level",
+         [(SteeringMode.CLAMP, 0.0, direction.removal.layers or (m,), prompt)]),
         ("clamp 0, every position", [(SteeringMode.CLAMP, 0.0, (m,), all_)]),
         ("add 1, last prompt token (the induction)", [(SteeringMode.ADD, 1.0, (m,), last)]),
         ("add -1.5", [(SteeringMode.ADD, -1.5, (m,), all_)]),
@@ -63,7 +65,7 @@ def _cases(direction):
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     model, tok, direction, questions, served = organism
     label, spec = _cases(direction)[case]

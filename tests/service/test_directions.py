@@ -113,3 +113,19 @@ async def test_removal_recipe_round_trips_and_drives_compare(client: AsyncSteeri
     assert (await client.get_direction("clampable")).removal.mode == pb.CLAMP
     reply = await client.compare("Hi", max_new_tokens=4, monitor=["clampable"])
     assert [v.name for v in reply.variants] == ["unsteered", "clamp-clampable"]
+
+
+async def test_removal_layers_and_layer_calibration_round_trip(client: AsyncSteeringClient) -> None:
+    """A removal that clamps several layers: the file carries each layer's calibration, GetDirection lists those
+    layers, and a removal naming a layer without a vector is refused naming the field."""
+    cal = {"token": Calibration(mu=0.0, sigma=1.0)}
+    d = Direction("layered", {1: torch.ones(HIDDEN), 2: torch.ones(HIDDEN)}, monitor_layer=2, calibration=cal,
+                  layer_calibration={1: {"token": Calibration(mu=-1.0, sigma=0.5)}})
+    stored = await client.put_direction(safetensors=direction_to_bytes(d),
+                                        removal=pb.Removal(mode=pb.CLAMP, layers=[1, 2]))
+    assert list(stored.direction.clamp_layers) == [1] and list(stored.direction.removal.layers) == [1, 2]
+    got = await client.get_direction("layered")
+    assert list(got.clamp_layers) == [1] and list(got.removal.layers) == [1, 2]
+    await expect_status(client.put_direction(safetensors=direction_to_bytes(d),
+                                             removal=pb.Removal(mode=pb.CLAMP, layers=[3])),
+                        grpc.StatusCode.INVALID_ARGUMENT, "removal.layers")

@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--description", default="", help="free text shown by `direction list`")
     put.add_argument("--strict", action="store_true",
                      help="refuse a file made for another model instead of storing it uncalibrated")
-    put.add_argument("--removal", default=None, metavar="MODE:STRENGTH[:POSITIONS]",
-                     help="its removal recipe (Compare's default), e.g. clamp:0:prompt (default: the file's, "
-                     "else ablate:1)")
+    put.add_argument("--removal", default=None, metavar="MODE:STRENGTH[:POSITIONS[:LAYERS]]",
+                     help="its removal recipe (Compare's default), e.g. clamp:0:prompt or clamp:0:prompt:0,1,2 "
+                     "(default: the file's, else ablate:1)")
     delete = command("delete", "remove a direction (administrators)", dsub)
     delete.add_argument("name")
     compute = command("compute", "compute a direction from labelled examples on the served model, through its "
@@ -368,12 +368,12 @@ def _ids(text: str, flag: str) -> list[int]:
 
 def _removal(spec: str) -> pb.Removal:
     parts = spec.split(":")
-    if not 1 <= len(parts) <= 3:
-        raise UsageError(f"--removal {spec!r}: expected MODE:STRENGTH[:POSITIONS], e.g. clamp:0:prompt")
-    mode, strength, positions = [*parts, "", ""][:3]
-    term = builders.parse_steering(f"removal:{mode}:{strength}::{positions}")
+    if not 1 <= len(parts) <= 4:
+        raise UsageError(f"--removal {spec!r}: expected MODE:STRENGTH[:POSITIONS[:LAYERS]], e.g. clamp:0:prompt")
+    mode, strength, positions, layers = [*parts, "", "", ""][:4]
+    term = builders.parse_steering(f"removal:{mode}:{strength}:{layers}:{positions}")
     return pb.Removal(mode=term.mode, strength=term.strength if term.HasField("strength") else 1.0,
-                      positions=term.positions)
+                      positions=term.positions, layers=term.layers)
 
 
 _ACTIONS = {"record": pb.RECORD, "stop": pb.STOP, "steer": pb.STEER}

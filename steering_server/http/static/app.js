@@ -26,9 +26,12 @@ function option(select, value, label) {
   select.appendChild(o);
 }
 
-function addVariant(name, mode, direction, strength, positions) {
+function addVariant(name, mode, direction, strength, positions, layers) {
   const tr = document.createElement("tr");
   tr.className = "variant";
+  // A removal recipe may name its layers (the organism's clamps every layer up to its monitor layer); they belong
+  // to that direction, so choosing another direction drops them (the server's default layers).
+  tr.dataset.layers = (layers || []).join(",");
   const nameInput = Object.assign(document.createElement("input"), { className: "name", value: name });
   const modeSel = document.createElement("select");
   modeSel.className = "mode";
@@ -38,6 +41,7 @@ function addVariant(name, mode, direction, strength, positions) {
   dirSel.className = "direction";
   info.directions.forEach((d) => option(dirSel, d.name));
   if (direction) dirSel.value = direction;
+  dirSel.onchange = () => { tr.dataset.layers = ""; };
   const range = Object.assign(document.createElement("input"), { type: "range", className: "strength-range" });
   const number = Object.assign(document.createElement("input"), { type: "number", className: "strength-value" });
   const posSel = document.createElement("select");
@@ -78,6 +82,7 @@ function variantsFromForm() {
       mode,
       strength: Number(tr.querySelector(".strength-value").value),
       positions: tr.querySelector(".positions").value,
+      ...(tr.dataset.layers ? { layers: tr.dataset.layers.split(",").map(Number) } : {}),
     }];
     return { name: tr.querySelector(".name").value, steering };
   });
@@ -312,7 +317,7 @@ async function init() {
   if (d) {
     const r = d.removal;
     const where = r.positions === "all" ? "" : `${r.positions}-`;
-    addVariant(`${r.mode}-${where}${d.name}`, r.mode, d.name, r.strength, r.positions);
+    addVariant(`${r.mode}-${where}${d.name}`, r.mode, d.name, r.strength, r.positions, r.layers);
     if (r.mode !== "ablate" || r.positions !== "all") addVariant(`ablate-${d.name}`, "ablate", d.name, 1, "all");
     addVariant(`add-${d.name}`, "add", d.name, -1, "all");
   }
