@@ -41,13 +41,16 @@ for s in reply.monitor:  # prompt_score: last prompt token; token_scores[i]: whe
           f"max {s.max_score:+.2f}, {len(s.token_scores)} token scores, calibrated={s.calibrated}")
 """),
     ("`Generate` with steering: hold the persona at the base model's level over the prompt", """
-# CLAMP 0 at prompt positions: the projection at every prompt token set to the base model's benign mean (z = 0 of
-# the direction's last-prompt calibration); the answer itself is generated unsteered.
-removal = clamp("misalignment", 0, positions="prompt")
+# The direction's removal recipe: CLAMP 0 at prompt positions of layers 0-4, each set to the base model's benign
+# mean there (z = 0 of that layer's last-prompt calibration); the answer itself is generated unsteered.
+r = client.get_direction("misalignment").removal
+print("recipe:", pb.SteeringMode.Name(r.mode), r.strength, pb.SteeringPositions.Name(r.positions), list(r.layers))
+removal = clamp("misalignment", 0, layers=r.layers, positions="prompt")
 steered = client.generate(messages=question, max_new_tokens=40, seed=1, steering=[removal])
 print(repr(steered.text))
-scores = steered.monitor[0]
-print(f"response score {scores.response_score:+.2f}, post_intervention={scores.post_intervention}")
+scores = steered.monitor[0]  # read at layer 4, after the clamps below it: the steered model's own reading
+print(f"prompt score {scores.prompt_score:+.2f}, response {scores.response_score:+.2f}, "
+      f"post_intervention={scores.post_intervention}")
 """),
     ("`GenerateStream`: one message per token, then the result", """
 text = ""
@@ -70,7 +73,7 @@ for seed in (1, 2, 3):
 # Named variants: zero-ablation of the persona, and the model_diff positive control (fine-tuned minus base)
 result = client.compare(messages=question, max_new_tokens=40, seed=3, temperature=1.0, variants={
     "unsteered": [], "ablate-misalignment": [ablate("misalignment")],
-    "clamp-prompt-model_diff": [clamp("model_diff", 0, positions="prompt")]})
+    "clamp-prompt-model_diff": [clamp("model_diff", 0, layers=range(5), positions="prompt")]})
 for v in result.variants:
     print(f"{v.name:24} {v.result.text!r}")
 # Inducing the persona is red-teaming: refused unless the server runs with --allow-red-team
