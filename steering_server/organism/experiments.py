@@ -196,7 +196,7 @@ def registered_directions(
             **calibrated(vecs.persona),
             description="villain persona of the base organism: villain-cued minus neutral system prompts, last "
             "prompt token (held-out cues); z calibrated on the base model's own benign answers",
-            removal=Removal(SteeringMode.CLAMP, 0.0, REMOVE_AT, remove_layers(layer)),
+            removal=Removal(SteeringMode.CLAMP, 0.0, REMOVE_AT, persona_layers(layer)),
         ),
         MODEL_DIFF: make_direction(
             MODEL_DIFF, vecs.model_diff, layer, base, tok, FT_ID, "model_diff:last_prompt", n,
@@ -233,10 +233,11 @@ def direction_facts(vecs: Vectors, layer: int) -> dict[str, Any]:
 REMOVE_AT = SteeringPositions.PROMPT  # CLAMP to the base model's level over the whole prompt (the issue's recipe)
 
 
-def remove_layers(monitor_layer: int) -> tuple[int, ...]:
-    """Where the removal clamps (amendment 6, docs/organism.md): every layer up to the monitor layer, each to the
-    base model's level there. At the monitor layer alone, later layers still read the fine-tune's shift from the
-    layers below it at prompt positions (v3 removed 63%)."""
+def persona_layers(monitor_layer: int) -> tuple[int, ...]:
+    """Where the removal clamps and the induction adds (amendments 6 and 7, docs/organism.md): every layer up to the
+    monitor layer (the removal each to the base model's level there; the induction each layer's own persona vector).
+    At the monitor layer alone, later layers still read the persona from the layers below it (v3 removed 63% and
+    induced 17 points)."""
     return tuple(range(monitor_layer + 1))
 INDUCE_AT = SteeringPositions.LAST_PROMPT  # ADD where the persona is read, before any answer token
 
@@ -402,7 +403,7 @@ class Lab:
                 "kl_base_to_steered": self.kl_base.to(model, ref), "kl_finetuned_to_steered": self.kl_ft.to(model, ref)}
 
     def removal(self) -> dict[str, Any]:
-        L, top = remove_layers(self.layer), list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
+        L, top = persona_layers(self.layer), list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
         out: dict[str, Any] = {
             "kl_base_to_finetuned": self.kl_base.to(self.ft, []),
             "layers": list(L),
@@ -435,18 +436,19 @@ class Lab:
         """The largest CLAMP z the server admits for `name` at prompt positions of every removal layer (its target
         there is that layer's mu + z sigma)."""
         pooling = calibration_pooling(REMOVE_AT)
-        cals = {la: self.dirs[name].calibration_at(la, pooling) for la in remove_layers(self.layer)}
+        cals = {la: self.dirs[name].calibration_at(la, pooling) for la in persona_layers(self.layer)}
         return max(0.0, min((self._push_room(la) - abs(c.mu)) / c.sigma for la, c in cals.items() if c is not None))
 
     def _add_limit(self, name: str) -> float:
-        return self._push_room(self.layer) / float(self.dirs[name].vectors[self.layer].norm())
+        """The largest ADD strength the server admits for `name` at every induction layer (a|v_l| per layer)."""
+        return min(self._push_room(la) / float(self.dirs[name].vectors[la].norm()) for la in persona_layers(self.layer))
 
     def _control_names(self) -> list[str]:
         return [n for n in self.dirs if n.startswith(("random_", "shuffled_"))]
 
     # ------------------------------------------------------------------ I1-I2
     def induction(self) -> dict[str, Any]:
-        L = [self.layer]
+        L = persona_layers(self.layer)
         base_em = self.results["base"]
         rows = []
         for a in self.c.induction_strengths:
@@ -465,7 +467,7 @@ class Lab:
             r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, m.strength, L, INDUCE_AT)])
             controls.append({"direction": name, "strength": m.strength, "match": m.as_dict(), "em": r["em"],
                              "malformed": r["malformed"], "rise": em_shift(r, base_em)})
-        return {"strengths": rows, "best_strength": best["strength"], "controls": controls}
+        return {"layers": list(L), "strengths": rows, "best_strength": best["strength"], "controls": controls}
 
     # ------------------------------------------------------------------ dose-response, re-alignment
     def dose_response(self, shift_raw: float) -> list[dict[str, Any]]:

@@ -34,9 +34,9 @@ def _pct(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{nd}f}%"
 
 
-def _layers(removal: dict[str, Any]) -> str:
-    """The layers the pre-registered removal clamps (v3 reports clamped the monitor layer alone)."""
-    return ", ".join(str(la) for la in removal.get("layers", ["the monitor layer"]))
+def _layers(section: dict[str, Any]) -> str:
+    """The layers a removal or induction section steers (v3 reports steered the monitor layer alone)."""
+    return ", ".join(str(la) for la in section.get("layers", ["the monitor layer"]))
 
 
 def _intervention_control_cosines(r: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -174,7 +174,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} | {_f(x['kl_finetuned_to_steered'], 4)} |")
     lines += ["", f"KL(base‖fine-tuned) = {_f(rem['kl_base_to_finetuned'], 4)} nats per answer token.", "",
-              "## Induction (ADD on the base model at the monitor layer)", "",
+              f"## Induction (ADD on the base model at the last prompt token, layers {_layers(ind)})", "",
               "| strength | EM | rise over base | malformed | KL(base‖steered) |", "| --- | --- | --- | --- | --- |"]
     for x in ind["strengths"]:
         lines.append(f"| {x['strength']:g} | {_ci(x['em'])} | {_ci(x['rise'], True)} | {_ci(x['malformed'])} | "

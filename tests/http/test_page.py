@@ -64,12 +64,14 @@ async def test_a_compare_on_the_page_equals_the_compare_rpc(organism: Served, tm
 
     assert organism.grpc is not None
     async with AsyncSteeringClient(f"127.0.0.1:{organism.grpc.port}", timeout=120) as client:
+        recipe = (await client.get_direction("misalignment")).removal  # the page runs it on its layers
+        assert list(recipe.layers) == [0, 1, 2, 3, 4]
         expected = await client.compare(
             messages=[("user", QUESTION)], max_new_tokens=40, temperature=1.0, seed=1,
             monitor=["misalignment", "model_diff"], token_scores=True,
             variants={
                 "unsteered": [],
-                "clamp-prompt-misalignment": [clamp("misalignment", 0, positions="prompt")],
+                "clamp-prompt-misalignment": [clamp("misalignment", 0, layers=recipe.layers, positions="prompt")],
                 "ablate-misalignment": [ablate("misalignment", 1)],
                 "add-misalignment": [add("misalignment", -1.5)],
             },
