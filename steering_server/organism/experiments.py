@@ -427,9 +427,10 @@ class Lab:
         out["controls"] = controls
         return out
 
-    def _push_room(self, layer: int) -> float:
-        """How far a term may push at `layer`: 90% of the server's bound (containment.MAX_PUSH_RATIO)."""
-        norms = self.served["ft"].engine.registry.residual_norms
+    def _push_room(self, layer: int, model: str) -> float:
+        """How far a term may push at `layer` on `model` ("base" or "ft"): 90% of that server's bound
+        (containment.MAX_PUSH_RATIO of its own residual norms)."""
+        norms = self.served[model].engine.registry.residual_norms
         return 0.9 * MAX_PUSH_RATIO * float(norms[layer]) if norms is not None else float("inf")
 
     def _clamp_limit(self, name: str) -> float:
@@ -437,11 +438,13 @@ class Lab:
         there is that layer's mu + z sigma)."""
         pooling = calibration_pooling(REMOVE_AT)
         cals = {la: self.dirs[name].calibration_at(la, pooling) for la in persona_layers(self.layer)}
-        return max(0.0, min((self._push_room(la) - abs(c.mu)) / c.sigma for la, c in cals.items() if c is not None))
+        return max(0.0, min((self._push_room(la, "ft") - abs(c.mu)) / c.sigma for la, c in cals.items()
+                            if c is not None))
 
     def _add_limit(self, name: str) -> float:
         """The largest ADD strength the server admits for `name` at every induction layer (a|v_l| per layer)."""
-        return min(self._push_room(la) / float(self.dirs[name].vectors[la].norm()) for la in persona_layers(self.layer))
+        return min(self._push_room(la, "base") / float(self.dirs[name].vectors[la].norm())
+                   for la in persona_layers(self.layer))
 
     def _control_names(self) -> list[str]:
         return [n for n in self.dirs if n.startswith(("random_", "shuffled_"))]

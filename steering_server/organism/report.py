@@ -34,9 +34,16 @@ def _pct(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{nd}f}%"
 
 
+def _matched(control: dict[str, Any]) -> str:
+    """Whether a control reached the persona's KL (a control short of it proves nothing)."""
+    m = control["match"]
+    return "KL-matched" if m["matched"] else f"not KL-matched: {_f(m['kl'], 3)} against {_f(m['target_kl'], 3)}"
+
+
 def _layers(section: dict[str, Any]) -> str:
     """The layers a removal or induction section steers (v3 reports steered the monitor layer alone)."""
-    return ", ".join(str(la) for la in section.get("layers", ["the monitor layer"]))
+    layers = section.get("layers")
+    return ", ".join(map(str, layers)) if layers else "the monitor layer"
 
 
 def _intervention_control_cosines(r: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -124,7 +131,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(rate_row("fine-tuned + CLAMP 0 persona at the monitor layer alone (v3)",
                               rem["clamp_monitor_layer"]))
     lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
-    lines.append(rate_row("fine-tuned + CLAMP 0 model_diff (positive control)", rem["model_diff_clamp"]))
+    lines.append(rate_row(f"fine-tuned + CLAMP 0 model_diff at layers {_layers(rem)} (positive control)",
+                          rem["model_diff_clamp"]))
     j = em["judges"]
     lines += _finetune_lines(r.get("finetune") or {})
     lines += ["", f"Second judge (trigrams + markers): EM fine-tuned {_ci(j['finetuned_second_judge']['em'])}, base "
@@ -163,14 +171,17 @@ def markdown(r: dict[str, Any]) -> str:
               f"{_pct(r['config']['target_fpr'])}).", "",
               "## Removal (fine-tuned model)", "",
               "Every CLAMP acts at prompt positions, each layer to the base model's level there; the controls at the "
-              "persona's layers, at the z whose KL(fine-tuned‖steered) matches the persona's.", "",
+              "persona's layers, at the z whose KL(fine-tuned‖steered) matches the persona's. The persona ships with "
+              f"the removal at layers {', '.join(map(str, rem.get('shipped_recipe_layers', [])) or '-')} "
+              "(amendment 6's adoption rule: `criteria.adopt_layered_removal`).", "",
               "| intervention | EM | removed | malformed | KL(base‖steered) | KL(fine-tuned‖steered) |",
               "| --- | --- | --- | --- | --- | --- |"]
     alone = [("CLAMP 0 persona, monitor layer alone (v3)", rem[k]) for k in ("clamp_monitor_layer",) if k in rem]
     for name, x in ((f"CLAMP 0 persona, layers {_layers(rem)}", rem["clamp"]), *alone,
                     ("ABLATE 1 persona", rem["ablate"]),
-                    ("CLAMP 0 model_diff", rem["model_diff_clamp"]),
-                    *((f"control {c['direction']} (CLAMP {c['clamp_z']:.2f})", c) for c in rem["controls"])):
+                    (f"CLAMP 0 model_diff, layers {_layers(rem)}", rem["model_diff_clamp"]),
+                    *((f"control {c['direction']} (CLAMP {c['clamp_z']:.2f}, {_matched(c)})", c)
+                      for c in rem["controls"])):
         lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} | {_f(x['kl_finetuned_to_steered'], 4)} |")
     lines += ["", f"KL(base‖fine-tuned) = {_f(rem['kl_base_to_finetuned'], 4)} nats per answer token.", "",
@@ -180,7 +191,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {x['strength']:g} | {_ci(x['em'])} | {_ci(x['rise'], True)} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} |")
     for x in ind["controls"]:
-        lines.append(f"| control {x['direction']} ({x['strength']:.2f}, KL-matched) | {_ci(x['em'])} | "
+        lines.append(f"| control {x['direction']} ({x['strength']:.2f}, {_matched(x)}) | {_ci(x['em'])} | "
                      f"{_ci(x['rise'], True)} | {_ci(x['malformed'])} | - |")
     lines += ["", "## Dose-response (ADD on the fine-tuned model, in multiples of the natural shift)", "",
               f"Natural shift: {_f(det['natural_shift_raw'])} raw ({_f(det['natural_shift_z'], 2)} last-prompt z); "

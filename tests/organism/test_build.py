@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from steering_server.direction_files import load_direction
 from steering_server.organism.build import build
 from steering_server.organism.config import preset
+from steering_server.organism.criteria import adopt_layered_removal
 from steering_server.organism.experiments import DETECTION_RULE, FALLBACK_RULE, choose_monitor_layer
 from steering_server.organism.report import PLOTS, to_jsonable
 from steering_server.provenance import config_hash, tokenizer_hash
@@ -135,3 +136,30 @@ def test_the_report_says_how_far_each_control_is_from_the_persona(small_build):
     # random directions in the model's width are nearly orthogonal to the persona; the sign of a cosine is kept
     assert all(abs(cos[f"random_{i}"]["persona"]) < 0.5 for i in range(n))
     assert "Controls' cosine with the persona" in (out / "report.md").read_text()
+
+
+def test_the_layered_removal_ships_only_when_it_removes_more_at_no_more_than_r2s_cost():
+    """Amendment 6's adoption rule: the persona's recipe clamps every layer up to the monitor layer only if that
+    removes more than the monitor layer alone with R2 met; otherwise the monitor layer's recipe stays."""
+    em = {"finetuned": {"malformed": {"value": 0.05}}}
+
+    def removal(layered: float, alone: float, kl: float = 0.04, malformed: float = 0.06) -> dict:
+        entry = {"removed": layered, "kl_base_to_steered": kl, "malformed": {"value": malformed}}
+        return {"clamp": entry, "clamp_monitor_layer": {"removed": alone}, "kl_base_to_finetuned": 0.16}
+
+    assert adopt_layered_removal(removal(0.94, 0.63), em)
+    assert not adopt_layered_removal(removal(0.60, 0.63), em)  # removes less
+    assert not adopt_layered_removal(removal(0.94, 0.63, kl=0.09), em)  # KL above half of KL(base||fine-tuned)
+    assert not adopt_layered_removal(removal(0.94, 0.63, malformed=0.11), em)  # malformed +6 points
+    assert adopt_layered_removal({"clamp": removal(0.94, 0.63)["clamp"], "kl_base_to_finetuned": 0.16}, em)
+
+
+def test_the_shipped_direction_ships_the_removal_its_report_adopted():
+    from steering_server.organism.assets import default_direction_path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "organism" / "report.json"
+    report = json.loads(docs.read_text())
+    layers = tuple(report["removal"]["shipped_recipe_layers"])
+    recipe = load_direction(default_direction_path()).removal
+    assert (recipe.layers or (report["direction"]["monitor_layer"],)) == layers
+    assert adopt_layered_removal(report["removal"], report["em"]) == (layers == tuple(report["removal"]["layers"]))

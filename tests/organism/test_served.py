@@ -15,6 +15,7 @@ from steering_server.organism.assets import DEFAULT_DIRECTION_NAME, default_dire
 from steering_server.organism.capture import capture
 from steering_server.organism.corpus import open_questions, split_questions
 from steering_server.organism.evaluate import prompt_messages
+from steering_server.organism.experiments import persona_layers
 from steering_server.organism.persona import encode_prompts
 from steering_server.organism.served import ServedModel
 from steering_server.organism.steer import RefTerm, steering
@@ -58,14 +59,16 @@ def _cases(direction):
         ("the removal: clamp 0, prompt positions, each layer to its own level",
          [(SteeringMode.CLAMP, 0.0, direction.removal.layers or (m,), prompt)]),
         ("clamp 0, every position", [(SteeringMode.CLAMP, 0.0, (m,), all_)]),
-        ("add 1, last prompt token (the induction)", [(SteeringMode.ADD, 1.0, (m,), last)]),
+        ("add 1, last prompt token, monitor layer", [(SteeringMode.ADD, 1.0, (m,), last)]),
+        ("the induction: add 1, last prompt token, every layer up to the monitor layer",
+         [(SteeringMode.ADD, 1.0, persona_layers(m), last)]),
         ("add -1.5", [(SteeringMode.ADD, -1.5, (m,), all_)]),
         ("ablate 1", [(SteeringMode.ABLATE, 1.0, above, all_)]),
         ("clamp 1, generated tokens", [(SteeringMode.CLAMP, 1.0, (m,), generated)]),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_served_greedy_tokens_equal_the_reference_hooks(organism, case):
     model, tok, direction, questions, served = organism
     label, spec = _cases(direction)[case]
