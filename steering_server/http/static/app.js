@@ -107,7 +107,8 @@ function legend() {
 
 function describe(steering) {
   if (!steering.length) return "no steering";
-  return steering.map((t) => `${t.mode} ${t.strength} ${t.direction}${t.positions !== "all" ? " @" + t.positions : ""}`).join(", ");
+  return steering.map((t) => `${t.mode} ${t.strength} ${t.direction}${t.positions !== "all" ? " @" + t.positions : ""}` +
+    (t.layers && t.layers.length ? ` layers ${t.layers.join(",")}` : "")).join(", ");
 }
 
 function fmt(x) { return x === null || x === undefined ? "–" : (x >= 0 ? "+" : "") + x.toFixed(2); }
