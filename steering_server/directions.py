@@ -213,11 +213,6 @@ class Direction:
         table = self.calibration if layer == self.monitor_layer else self.layer_calibration.get(layer, {})
         return table.get(pooling, table.get("token"))
 
-    @property
-    def calibrated_layers(self) -> tuple[int, ...]:
-        """The layers where a CLAMP in z units has a target (none when the direction is uncalibrated)."""
-        return tuple(sorted({self.monitor_layer, *self.layer_calibration})) if self.calibrated else ()
-
     def clamp_refusal(self, layer: int, positions: SteeringPositions) -> str | None:
         """Why CLAMP at `layer` over `positions` has no target, or None when it has one. The one rule (planning,
         the removal recipe, a replaced direction under a policy): a direction whose monitor layer is calibrated for

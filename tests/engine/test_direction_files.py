@@ -129,7 +129,8 @@ def test_calibration_at_other_layers_round_trips_and_follows_a_moved_monitor_lay
                 removal=Removal(SteeringMode.CLAMP, 0.0, SteeringPositions.PROMPT, (1, 3)))
     back = direction_from_bytes(direction_to_bytes(d)).validate(N_LAYERS, HIDDEN)
     _assert_same(d, back)
-    assert back.calibrated_layers == (1, 3)
+    assert back.clamp_refusal(1, SteeringPositions.PROMPT) is None  # layer 1 has its own level
+    assert back.clamp_refusal(3, SteeringPositions.ALL) is None  # the monitor layer
     assert back.calibration_at(1, "last_prompt") == layer1["last_prompt"]
     assert back.calibration_at(1, "response_mean") == layer1["token"]  # a pooling not calibrated: the per-token one
     moved = direction_from_bytes(direction_to_bytes(d), monitor_layer=1)
