@@ -5,7 +5,9 @@ We keep the stock scheduler, paged KV cache and model runner, and change three t
     before the forward, and hand it the projections after;
   - the runner's sampler: per-request keyed sampling instead of one global do_sample/RNG (Engine rule 2);
   - prefix block sharing is off, so steered and unsteered requests never share KV (Engine rule 1), and async
-    batching is off (Engine rule 5).
+    batching is off (Engine rule 5);
+  - on the CPU, transformers' sdpa is wrapped to attend per request, and the paged cache leaves its read to that
+    attention (cpu_attention.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.configuration_utils import CompileConfig, ContinuousBatchingConfig
+from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.generation.continuous_batching.continuous_api import (
     BackgroundThreadStatus,
     ContinuousBatchingManager,
@@ -29,7 +32,7 @@ from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
 from transformers.generation.continuous_batching.utils import stream_context
 
-from .cpu_attention import install_cpu_attention
+from .cpu_attention import ReadInAttentionCache, install_cpu_attention
 from .runtime import SteeringRuntime
 from .types import ServingSettings
 
@@ -142,6 +145,7 @@ class BatchingManager(ContinuousBatchingManager):
             # back to the math kernel, so this stays CPU-only. Process-wide; it only changes how sdpa is called.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
             install_cpu_attention()  # per-request attention, not a block-diagonal mask over every request's keys
+        self._attention_reads_cache = attn == "sdpa" and model.device.type == "cpu"
         # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
         compiled = (
             CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)
@@ -173,6 +177,8 @@ class BatchingManager(ContinuousBatchingManager):
         if not isinstance(processor, _SteeringProcessor):
             processor.__class__ = _SteeringProcessor
             processor.model_runner.__class__ = _SteeringRunner
+        if self._attention_reads_cache and type(processor.cache) is PagedAttentionCache:
+            processor.cache.__class__ = ReadInAttentionCache  # decode attention reads the cache itself
         processor.runtime = self.runtime  # type: ignore[attr-defined]
         processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
         # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward, and the

@@ -15,19 +15,34 @@ from steering_server.types import GenerationRequest, MonitorOptions, Prompt, Sam
 from .conftest import DEVICE, loaded_model, running_engine
 
 
-@pytest.mark.parametrize("lengths", [[5, 1, 9, 3], [4, 4, 4]], ids=["ragged", "equal lengths (a view, no mask)"])
-@pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "the paged cache's layout"])
-def test_decode_attention_equals_the_masked_flat_sdpa(lengths: list[int], token_major: bool) -> None:
+@pytest.mark.parametrize(
+    "lengths",
+    [[5, 1, 9, 3], [4, 4, 4], [700, 3, 650, 20, 310, 5]],
+    ids=["ragged", "equal lengths (a view, no mask)", "groups of similar length (one call each)"],
+)
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "token-major", "paged"],
+    ids=["contiguous", "the flat read's layout", "read from the paged cache"],
+)
+def test_decode_attention_equals_the_masked_flat_sdpa(lengths: list[int], layout: str) -> None:
     g = torch.Generator().manual_seed(0)
     heads, kv_heads, dim = 8, 2, 16
     b, total = len(lengths), sum(lengths)
     q = torch.randn(1, heads, b, dim, generator=g)
     k = torch.randn(1, kv_heads, total, dim, generator=g)
     v = torch.randn(1, kv_heads, total, dim, generator=g)
-    if token_major:  # what the paged cache's read returns: (total, kv_heads, d) rows, transposed
+    if layout == "token-major":  # what the paged cache's read returns: (total, kv_heads, d) rows, transposed
         k, v = (x[0].transpose(0, 1).contiguous().transpose(0, 1).unsqueeze(0) for x in (k, v))
+    paged = None
+    if layout == "paged":  # the keys scattered over a larger cache; the attention gets only the new ones as `key`
+        read_index = torch.randperm(total + 40, generator=g)[:total]  # (total,) the cache row of each flat key
+        caches = [torch.randn(total + 40, kv_heads, dim, generator=g) for _ in range(2)]
+        for cache, x in zip(caches, (k, v), strict=True):
+            cache[read_index] = x[0].transpose(0, 1)
+        paged = (caches[0], caches[1], read_index)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    got = cpu_attention._decode_attention(torch.nn.Identity(), q, k, v, cu, max(lengths), 0.25)  # (1, B, heads, d)
+    new_k, new_v = (k[:, :, cu[1:] - 1], v[:, :, cu[1:] - 1]) if paged else (k, v)
+    got = cpu_attention._decode_attention(torch.nn.Identity(), q, new_k, new_v, cu, 0.25, paged)  # (1, B, heads, d)
     mask = torch.zeros(b, total, dtype=torch.bool)  # query i sees request i's keys only
     for i in range(b):
         mask[i, cu[i] : cu[i + 1]] = True
@@ -98,6 +113,15 @@ def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_decoders_share_a_padded_call_only_with_requests_of_similar_length() -> None:
+    pad = cpu_attention._DECODE_PAD_ROWS
+    lengths = [10, 2000, 12, 2000 - pad, 2000 - 2 * pad, 9, 2000 - pad - 1]
+    groups = cpu_attention._decode_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every request, once
+    assert groups == [[1, 3], [6, 4], [2, 0, 5]]  # longest first; a group spans at most `pad` padding rows
+    assert cpu_attention._decode_groups([5, 5, 5]) == [[0, 1, 2]]
+
+
 def test_prefills_share_a_padded_call_only_within_twice_their_own_work() -> None:
     sizes = [(0, 3, 3), (2, 40, 40), (3, 2, 10), (4, 5, 5), (5, 4, 4)]  # (request, queries, keys)
     groups = cpu_attention._prefill_groups(sizes)
@@ -121,22 +145,28 @@ def test_a_sliding_window_passed_as_an_argument_goes_to_transformers_sdpa() -> N
 
 
 async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the engine's own calls (its mask, its paged-cache layout), the per-request path gives what transformers'
-    sdpa gives, in steps that prefill a chunk after cached tokens while another request decodes."""
+    """On the engine's own calls (its mask, its paged cache), the per-request path gives what transformers' sdpa gives
+    on the stock cache's flat read: in steps that prefill a chunk after cached tokens while another request decodes,
+    and in decode-only steps that read their keys from the cache in groups of similar length."""
     if DEVICE != "cpu":
         pytest.skip("CPU-only path")
     cpu_attention.install_cpu_attention()
+    monkeypatch.setattr(cpu_attention, "_DECODE_PAD_ROWS", 0)  # decoders of different lengths: a call each
     installed, original = ALL_ATTENTION_FUNCTIONS["sdpa"], cpu_attention._INSTALLED["sdpa"]
-    seen: list[tuple[list[int], list[int], float]] = []  # (query lengths, key lengths, max |difference|) per call
+    seen: list[tuple[list[int], list[int], bool, float]] = []  # (query lengths, key lengths, read from the cache,
+    # max |difference|) per call
 
     def checking(
         module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, **kw: object
     ) -> tuple[torch.Tensor, None]:
         got = installed(module, q, k, v, mask, **kw)
-        if kw.get("max_length_q", 1) != 1 and isinstance(kw.get("cu_seq_lens_q"), torch.Tensor):
+        if isinstance(kw.get("cu_seq_lens_q"), torch.Tensor):
+            paged = kw.pop(cpu_attention.PAGED_KV, None)  # the engine's cache left the read to the attention
+            if paged is not None:
+                k, v = cpu_attention._read_back(paged)  # type: ignore[arg-type]  # the stock cache's flat sequence
             want = original(module, q, k, v, mask, **kw)[0]
             cq, ck = (x.diff().tolist() for x in (kw["cu_seq_lens_q"], kw["cu_seq_lens_k"]))  # type: ignore[union-attr]
-            seen.append((cq, ck, float((got[0] - want).abs().max())))
+            seen.append((cq, ck, paged is not None, float((got[0] - want).abs().max())))
         return got
 
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", checking)
@@ -152,6 +182,9 @@ async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(m
         first = asyncio.ensure_future(engine.generate(short))
         await asyncio.sleep(0.05)  # the short request is decoding when the 60-token prompt arrives in 24-token chunks
         await asyncio.gather(first, engine.generate(long))
-    mixed = [(cq, ck) for cq, ck, _ in seen if 1 in cq and any(k > q > 1 for q, k in zip(cq, ck, strict=True))]
+    mixed = [(cq, ck) for cq, ck, *_ in seen if 1 in cq and any(k > q > 1 for q, k in zip(cq, ck, strict=True))]
     assert len(mixed) >= engine.num_layers, seen  # a decoder beside a chunk after its cache, at every layer
+    decode = [(ck, paged) for cq, ck, paged, _ in seen if len(cq) > 1 and set(cq) == {1} and len(set(ck)) > 1]
+    assert len(decode) >= engine.num_layers, seen  # both decoding, different lengths: two groups, at every layer
+    assert all(paged for _, paged in decode)  # read straight from the cache
     assert max(d for *_, d in seen) < 1e-5
