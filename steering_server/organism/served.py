@@ -108,12 +108,18 @@ class ServedModel:
         score at every answer position that was fed back)."""
         jobs = [(qi, q, k) for qi, q in enumerate(questions) for k in range(n_samples)]
         mon = MonitorOptions(directions=tuple(monitor), enabled=bool(monitor), token_scores=token_scores)
+        # Each question's chat is rendered once, by the engine's own renderer, and its samples are sent as those
+        # token ids: the same tokens as sending the messages, without rendering the chat template per sample.
+        def rendered(q: Question) -> Prompt:
+            msgs = tuple(ChatMessage(m["role"], m["content"]) for m in prompt_messages(q, system))
+            return Prompt(token_ids=tuple(self.engine.render_prompt(Prompt(messages=msgs), "")))
+
+        prompts = [rendered(q) for q in questions]
 
         def request(qi: int, q: Question, k: int) -> GenerationRequest:
-            msgs = tuple(ChatMessage(m["role"], m["content"]) for m in prompt_messages(q, system))
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                     seed=sample_seed(seed, qi, k))
-            return GenerationRequest(Prompt(messages=msgs), params, tuple(steering), mon)
+            return GenerationRequest(prompts[qi], params, tuple(steering), mon)
 
         async def run() -> list[ServedSample]:
             out: list[ServedSample] = []
