@@ -33,6 +33,7 @@ from transformers.generation.continuous_batching.requests import GenerationOutpu
 from transformers.generation.continuous_batching.utils import stream_context
 
 from .cpu_attention import ReadInAttentionCache, install_cpu_attention
+from .layers import SUPPORTED_ARCHITECTURES
 from .runtime import SteeringRuntime
 from .types import ServingSettings
 
@@ -145,7 +146,11 @@ class BatchingManager(ContinuousBatchingManager):
             # back to the math kernel, so this stays CPU-only. Process-wide; it only changes how sdpa is called.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
             install_cpu_attention()  # per-request attention, not a block-diagonal mask over every request's keys
-        self._attention_reads_cache = attn == "sdpa" and model.device.type == "cpu"
+        # Only for architectures whose attention gets exactly the tensors the cache update returned (the tested ones;
+        # e.g. DiffLlama splits V in between, Gemma3n shares KV across layers): others keep the stock read.
+        self._attention_reads_cache = (
+            attn == "sdpa" and model.device.type == "cpu" and model.config.model_type in SUPPORTED_ARCHITECTURES
+        )
         # dynamic: one compiled graph for every batch size; not fullgraph: paged attention is a graph break.
         compiled = (
             CompileConfig(backend=compile_backend, mode="default", fullgraph=False, dynamic=True)

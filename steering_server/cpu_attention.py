@@ -37,10 +37,13 @@ __all__ = ["PAGED_KV", "ReadInAttentionCache", "install_cpu_attention"]
 _INSTALLED: dict[str, Any] = {}
 
 # The attention kwarg by which ReadInAttentionCache leaves a layer's read to the attention: (k_cache, v_cache,
-# read_index), the layer's (cache rows, kv_heads, d) keys and values and the (total_k,) int64 cache row of each key
-# of the step, requests back to back as in cu_seq_lens_k. A tuple of tensors, so a compiled forward passes it through.
+# read_index, new_k, new_v), the layer's (cache rows, kv_heads, d) keys and values, the (total_k,) int64 cache row of
+# each key of the step (requests back to back as in cu_seq_lens_k), and the new tokens' key and value tensors the
+# update returned (the attention checks it got those very tensors: a model that changes them in between cannot be
+# served this way). A tuple of tensors, which a compiled forward can carry; compiled forwards pad their inputs, so
+# they never take the decode path and read the flat sequence (`_read_back`) as the stock update would.
 PAGED_KV = "steering_paged_kv"
-PagedKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+PagedKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 # A decoding request joins a longer one's padded call while it adds at most this many padding key rows; past that, a
 # call of its own is cheaper. Measured on the 2-core CPU (24 decoders of 8-640 keys, 4 KV heads of 64): one padded
@@ -77,13 +80,13 @@ class ReadInAttentionCache(PagedAttentionCache):
         finally:
             kwargs["read_index"] = reads
         k_cache, v_cache = allocator._kv_token_views[layer_idx]
-        kwargs[PAGED_KV] = (k_cache, v_cache, read_index)
+        kwargs[PAGED_KV] = (k_cache, v_cache, read_index, *new)
         return new  # type: ignore[no-any-return]
 
 
 def _read_back(paged: PagedKV) -> tuple[torch.Tensor, torch.Tensor]:
     """The flat sequence the stock update returns: (1, kv_heads, total_k, d) keys and values."""
-    k_cache, v_cache, read_index = paged
+    k_cache, v_cache, read_index = paged[:3]
     return tuple(  # type: ignore[return-value]
         x.index_select(0, read_index).transpose(0, 1).unsqueeze(0) for x in (k_cache, v_cache)
     )
@@ -186,7 +189,7 @@ def _decode_attention(
     starts, lengths = ck[:-1], [b - a for a, b in itertools.pairwise(ck)]
     if paged is None:
         return _decoders(_rows(query), _rows(key), _rows(value), starts, lengths, scaling, None).unsqueeze(0)
-    k_cache, v_cache, read_index = paged
+    k_cache, v_cache, read_index = paged[:3]
     return _decoders(_rows(query), k_cache, v_cache, starts, lengths, scaling, read_index).unsqueeze(0)
 
 
@@ -319,6 +322,12 @@ def install_cpu_attention() -> None:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         paged: PagedKV | None = kwargs.pop(PAGED_KV, None)
+        if paged is not None and (key is not paged[3] or value is not paged[4]):
+            # e.g. differential attention splitting V: the cache holds what update got, not what attention gets
+            raise RuntimeError(
+                f"{type(module).__name__} changes its keys or values between the cache update and attention; the "
+                "CPU read-in cache cannot serve it (cb_adapter: add the model type to the stock cache's list)"
+            )
         if not _per_request_applies(module, query, kwargs):
             if paged is not None:
                 key, value = _read_back(paged)

@@ -7,12 +7,13 @@ import asyncio
 
 import pytest
 import torch
+from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from steering_server import cpu_attention
-from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams
+from steering_server import cb_adapter, cpu_attention
+from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 
-from .conftest import DEVICE, loaded_model, running_engine
+from .conftest import DEVICE, loaded_model, random_direction, running_engine
 
 
 @pytest.mark.parametrize(
@@ -146,8 +147,9 @@ def test_a_sliding_window_passed_as_an_argument_goes_to_transformers_sdpa() -> N
 
 async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the engine's own calls (its mask, its paged cache), the per-request path gives what transformers' sdpa gives
-    on the stock cache's flat read: in steps that prefill a chunk after cached tokens while another request decodes,
-    and in decode-only steps that read their keys from the cache in groups of similar length."""
+    on the flat read of the same keys: in steps that prefill a chunk after cached tokens while another request
+    decodes, and in decode-only steps that read their keys from the cache in groups of similar length. (That the
+    cache hands over the right keys is the next test's.)"""
     if DEVICE != "cpu":
         pytest.skip("CPU-only path")
     cpu_attention.install_cpu_attention()
@@ -163,7 +165,7 @@ async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(m
         if isinstance(kw.get("cu_seq_lens_q"), torch.Tensor):
             paged = kw.pop(cpu_attention.PAGED_KV, None)  # the engine's cache left the read to the attention
             if paged is not None:
-                k, v = cpu_attention._read_back(paged)  # type: ignore[arg-type]  # the stock cache's flat sequence
+                k, v = cpu_attention._read_back(paged)  # type: ignore[arg-type]  # the flat sequence of those keys
             want = original(module, q, k, v, mask, **kw)[0]
             cq, ck = (x.diff().tolist() for x in (kw["cu_seq_lens_q"], kw["cu_seq_lens_k"]))  # type: ignore[union-attr]
             seen.append((cq, ck, paged is not None, float((got[0] - want).abs().max())))
@@ -188,3 +190,62 @@ async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(m
     assert len(decode) >= engine.num_layers, seen  # both decoding, different lengths: two groups, at every layer
     assert all(paged for _, paged in decode)  # read straight from the cache
     assert max(d for *_, d in seen) < 1e-5
+
+
+async def test_concurrent_requests_get_the_same_tokens_and_scores_as_on_the_stock_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read-in cache hands the attention the right keys: steered, monitored requests of different lengths decoding
+    together (in separate length groups) get the tokens and scores they get when transformers' cache reads them."""
+    if DEVICE != "cpu":
+        pytest.skip("CPU-only path")
+    monkeypatch.setattr(cpu_attention, "_DECODE_PAD_ROWS", 0)  # one group per length: the grouped path runs
+    loaded = loaded_model()
+    direction = random_direction("d", loaded, monitor_layer=1, scale=0.5)
+    prompts = [tuple(range(5, 5 + n)) for n in (3, 41, 90, 7)]
+
+    async def run() -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+        async with running_engine(loaded) as engine:
+            engine.put_direction(direction)
+            reqs = [
+                GenerationRequest(
+                    Prompt(token_ids=p), SamplingParams(max_new_tokens=12),
+                    (SteeringTerm("d", SteeringMode.ADD, 1.0),), MonitorOptions(token_scores=True),
+                )
+                for p in prompts
+            ]
+            outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
+        return [(o.token_ids, o.monitor[0].token_scores) for o in outs]
+
+    calls = {"paged decode": 0}
+    original = cpu_attention._decoders
+
+    def counting(*args: object) -> torch.Tensor:
+        calls["paged decode"] += args[-1] is not None  # read_index given: keys read from the cache
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cpu_attention, "_decoders", counting)
+    read_in = await run()
+    assert calls["paged decode"] >= 8 * loaded.num_layers
+    monkeypatch.setattr(cb_adapter, "ReadInAttentionCache", PagedAttentionCache)  # the swap becomes a no-op
+    calls["paged decode"] = 0
+    stock = await run()
+    assert calls["paged decode"] == 0
+    for (tokens, scores), (want_tokens, want_scores) in zip(read_in, stock, strict=True):
+        assert tokens == want_tokens
+        assert list(scores) == pytest.approx(list(want_scores), rel=1e-5, abs=1e-5)
+
+
+def test_a_model_that_changes_keys_after_the_cache_update_is_refused_not_served_wrong() -> None:
+    """The read-in path reads the cache, so the attention must get exactly the new tokens the update returned; a model
+    that transforms them in between (differential attention splits V) gets an error, never wrong keys."""
+    cpu_attention.install_cpu_attention()
+    q, k = torch.zeros(1, 4, 2, 8), torch.zeros(1, 2, 2, 8)
+    cache = torch.zeros(10, 2, 8)
+    paged = (cache, cache, torch.arange(6), k, k)
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32)
+    kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": torch.tensor([0, 3, 6], dtype=torch.int32), "max_length_q": 1,
+              cpu_attention.PAGED_KV: paged}
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Identity(), q, k, k, None, **kwargs)[0].shape == (1, 2, 4, 8)
+    with pytest.raises(RuntimeError, match="changes its keys or values"):
+        ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Identity(), q, k, k.clone(), None, **kwargs)
