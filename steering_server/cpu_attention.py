@@ -112,11 +112,11 @@ def _single_queries(
     """One sdpa call for B requests of one query each (the last of its keys is its own): each request's keys
     gathered into a padded (B, kv_heads, max_length, d) batch, as padded `generate` does."""
     b, kv_heads, dim = q.shape[0], k_rows.shape[1], k_rows.shape[2]
-    back_to_back = starts == torch.arange(b, device=starts.device) * max_length
     if (
-        read_index is None
+        read_index is None  # keys read from the cache are never one contiguous block: no view to take
         and b * max_length == k_rows.shape[0]
-        and bool((lengths == max_length).all() and back_to_back.all())
+        and bool((lengths == max_length).all())
+        and bool((starts == torch.arange(b, device=starts.device) * max_length).all())  # back to back
     ):
         # Every request has max_length keys, back to back: the padded batch is a view, and no mask.
         k = k_rows.reshape(b, max_length, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
