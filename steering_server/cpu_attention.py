@@ -6,7 +6,7 @@ masked away. At decode, B queries against all B requests' keys is B times the wo
 here); in a step that prefills a 256-token chunk beside decoding requests, the chunk is scored against every
 other request's cache too (as much work as the step's matmuls when a dozen requests hold a few hundred tokens).
 On the CPU this routes those calls to attention per request:
-- a decode-only step (one query per request, several requests) gathers each request's keys into a padded
+- a decode-only step (one query per request) gathers each request's keys into a padded
   (B, kv_heads, longest, head_dim) batch and runs one sdpa call, as padded `generate` does;
 - any other step runs the same padded call for its decoding requests, and causal attention over each prefilling
   request's own keys (its cache, then its new tokens): prefills of similar sizes share one padded call (a step that
@@ -103,31 +103,33 @@ def _single_queries(
     q: torch.Tensor,  # (B, heads, d): one query per request
     k_rows: torch.Tensor,  # (rows, kv_heads, d): keys, token-major (the flat sequence, or the paged cache)
     v_rows: torch.Tensor,
-    starts: torch.Tensor,  # (B,) int64: where each request's keys begin in the flat sequence
-    lengths: torch.Tensor,  # (B,) int64: how many keys each has
-    max_length: int,
+    starts: list[int],  # (B,) where each request's keys begin in the flat sequence
+    lengths: list[int],  # (B,) how many keys each has
     scaling: float | None,
     read_index: torch.Tensor | None = None,  # (total_k,) int64: the row in k_rows of each flat key; None: identity
 ) -> torch.Tensor:  # (B, heads, d)
     """One sdpa call for B requests of one query each (the last of its keys is its own): each request's keys
     gathered into a padded (B, kv_heads, max_length, d) batch, as padded `generate` does."""
     b, kv_heads, dim = q.shape[0], k_rows.shape[1], k_rows.shape[2]
-    if (
-        read_index is None  # keys read from the cache are never one contiguous block: no view to take
-        and b * max_length == k_rows.shape[0]
-        and bool((lengths == max_length).all())
-        and bool((starts == torch.arange(b, device=starts.device) * max_length).all())  # back to back
-    ):
-        # Every request has max_length keys, back to back: the padded batch is a view, and no mask.
-        k = k_rows.reshape(b, max_length, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
-        v = v_rows.reshape(b, max_length, kv_heads, dim).transpose(1, 2)
+    max_length = max(lengths)
+    flat = read_index.shape[0] if read_index is not None else k_rows.shape[0]  # keys in the flat sequence
+    if flat == b * max_length and lengths == [max_length] * b and starts == list(range(0, flat, max_length)):
+        # Every request has max_length keys, back to back (always so for a lone request): the flat sequence is the
+        # padded batch, without a mask. Decided on the host lists: no tensor op, no sync.
+        if read_index is None:
+            k, v = k_rows, v_rows  # a view
+        else:
+            k, v = k_rows.index_select(0, read_index), v_rows.index_select(0, read_index)  # one row copy each
+        k = k.view(b, max_length, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
+        v = v.view(b, max_length, kv_heads, dim).transpose(1, 2)
         mask = None
     else:
         j = torch.arange(max_length, device=q.device)  # (L,)
-        valid = j[None, :] < lengths[:, None]  # (B, L)
-        index = torch.where(valid, starts[:, None] + j[None, :], 0).reshape(-1)  # (B * L,) flat key of each slot
+        length = torch.tensor(lengths, device=q.device)  # (B,)
+        valid = j[None, :] < length[:, None]  # (B, L)
+        index = torch.where(valid, torch.tensor(starts, device=q.device)[:, None] + j[None, :], 0).reshape(-1)
         if read_index is not None:
-            index = read_index[index]  # its row in the cache
+            index = read_index[index]  # (B * L,) its row in the cache
         k = k_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
         v = v_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
         mask = valid[:, None, None, :]  # (B, 1, 1, L)
@@ -163,15 +165,12 @@ def _decoders(
     """The decoding requests in one padded call per group of similar key lengths (`_decode_groups`)."""
     groups = _decode_groups(lengths)
     if len(groups) == 1:
-        return _single_queries(
-            q, k_rows, v_rows, torch.tensor(starts), torch.tensor(lengths), max(lengths), scaling, read_index
-        )
+        return _single_queries(q, k_rows, v_rows, starts, lengths, scaling, read_index)
     out = q.new_empty(q.shape)
     for group in groups:
         members = torch.tensor(group)
         out[members] = _single_queries(
-            q[members], k_rows, v_rows, torch.tensor([starts[i] for i in group]),
-            torch.tensor([lengths[i] for i in group]), lengths[group[0]], scaling, read_index,
+            q[members], k_rows, v_rows, [starts[i] for i in group], [lengths[i] for i in group], scaling, read_index
         )
     return out
 
@@ -334,8 +333,9 @@ def install_cpu_attention() -> None:
             return original(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
         cu_q, cu_k = kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"]
         scaling = kwargs.get("scaling")
-        if kwargs.get("max_length_q") == 1 and cu_q.shape[0] - 1 == query.shape[2] > 1:
-            # Decode only, one query per request (several), no padding rows: the common step, read from the cache.
+        if kwargs.get("max_length_q") == 1 and cu_q.shape[0] - 1 == query.shape[2]:
+            # Decode only, one query per request, no padding rows: the common step, read from the cache (a lone
+            # request too: its keys are gathered once, where the flat read and a varlen call cost twice as much).
             return _decode_attention(module, query, key, value, cu_k, scaling, paged), None
         if paged is not None:
             key, value = _read_back(paged)

@@ -18,8 +18,8 @@ from .conftest import DEVICE, loaded_model, random_direction, running_engine
 
 @pytest.mark.parametrize(
     "lengths",
-    [[5, 1, 9, 3], [4, 4, 4], [700, 3, 650, 20, 310, 5]],
-    ids=["ragged", "equal lengths (a view, no mask)", "groups of similar length (one call each)"],
+    [[5, 1, 9, 3], [4, 4, 4], [37], [700, 3, 650, 20, 310, 5]],
+    ids=["ragged", "equal lengths (no mask)", "a lone request", "groups of similar length (one call each)"],
 )
 @pytest.mark.parametrize(
     "layout", ["contiguous", "token-major", "paged"],
