@@ -191,8 +191,9 @@ class SteeringRuntime:
         # eagerly after the replay, with the host's row plan): (R, vocab), allocated at the first deferred step.
         self.defer_sampling = False
         self.logits_buf: torch.Tensor | None = None  # (R, vocab) fp32, see defer_sampling_to_replay
-        # Per layer and request slot: steered tokens zeroed by containment (steer.steer_contained); reset per request.
-        self.overflow = torch.zeros(n_layers, max_slots + 1, device=device, dtype=torch.int32)
+        # Per layer and token of the batch: False where containment refused the token's update (steer_contained
+        # writes it at every layer of a steering forward; end_batch reads it once). (L, tokens, 1) bool.
+        self.applied = torch.ones(n_layers, t, 1, device=device, dtype=torch.bool)
         self.max_batch_tokens = max_batch_tokens
         self.tracks: dict[str, RequestTrack] = {}  # written by the engine, read by the loop thread
         self.entries: list[BatchEntry] = []
@@ -225,13 +226,13 @@ class SteeringRuntime:
 
     # ---- hooks (loop thread, inside the forward) ----
     def _make_hook(self, layer: int) -> Callable[..., Any]:
-        unit, alpha, beta, acc, proj_out, overflow = (
+        unit, alpha, beta, acc, proj_out, applied = (
             self.unit[layer],
             self.alpha[layer],
             self.beta[layer],
             self.acc[layer],
             self.proj[layer],
-            self.overflow[layer],
+            self.applied[layer],
         )
 
         # Eager forwards: the (unit, alpha, beta) views of the first k direction rows, sliced once per k instead of at
@@ -276,8 +277,7 @@ class SteeringRuntime:
                     else:  # eager, above the latch layers: the gates as latched
                         on = self.token_pos[:n].unsqueeze(0) >= self.gate_pos[token_gate]  # (c, tokens)
                     gated = (self.token_cslot[:c, :n], on)
-                steered, proj, bad = steer_contained(x, slots, unit_k, alpha_k, beta_k, gated, proj)
-                overflow.index_add_(0, slots, bad)  # slot 0's count is never read
+                steered, proj = steer_contained(x, slots, unit_k, alpha_k, beta_k, applied[:n], gated, proj)
             elif work.monitor and (work.monitor_layers is None or layer in work.monitor_layers):
                 steered, proj = x, x.float() @ unit_k.T  # (tokens, k): read only
             else:
@@ -334,7 +334,6 @@ class SteeringRuntime:
                 for slot, a, b in track.upload:
                     self.alpha[:, slot].copy_(a)
                     self.beta[:, slot].copy_(b)
-                    self.overflow[:, slot].zero_()
                 if track.capture_slot:
                     self.acc[:, track.capture_slot].zero_()
                 track.upload = None
@@ -442,17 +441,23 @@ class SteeringRuntime:
             track.read_until = hi
 
     def _check_overflow(self) -> None:
-        """Mark the steered requests of this batch whose states containment zeroed; their streams fail alone."""
-        steered = [(e.track, s) for e in self.entries if e.track is not None for s in e.track.held_slots]
+        """Mark the steered requests of this batch whose update containment refused at some layer; their streams
+        fail alone."""
+        work = self.batch_work
+        if work is not None and not work.steer:
+            return  # the hooks steered nothing: `applied` still holds an earlier batch's
+        steered = [e for e in self.entries if e.track is not None and e.track.held_slots]
         if not steered:
             return
-        flags = self.overflow[:, [s for _, s in steered]].to("cpu")  # (L, slots): one small copy per step
-        if not bool(flags.any()):  # the usual step: nothing refused (per-request lookups cost ~10 us each)
+        applied = self.applied[:, : self.num_tokens, 0]  # (L, tokens)
+        if bool(applied.all()):  # the usual step: nothing refused (one small device read per step)
             return
-        for i, (track, _) in enumerate(steered):
-            layers = flags[:, i].nonzero()
-            if track.overflow_layer is None and layers.numel():
-                track.overflow_layer = int(layers[0, 0])
+        refused = (~applied).to("cpu")
+        for e in steered:
+            assert e.track is not None
+            layers = refused[:, e.offset : e.offset + e.length].any(dim=1).nonzero()  # (refused layers, 1)
+            if e.track.overflow_layer is None and layers.numel():
+                e.track.overflow_layer = int(layers[0, 0])
 
     # ---- sampling (inside the forward step, or right after a graph replay) ----
     def sample(self, logits: torch.Tensor) -> torch.Tensor:

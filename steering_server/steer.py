@@ -90,9 +90,10 @@ def steer_contained(
     unit_dirs: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor,
+    applied: torch.Tensor,
     gated: tuple[torch.Tensor, torch.Tensor] | None = None,
     proj: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """measure_and_steer with containment (DESIGN.md "Trust model"). A steered token whose update could make its
     state non-finite, or leave less than HEADROOM below the dtype's largest value, is not steered at this layer: it
     keeps its state, so nothing non-finite reaches the keys and values that packed attention multiplies by the zero
@@ -100,18 +101,21 @@ def steer_contained(
     |h + coef @ U|_inf <= |h|_inf + sum_k |coef_k| (unit rows have entries <= 1), and only the small coefficient
     tensor is masked. Unsteered tokens (slot 0) are bit-identical, as in measure_and_steer.
 
+    `applied`: a (tokens, 1) bool buffer, written in place: False where a token's update was refused (the caller
+    reads it after the forward, once for every layer, rather than each layer adding up its own refusals).
     `gated` (conditional steering): (C, tokens) int64 slots holding each condition's extra coefficients and
     (C, tokens) bool, whether that condition is on for the token (latch_gates); an extra term that is off adds an
     exact zero (masked, never multiplied, so a non-finite projection cannot leak through it). `proj`: the
     projections (tokens, K) when the caller already computed them from `hidden` (for latch_gates).
 
-    Returns the states (tokens, hidden) in hidden's dtype, the fp32 projections (tokens, K), and (tokens,) int32,
-    1 where a steered token's update was refused. Branch-free on values (CUDA graphs)."""
+    Returns the states (tokens, hidden) in hidden's dtype and the fp32 projections (tokens, K). Branch-free on
+    values (CUDA graphs)."""
     h32 = hidden.float()  # (tokens, hidden)
     if proj is None:
         proj = h32 @ unit_dirs.T  # (tokens, K)
     # beta - alpha * proj per token, fused as in measure_and_steer: (tokens, K). Each op here runs at every steered
-    # layer of every step; on small CPU batches their count, not their size, is the cost.
+    # layer of every step; on small CPU batches their count, not their size, is the cost (a decode step's ops take
+    # 3-10 us each whatever their size).
     coef = torch.addcmul(beta.index_select(0, token_slot), alpha.index_select(0, token_slot), proj, value=-1.0)
     if gated is not None:  # every condition column at once: a few kernels whatever their number
         cond_slots, on = gated
@@ -122,14 +126,17 @@ def steer_contained(
     # A bound on |h|_inf: fp16's range is small enough for real states to approach it, so its largest entry; for
     # bf16 and fp32 (range 3e38) only non-finite values matter, which |sum| catches in one cheaper pass.
     # (The dtype is fixed per model: this is not a branch on tensor values.)
-    h_reach = h32.abs().amax(dim=-1) if hidden.dtype == torch.float16 else h32.sum(dim=-1).abs()  # (tokens,)
-    reach = h_reach + coef.abs().sum(dim=-1)  # (tokens,); NaN and inf propagate
-    # Unsteered tokens have zero coefficients: refusing their update changes nothing (their flags are ignored).
-    ok = reach <= _limit(hidden.dtype)  # NaN compares False
-    coef = torch.where(ok.unsqueeze(-1), coef, 0.0)
+    if hidden.dtype == torch.float16:
+        h_reach = h32.abs().amax(dim=-1, keepdim=True)  # (tokens, 1)
+    else:
+        h_reach = h32.sum(dim=-1, keepdim=True).abs()
+    reach = h_reach + coef.abs().sum(dim=-1, keepdim=True)  # (tokens, 1); NaN and inf propagate
+    # Unsteered tokens have zero coefficients: refusing their update changes nothing.
+    ok = torch.le(reach, _limit(hidden.dtype), out=applied)  # NaN compares False
+    coef = torch.where(ok, coef, 0.0)
     # h + coef @ d, fused, in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.
-    steered = torch.addmm(h32, coef, unit_dirs).to(hidden.dtype)  # (tokens, hidden)
-    return steered, proj, (~ok).to(torch.int32)
+    steered = torch.addmm(h32, coef, unit_dirs)  # (tokens, hidden) fp32
+    return (steered if hidden.dtype == torch.float32 else steered.to(hidden.dtype)), proj
 
 
 _LIMITS: dict[torch.dtype, float] = {}

@@ -32,6 +32,7 @@ from steering_server.types import (
     MonitorOptions,
     Prompt,
     SamplingParams,
+    SteeringCondition,
     SteeringMode,
     SteeringTerm,
 )
@@ -43,6 +44,9 @@ PROMPTS = ["Hello there", "The weather today", "Tell me about cats", "Once upon 
 HUGE_MU = {"token": Calibration(mu=1e300, sigma=1.0)}
 ADD_FLOOD = tuple(SteeringTerm("d", SteeringMode.ADD, -1000.0) for _ in range(64))
 CLAMP_0 = (SteeringTerm("h", SteeringMode.CLAMP, 0.0),)
+# The same push under a condition that always fires: it steers the generated tokens only, through the conditional
+# coefficients (the token's own slot is unsteered), and must be caught and reported just the same.
+CLAMP_0_GATED = (SteeringTerm("h", SteeringMode.CLAMP, 0.0, condition=SteeringCondition("d", -1e9)),)
 
 
 def _loaded(dtype: torch.dtype):  # type: ignore[no-untyped-def]
@@ -111,10 +115,10 @@ async def test_a_request_that_overflows_fails_alone(dtype: torch.dtype) -> None:
         engine.registry.residual_norms = None
         d = random_direction("h", loaded, seed=11)
         engine.put_direction(replace(d, calibration=HUGE_MU))
-        for attack in (CLAMP_0, ADD_FLOOD):
+        for attack in (CLAMP_0, CLAMP_0_GATED, ADD_FLOOD):
             victims, outcome = await _attacked(engine, attack)
             _assert_untouched(victims, reference, dtype)
-            overflows = attack is CLAMP_0 or dtype == torch.float16  # -6.4e4 |v| fits fp32 and bf16
+            overflows = attack is not ADD_FLOOD or dtype == torch.float16  # -6.4e4 |v| fits fp32 and bf16
             if overflows:
                 assert isinstance(outcome, InvalidArgumentError), outcome
                 assert outcome.field == "steering" and "overflowed" in outcome.message
@@ -132,9 +136,10 @@ def test_steer_contained_refuses_only_bad_updates() -> None:
         beta = torch.zeros(3, 2)
         beta[1, 0] = 0.5
         beta[2, 1] = 1e6 if dtype == torch.float16 else math.inf  # slot 2 overflows (fp16: near its range)
-        steered, proj, bad = steer_contained(h, slots, unit, alpha, beta)
+        applied = torch.zeros(5, 1, dtype=torch.bool)
+        steered, proj = steer_contained(h, slots, unit, alpha, beta, applied)
         expected, expected_proj = measure_and_steer(h, slots, unit, alpha, beta)
-        assert bad.tolist() == [0, 0, 1, 0, 0]
+        assert applied[:, 0].tolist() == [True, True, False, True, True]
         assert torch.equal(steered[[0, 1, 3, 4]], expected[[0, 1, 3, 4]])  # the rest exactly as before
         assert torch.equal(steered[0], h[0]) and torch.equal(steered[3], h[3])  # unsteered: bit-identical
         assert torch.equal(steered[2], h[2])  # the refused update: the token keeps its finite state
