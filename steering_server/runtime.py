@@ -9,8 +9,8 @@ Everything the hooks read is preallocated once and written in place, so addresse
           per step:
           token_slot, token_cap (T,)   request slot / capture slot of each token of the batch being run
           row_top_k, row_key (R,)      per-logit-row sampling parameters (int64)
-          row_temperature, row_top_p (R,)  the same, fp64 bit patterns (viewed as float64)
           row_order (R,)               rows grouped by sampling path (sampling.RowPlan)
+          row_temperature, row_top_p (R,)  per-logit-row sampling parameters, fp64 bit patterns (viewed as float64)
           pair_index (L*K,)            flat (layer * K + direction) rows of `proj` some request monitors
           token_pos (T,)               absolute position of each token (conditional steering)
           token_gate, token_cslot (C, T)  per condition column: the token's gate and the slot of its conditional
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sampling import RowPlan, noise_key, sample_rows
+from .sampling import RowPlan, is_greedy, noise_key, sample_rows
 from .steer import GATE_NEVER, latch_gates, steer_contained
 
 __all__ = ["BatchEntry", "RequestTrack", "SteeringRuntime", "position_class"]
@@ -168,15 +168,18 @@ class SteeringRuntime:
         self._host = self.table if on_cpu else torch.zeros_like(self.table, device="cpu", pin_memory=True)
         self.token_slot, self.token_cap = self.table[:t], self.table[t : 2 * t]
         rows = [self.table[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
-        self.row_top_k, self.row_key, self.row_order = rows[0], rows[1], rows[4]
-        self.row_temperature, self.row_top_p = rows[2].view(torch.float64), rows[3].view(torch.float64)
+        self.row_top_k, self.row_key, self.row_order = rows[0], rows[1], rows[2]
+        self.row_temperature, self.row_top_p = rows[3].view(torch.float64), rows[4].view(torch.float64)
         end = 2 * t + 5 * r + n_layers * k
         self.pair_index = self.table[2 * t + 5 * r : end]
         self.token_pos = self.table[end : end + t]
         self.token_gate = self.table[end + t : end + t + c * t].view(c, t)
         self.token_cslot = self.table[end + t + c * t :].view(c, t)
-        self._h_slot, self._h_cap = self._host[:t], self._host[t : 2 * t]
-        self._h_rows = [self._host[2 * t + i * r : 2 * t + (i + 1) * r] for i in range(5)]
+        # Host views that take a step's values in one write each (a write costs ~10-25 us on the CPU, whatever its
+        # size): (2, T) slot and capture slot per token; (3, R) int64 and (2, R) fp64 sampling rows.
+        self._h_tokens = self._host[: 2 * t].view(2, t)
+        self._h_int_rows = self._host[2 * t : 2 * t + 3 * r].view(3, r)
+        self._h_float_rows = self._host[2 * t + 3 * r : 2 * t + 5 * r].view(torch.float64).view(2, r)
         self._h_pairs = self._host[2 * t + 5 * r : end]
         self._h_pos = self._host[end : end + t]
         self._h_gate = self._host[end + t : end + t + c * t].view(c, t)
@@ -320,7 +323,14 @@ class SteeringRuntime:
                 t, k, p, key = (
                     (0.0, 0, 1.0, 0)
                     if track is None
-                    else (track.temperature, track.top_k, track.top_p, noise_key(track.seed, past + length))
+                    else (
+                        track.temperature,
+                        track.top_k,
+                        track.top_p,
+                        # a greedy row (temperature 0) draws no noise: its key would go unread (hashing it in Python
+                        # costs ~15 us per request and step)
+                        0 if is_greedy(track.temperature) else noise_key(track.seed, past + length),
+                    )
                 )
                 temps.append(t)
                 top_ks.append(k)
@@ -379,18 +389,12 @@ class SteeringRuntime:
         self.num_tokens = n
         self._plan = plan = RowPlan.from_params(temps, top_ks, top_ps)
         r = len(temps)
-        self._h_slot.zero_()
-        self._h_cap.zero_()
+        self._h_tokens.zero_()
         if n:
-            self._h_slot[:n] = torch.tensor(slots, dtype=torch.int64)
-            self._h_cap[:n] = torch.tensor(caps, dtype=torch.int64)
+            self._h_tokens[:, :n] = torch.tensor((slots, caps), dtype=torch.int64)
         if r:
-            h_k, h_key, h_t, h_p, h_order = self._h_rows
-            h_k[:r] = torch.tensor(top_ks, dtype=torch.int64)
-            h_key[:r] = torch.tensor(keys, dtype=torch.int64)
-            h_t.view(torch.float64)[:r] = torch.tensor(temps, dtype=torch.float64)
-            h_p.view(torch.float64)[:r] = torch.tensor(top_ps, dtype=torch.float64)
-            h_order[:r] = torch.tensor(plan.order, dtype=torch.int64)
+            self._h_int_rows[:, :r] = torch.tensor((top_ks, keys, plan.order), dtype=torch.int64)
+            self._h_float_rows[:, :r] = torch.tensor((temps, top_ps), dtype=torch.float64)
         if pairs:
             self._h_pairs[: len(pairs)] = torch.tensor(list(pairs), dtype=torch.int64)
         self._fill_gates(gated)
@@ -464,6 +468,8 @@ class SteeringRuntime:
         """logits (rows, vocab) -> (rows',) token ids with each row's own parameters, rows' = the batch's
         requests that take a new token (the first rows of the logits; any further rows are padding)."""
         r = len(self._plan.order)
+        if self._plan.all_greedy:  # sample_rows would take the argmax without reading the parameter rows below
+            return logits[:r].float().argmax(dim=-1)
         return sample_rows(
             logits[:r].float(),
             self.row_temperature[:r].float(),

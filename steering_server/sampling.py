@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowPlan", "noise_key", "sample_rows", "uniform_noise", "uniform_noise_at"]
+__all__ = ["RowPlan", "is_greedy", "noise_key", "sample_rows", "uniform_noise", "uniform_noise_at"]
 
 _M32 = 0xFFFFFFFF
 _NUCLEUS_CANDIDATES = (256, 2048, 8192)  # candidate counts top-p rows try before sorting the vocabulary
@@ -70,6 +70,11 @@ def _gumbel_at(keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(uniform_noise_at(keys, ids)))
 
 
+def is_greedy(temperature: float) -> bool:
+    """A row at temperature 0 (or below) takes the argmax and draws no noise."""
+    return temperature <= 0
+
+
 @dataclass(frozen=True)
 class RowPlan:
     """Which rows take which path, from host-side parameters (known when the batch is prepared).
@@ -93,7 +98,7 @@ class RowPlan:
     ) -> RowPlan:
         greedy, by_k, by_p, plain = [], [], [], []
         for i, (t, k, p) in enumerate(zip(temperature, top_k, top_p, strict=True)):
-            if t <= 0:
+            if is_greedy(t):
                 greedy.append(i)
             elif k > 0:
                 by_k.append(i)
