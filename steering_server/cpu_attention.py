@@ -40,8 +40,9 @@ _INSTALLED: dict[str, Any] = {}
 # read_index, new_k, new_v), the layer's (cache rows, kv_heads, d) keys and values, the (total_k,) int64 cache row of
 # each key of the step (requests back to back as in cu_seq_lens_k), and the new tokens' key and value tensors the
 # update returned (the attention checks it got those very tensors: a model that changes them in between cannot be
-# served this way). A tuple of tensors, which a compiled forward can carry; compiled forwards pad their inputs, so
-# they never take the decode path and read the flat sequence (`_read_back`) as the stock update would.
+# served this way). A tuple of tensors, which a compiled forward can carry. Compiled forwards pad their inputs: a
+# padded batch takes the decode path only when it is one real request without padding rows (transformers then sets
+# max_length_q to the padded query count), and a padded read_index (longer than the keys) takes the masked gather.
 PAGED_KV = "steering_paged_kv"
 PagedKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -295,8 +295,6 @@ def _class_tables(
                 continue
             b = base or (zeros, zeros)
             row[c] = share(((t[0] - b[0]).float(), (t[1] - b[1]).float()))
-        if present and base is None:
-            base = (zeros, zeros)  # a gated request holds a slot of its own (containment counts per slot)
         tables.append(share((base[0].float(), base[1].float())) if base is not None else None)
         cond_tables.append(row)
     return (tables[0], tables[1], tables[2]), cond_tables

@@ -456,7 +456,11 @@ class SteeringRuntime:
         applied = self.applied[:, : self.num_tokens, 0]  # (L, tokens)
         if bool(applied.all()):  # the usual step: nothing refused (one small device read per step)
             return
-        refused = (~applied).to("cpu")
+        # Only steered tokens count (a slot or a conditional slot of their own, from the host copy of the tables):
+        # an unsteered token's flag means its own state is out of range, which no steering of it caused.
+        n = self.num_tokens
+        steered_token = (self._h_tokens[0, :n] != 0) | (self._h_cslot[:, :n] != 0).any(dim=0)  # (tokens,)
+        refused = (~applied).to("cpu") & steered_token
         for e in steered:
             assert e.track is not None
             layers = refused[:, e.offset : e.offset + e.length].any(dim=1).nonzero()  # (refused layers, 1)

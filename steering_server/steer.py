@@ -131,7 +131,7 @@ def steer_contained(
     else:
         h_reach = h32.sum(dim=-1, keepdim=True).abs()
     reach = h_reach + coef.abs().sum(dim=-1, keepdim=True)  # (tokens, 1); NaN and inf propagate
-    # Unsteered tokens have zero coefficients: refusing their update changes nothing.
+    # Unsteered tokens have zero coefficients: refusing their update changes nothing (their flags are ignored).
     ok = torch.le(reach, _limit(hidden.dtype), out=applied)  # NaN compares False
     coef = torch.where(ok, coef, 0.0)
     # h + coef @ d, fused, in fp32 and rounded once; exact zeros keep unsteered tokens bit-identical in any dtype.

@@ -45,7 +45,7 @@ HUGE_MU = {"token": Calibration(mu=1e300, sigma=1.0)}
 ADD_FLOOD = tuple(SteeringTerm("d", SteeringMode.ADD, -1000.0) for _ in range(64))
 CLAMP_0 = (SteeringTerm("h", SteeringMode.CLAMP, 0.0),)
 # The same push under a condition that always fires: it steers the generated tokens only, through the conditional
-# coefficients (the token's own slot is unsteered), and must be caught and reported just the same.
+# coefficients (the request holds no unconditional slot), and must be caught and reported just the same.
 CLAMP_0_GATED = (SteeringTerm("h", SteeringMode.CLAMP, 0.0, condition=SteeringCondition("d", -1e9)),)
 
 

@@ -54,7 +54,10 @@ def test_decode_attention_equals_the_masked_flat_sdpa(lengths: list[int], layout
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-async def test_the_engine_takes_the_per_request_path_at_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("n_requests", [1, 2], ids=["a lone request", "two requests"])
+async def test_the_engine_takes_the_per_request_path_at_decode(
+    monkeypatch: pytest.MonkeyPatch, n_requests: int
+) -> None:
     if DEVICE != "cpu":
         pytest.skip("CPU-only path")
     calls = {"n": 0}
@@ -73,10 +76,10 @@ async def test_the_engine_takes_the_per_request_path_at_decode(monkeypatch: pyte
                 SamplingParams(max_new_tokens=6),
                 monitor=MonitorOptions(enabled=False),
             )
-            for i in range(2)
+            for i in range(n_requests)
         ]
         await asyncio.gather(*(engine.generate(r) for r in reqs))
-    assert calls["n"] >= 4 * engine.num_layers  # the decode steps both requests share, at every layer
+    assert calls["n"] >= 4 * engine.num_layers  # the decode steps (shared ones, with two), at every layer
 
 
 def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:

@@ -63,7 +63,10 @@ async def test_canary_refuses_an_engine_whose_steering_does_nothing(monkeypatch:
 
 async def test_canary_refuses_an_engine_that_changes_unsteered_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     # A serving-path bug that a plain forward does not have: the sampler picks the runner-up token.
-    monkeypatch.setattr(runtime_module, "sample_rows", lambda logits, *a: logits.topk(2, dim=-1).indices[:, 1])
+    def runner_up(self: runtime_module.SteeringRuntime, logits: torch.Tensor) -> torch.Tensor:
+        return logits[: len(self._plan.order)].topk(2).indices[:, 1]
+
+    monkeypatch.setattr(runtime_module.SteeringRuntime, "sample", runner_up)
     with pytest.raises(RuntimeError, match="canary: unsteered tokens"):
         await start_engine(EngineConfig(limits=TEST_LIMITS), loaded=loaded_model())
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from steering_server.runtime import RequestTrack, SteeringRuntime
+from steering_server.sampling import noise_key
 
 H, L, K = 8, 3, 4
 
@@ -49,6 +50,7 @@ def test_the_packed_table_is_written_in_place_and_padding_tokens_are_unsteered()
     assert rt.token_slot[:6].tolist() == [2, 2, 2, 0, 0, 0]  # past the batch: slot 0 (padding is unsteered)
     assert rt.row_top_k[:2].tolist() == [7, 0] and rt.row_temperature[:2].tolist() == [0.5, 0.0]
     assert abs(rt.row_top_p[0].item() - 0.9) < 1e-12 and rt.row_order[:2].tolist() == [1, 0]  # greedy row first
+    assert rt.row_key[:2].tolist() == [noise_key(1, 3), 0]  # the sampled row's noise at its position; greedy: none
     rt.begin_batch([("b", 2, 1, True)])
     assert rt.token_slot[:3].tolist() == [0, 0, 0] and rt.table.data_ptr() == address
 
