@@ -62,11 +62,12 @@ async def main(args: argparse.Namespace) -> None:
     engine = await peers.make_engine(served, work)
     batch = peers.prompts(1, work.prompt_tokens, work.vocab)
     steered = not args.unsteered
-    forwards: dict[str, list[float]] = {"engine": [], "generate + hooks": []}
-    runs: dict[str, list[float]] = {"engine": [], "generate + hooks": []}
+    baseline = "generate + hooks" if steered else "generate"
+    forwards: dict[str, list[float]] = {"engine": [], baseline: []}
+    runs: dict[str, list[float]] = {"engine": [], baseline: []}
     alternatives: dict[str, Callable[[], Any]] = {
         "engine": lambda: peers.run_engine(engine, batch, work.new_tokens, steered),
-        "generate + hooks": lambda: peers.run_generate_hooks(ref, batch, work)
+        baseline: lambda: peers.run_generate_hooks(ref, batch, work)
         if steered
         else peers.run_generate(ref, batch, work.new_tokens),
     }
@@ -77,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
     _WALL.clear()
     _CPU.clear()
     _forward_timer(served, forwards["engine"])
-    _forward_timer(ref, forwards["generate + hooks"])
+    _forward_timer(ref, forwards[baseline])
     for _ in range(args.runs):
         for name, fn in alternatives.items():
             t = time.perf_counter()
