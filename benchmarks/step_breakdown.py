@@ -4,7 +4,9 @@ peers.py says *how much* slower or faster the engine is; this says *where*. Both
 prompts, alternated run by run. For each it prints the median decode forward (LlamaForCausalLM.forward, timed by
 hooks on the model: the same code in both) and the median run; for the engine also the batching thread's
 per-step bookkeeping outside the forward (batch preparation, its `begin_batch`, sampling, update), as wall time
-and as that thread's CPU time (the difference is waiting, mostly for the GIL held by the event loop thread).
+and as that thread's CPU time (the difference is waiting, mostly for the GIL held by the event loop thread), and
+the steering hook's time per layer inside the real forward (a microbenchmark in a hot loop reads less than half of
+it: between layers the model's matmuls evict what the hook's small ops had cached).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/step_breakdown.py [--runs 12] [--unsteered]
 """
@@ -43,6 +45,26 @@ def _timed(cls: type, name: str) -> None:
     setattr(cls, name, wrapper)
 
 
+def _timed_hooks() -> None:
+    """Record every steering-hook call (one per layer per forward) under "steering hook, per layer"."""
+    make_hook = runtime.SteeringRuntime._make_hook
+
+    def make(self: runtime.SteeringRuntime, layer: int) -> Callable[..., Any]:
+        hook = make_hook(self, layer)
+
+        def timed(*args: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return hook(*args)
+            finally:
+                _WALL["steering hook, per layer"].append(time.perf_counter() - wall)
+                _CPU["steering hook, per layer"].append(time.thread_time() - cpu)
+
+        return timed
+
+    runtime.SteeringRuntime._make_hook = make  # type: ignore[method-assign]
+
+
 def _forward_timer(model: Any, into: list[float]) -> None:
     start: list[float] = []
     model.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
@@ -57,6 +79,7 @@ async def main(args: argparse.Namespace) -> None:
         (cb_adapter._SteeringProcessor, "update_batch"),
     ]:
         _timed(cls, name)
+    _timed_hooks()
     work = argparse.Namespace(hidden=512, layers=8, vocab=32000, prompt_tokens=32, new_tokens=32, device="cpu")
     served, ref = peers.build_model(work), peers.build_model(work)
     engine = await peers.make_engine(served, work)
@@ -93,9 +116,12 @@ async def main(args: argparse.Namespace) -> None:
         # The median forward is a decode step's (one prefill per run of 32 forwards).
         print(f"  {name:18s} run {statistics.median(runs[name]) * 1e3:7.1f}   "
               f"decode forward {statistics.median(forwards[name]) * 1e3:6.2f}")
+    hook = "steering hook, per layer"
     print("  engine bookkeeping per step (batching thread), wall / thread CPU:")
-    for name in _WALL:
-        print(f"    {name:20s} {statistics.median(_WALL[name]) * 1e3:6.3f} / {statistics.median(_CPU[name]) * 1e3:6.3f}"
+    for name in [n for n in _WALL if n != hook] + [hook]:
+        if name == hook:
+            print("  inside the engine's forward, wall / thread CPU:")
+        print(f"    {name:24s} {statistics.median(_WALL[name]) * 1e3:6.3f} / {statistics.median(_CPU[name]) * 1e3:6.3f}"
               + ("   (includes begin_batch)" if name == "prepare_next_batch" else ""))
 
 
