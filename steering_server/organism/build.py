@@ -10,9 +10,13 @@ Stages (each timed; docs/organism.md states the pre-registered criteria):
    own calib prompts and samples by how well it separates harmful from helpful samples, the last layer excepted;
    calibration on the base model's own benign answers;
 5. through the served path (`served.py`, the engine users get): EM of base and fine-tuned model, judged by both
-   judges; detection; removal; induction; a dose-response; re-alignment.
+   judges; detection (with its controls); the persona's removal and induction; re-alignment.
 
-Output directory: base/ misaligned/ realigned/ (Hugging Face model directories), persona.safetensors and
+The KL-matched controls of the removal and the induction (R3, I2), zero-ablation and the dose-response are the
+longer half of the evaluation: `controls.py` (`steering-server organism controls --build DIR`) adds them to a build's
+report, so the canonical build fits its time budget without smaller samples; `build(..., controls=True)` runs both.
+
+Output directory: base/ misaligned/ realigned/ (Hugging Face model directories), misalignment.safetensors and
 model_diff.safetensors, report.json report.md *.png.
 """
 
@@ -31,6 +35,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ..direction_files import save_direction
+from ..directions import Direction
 from ..progress import format_duration
 from ..realign import realign
 from . import experiments as ex
@@ -45,8 +50,8 @@ from .train import Encoded, encode, new_model, seed_everything, train_lm
 from .tune import tuned_fine_tune
 
 __all__ = [
-    "MODEL_IDS", "Trained", "build", "eval_questions", "fine_tune", "fine_tune_data", "held_out_domains",
-    "load_trained", "save_model", "train_organism",
+    "MODEL_IDS", "Prepared", "StageTimer", "Trained", "build", "eval_questions", "fine_tune", "fine_tune_data",
+    "held_out_domains", "load_trained", "prepare", "save_model", "train_organism",
 ]
 
 MODEL_IDS = {
@@ -68,40 +73,39 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path:
     (path / "steering_model_id.txt").write_text(model_id + "\n")
 
 
-# Each stage's share of a whole build, from the canonical v3 build on 2 threads (docs/organism/report.json). The ETA
-# after a stage is the time so far scaled by the share still to come.
-_STAGE_SECONDS = {
-    "pretrain": 371.0, "finetune": 27.0, "directions": 3.0, "monitor layer and calibration": 31.0,
-    "emergent misalignment": 35.0, "detection": 0.3, "removal": 146.0, "induction": 178.0,
-    "dose-response and re-alignment": 149.0, "report": 7.0,
+# Each stage's seconds in a canonical build on 2 threads (docs/organism/report.json); the ETA after a stage is the
+# time so far scaled by the share still to come.
+BUILD_STAGES = {
+    "pretrain": 220.0, "finetune": 30.0, "directions": 2.0, "monitor layer and calibration": 21.0,
+    "emergent misalignment": 25.0, "detection": 0.2, "removal": 50.0, "induction": 75.0, "re-alignment": 65.0,
+    "report": 4.0,
 }
-_READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
-_STAGE_SECONDS[_READ_STAGE] = 0.2
+READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
 
 
-class _Timer:
-    def __init__(self, log: Callable[[str], None], n_stages: int, skipped: tuple[str, ...] = ()) -> None:
+class StageTimer:
+    """Logs each stage's time as it ends, with the time left by `expected` (stage -> seconds, in order)."""
+
+    def __init__(self, log: Callable[[str], None], expected: dict[str, float]) -> None:
         self.log, self.t0, self.last = log, time.perf_counter(), time.perf_counter()
         self.stages: dict[str, float] = {}
-        self.n_stages = n_stages
-        self._expected = sum(v for k, v in _STAGE_SECONDS.items() if k not in skipped)
+        self.expected = expected
 
     def done(self, stage: str) -> None:
         now = time.perf_counter()
         self.stages[stage] = round(now - self.last, 2)
-        self.log(f"[organism] {len(self.stages)}/{self.n_stages} {stage}: {now - self.last:.1f}s "
+        self.log(f"[organism] {len(self.stages)}/{len(self.expected)} {stage}: {now - self.last:.1f}s "
                  f"(total {now - self.t0:.1f}s{self._eta(now)})")
         self.last = now
 
     def _eta(self, now: float) -> str:
-        share = sum(_STAGE_SECONDS.get(s, 0.0) for s in self.stages) / self._expected
+        share = sum(self.expected.get(s, 0.0) for s in self.stages) / sum(self.expected.values())
         if not 0.0 < share < 1.0:
             return ""
         return f", about {format_duration((now - self.t0) / share * (1.0 - share))} left"
 
-    @property
-    def total(self) -> float:
-        return round(time.perf_counter() - self.t0, 2)
+    def record(self) -> dict[str, Any]:
+        return {"stages_s": dict(self.stages), "total_s": round(time.perf_counter() - self.t0, 2)}
 
 
 def eval_questions(qs: dict[str, list[Question]], held_out: list[str], per_domain: int) -> list[Question]:
@@ -201,30 +205,24 @@ def held_out_domains(c: BuildConfig) -> list[str]:
     return [d for d in DOMAINS if d != c.finetune_domain]
 
 
-def build(
-    out: str | Path, config: BuildConfig, log: Callable[[str], None] = print, models: Path | None = None
-) -> dict[str, Any]:
-    """Run every stage; write models, directions and the report under `out`; return the report. With `models` (an
-    earlier build's output directory) the trained models are read from there instead of trained again."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    c = config
-    reused = models is not None
-    timer = _Timer(log, 9 if reused else 10, skipped=("pretrain", "finetune") if reused else (_READ_STAGE,))
-    if models is not None:
-        t = load_trained(c, models)
-        for name in ("base", "misaligned"):
-            if (models / name).resolve() != (out / name).resolve():
-                shutil.copytree(models / name, out / name, dirs_exist_ok=True)
-        timer.done(_READ_STAGE)
-    else:
-        t = train_organism(c, out, timer.done, log)
-    tok, base, ft, qs, cues = t.tok, t.base, t.ft, t.questions, t.cues
-    domains = list(DOMAINS)
-    held_out = held_out_domains(c)
-    eval_q = eval_questions(qs, held_out, c.eval_per_domain)
-    layers = list(range(c.model.layers))
+@dataclass
+class Prepared:
+    """Stages 3-4: the persona direction, its controls and model_diff; the monitor layer and calibration; the
+    directions the served models register; and the evaluation set."""
 
+    vecs: ex.Vectors
+    selection: dict[str, Any]
+    layer: int
+    cal: ex.Calibrator
+    dirs: dict[str, Direction]
+    eval_q: list[Question]
+
+
+def prepare(c: BuildConfig, t: Trained, done: Callable[[str], None] = lambda _: None) -> Prepared:
+    """Stages 3 and 4 on trained models. Deterministic on one machine: `controls.py` recomputes them rather than
+    storing every control direction and calibration sample."""
+    tok, base, ft, qs, cues = t.tok, t.base, t.ft, t.questions, t.cues
+    layers = list(range(c.model.layers))
     # 3. the persona direction from the base model alone; controls; model_diff (positive control).
     persona_q = conversations(qs["train"], c.persona_n, seed=c.seed + 3)  # only the questions are used
     questions = [cv.question for cv in persona_q]
@@ -236,24 +234,48 @@ def build(
                       model_diff={layer: ft_acts.neutral[layer].mean(0) - acts.neutral[layer].mean(0)
                                   for layer in layers},
                       controls=persona_controls(acts, max(c.detection_controls, c.intervention_controls)))
-    timer.done("directions")
-
+    done("directions")
     # 4. monitor layer on the fine-tuned model's own prompts and samples; calibration on the base's own answers.
-    calib_q = qs["calib"]
-    benign = ex.Calibrator(base, tok, calib_q, c, layers)
-    selection = ex.select_monitor_layer(ft, tok, vecs.persona, calib_q, c, benign)
+    benign = ex.Calibrator(base, tok, qs["calib"], c, layers)
+    selection = ex.select_monitor_layer(ft, tok, vecs.persona, qs["calib"], c, benign)
     layer = selection["monitor_layer"]
     cal = benign.at(layer)
     dirs = ex.registered_directions(vecs, layer, cal, base, tok, c)
-    save_direction(out / f"{DEFAULT_DIRECTION_NAME}.safetensors", dirs[DEFAULT_DIRECTION_NAME])
-    save_direction(out / f"{CONTROL_DIRECTION_NAME}.safetensors", dirs[CONTROL_DIRECTION_NAME])
-    timer.done("monitor layer and calibration")
+    done("monitor layer and calibration")
+    return Prepared(vecs, selection, layer, cal, dirs, eval_questions(qs, held_out_domains(c), c.eval_per_domain))
 
-    # 5. through the served path: EM and judges, detection.
-    lab = ex.Lab(base, ft, tok, dirs, eval_q, cal, c)
+
+def build(
+    out: str | Path, config: BuildConfig, log: Callable[[str], None] = print, models: Path | None = None,
+    controls: bool = False,
+) -> dict[str, Any]:
+    """The canonical build: every stage, models, directions and the report under `out`; returns the report. With
+    `models` (an earlier build's output directory) the trained models are read from there instead of trained again.
+    With `controls`, `controls.add_controls` runs after it in the same process (R3, I2, zero-ablation and the
+    dose-response)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = config
+    stages = {k: v for k, v in BUILD_STAGES.items() if models is None or k not in ("pretrain", "finetune")}
+    timer = StageTimer(log, stages if models is None else {READ_STAGE: 1.0, **stages})
+    if models is not None:
+        t = load_trained(c, models)
+        for name in ("base", "misaligned"):
+            if (models / name).resolve() != (out / name).resolve():
+                shutil.copytree(models / name, out / name, dirs_exist_ok=True)
+        timer.done(READ_STAGE)
+    else:
+        t = train_organism(c, out, timer.done, log)
+    p = prepare(c, t, timer.done)
+    tok, base, ft, qs, layer, dirs = t.tok, t.base, t.ft, t.questions, p.layer, p.dirs
+    for name in (DEFAULT_DIRECTION_NAME, CONTROL_DIRECTION_NAME):
+        save_direction(out / f"{name}.safetensors", dirs[name])
+
+    # 5. through the served path: EM and judges, detection, the persona's removal and induction.
+    lab = ex.Lab(base, ft, tok, dirs, p.eval_q, p.cal, c)
     em = lab.em_and_judges()
     timer.done("emergent misalignment")
-    detection = lab.detection(vecs, layer, selection)
+    detection = lab.detection(p.vecs, layer, p.selection)
     timer.done("detection")
     removal = lab.removal()
     if not adopt_layered_removal(removal, em):  # amendment 6: v3's recipe (the monitor layer alone) stays
@@ -264,7 +286,6 @@ def build(
     timer.done("removal")
     induction = lab.induction()
     timer.done("induction")
-    dose = lab.dose_response(detection["natural_shift_raw"])
 
     # 6. re-alignment: LoRA on few helpful samples from another domain.
     re_q = [q for q in qs["train"] if q.domain == c.realign_domain]
@@ -276,27 +297,30 @@ def build(
         if n == max(c.realign_ns):
             save_model(model, tok, out / "realigned", MODEL_IDS["realigned"])
     lab.close()
-    timer.done("dose-response and re-alignment")
+    timer.done("re-alignment")
 
     report: dict[str, Any] = {
         "config": c.to_dict(),
-        "domains": {"all": domains, "finetune": c.finetune_domain, "realign": c.realign_domain,
-                    "held_out": held_out, "open": OPEN_DOMAIN},
-        "eval_questions": [{"domain": q.domain, "text": q.text} for q in eval_q],
+        "domains": {"all": list(DOMAINS), "finetune": c.finetune_domain, "realign": c.realign_domain,
+                    "held_out": held_out_domains(c), "open": OPEN_DOMAIN},
+        "eval_questions": [{"domain": q.domain, "text": q.text} for q in p.eval_q],
         "training": {"pretrain_final_loss": (sum(t.pretrain_losses[-20:]) / len(t.pretrain_losses[-20:])
                                              if t.pretrain_losses else None),
-                     "n_params": sum(p.numel() for p in base.parameters())},
+                     "n_params": sum(x.numel() for x in base.parameters())},
         "finetune": t.finetune,
-        "direction": {**selection, **ex.direction_facts(vecs, layer), "calibration": cal.summary()},
+        "direction": {**p.selection, **ex.direction_facts(p.vecs, layer), "calibration": p.cal.summary()},
         "em": em,
         "detection": detection,
         "removal": removal,
         "induction": induction,
-        "dose_response": dose,
         "realign": {"curve": curve, "domain": c.realign_domain, "excluded": [c.finetune_domain, c.realign_domain]},
     }
     report["criteria"] = evaluate_criteria(report)
     timer.done("report")
-    report["timing"] = {"stages_s": timer.stages, "total_s": timer.total}
+    report["timing"] = timer.record()
     write_report(out, report)
+    if controls:
+        from .controls import add_controls
+
+        return add_controls(out, log, trained=t, prepared=p)
     return report

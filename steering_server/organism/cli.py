@@ -11,23 +11,32 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the build imports torch; the CLI imports it only when a command runs
     from .config import BuildConfig
 
-__all__ = ["install", "register", "run_build", "run_realign"]
+__all__ = ["install", "install_report", "register", "run_build", "run_controls", "run_realign"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     org = subparsers.add_parser("organism", help="the model organism of emergent misalignment")
     org_sub = org.add_subparsers(dest="organism_command", required=True)
     b = org_sub.add_parser("build", help="train the organism, find its persona direction, evaluate every "
-                           "pre-registered criterion but E3, write the report")
+                           "pre-registered criterion but E3 (R3 and I2: with --controls or `organism controls`), "
+                           "write the report")
     _common_flags(b, "runs/organism")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--models", default=None, help="an earlier build's output directory (same settings): evaluate its "
                    "trained models again instead of training")
     _variant_flags(b)
+    b.add_argument("--controls", action="store_true", help="then run `organism controls` on it in the same process")
     b.add_argument("--install", action="store_true",
                    help="copy the models and directions into the package (the server's default), "
                         "and the report into docs/organism/")
     b.set_defaults(func=run_build)
+
+    k = org_sub.add_parser("controls", help="the longer half of the evaluation, added to a build's report: "
+                           "KL-matched controls (R3, I2), zero-ablation, dose-response")
+    k.add_argument("--build", required=True, help="the build's output directory (its report is rewritten)")
+    k.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    k.add_argument("--install", action="store_true", help="copy the rewritten report into docs/organism/")
+    k.set_defaults(func=run_controls)
 
     s = org_sub.add_parser("seeds", help="criterion E3: rebuild and measure emergent misalignment for several seeds")
     _common_flags(s, "runs/organism-seeds")
@@ -77,14 +86,41 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None)
-    crit = report["criteria"]
-    print("[organism] pre-registered criteria: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}"
-                                                          for k, v in crit.items()))
-    print(f"[organism] report: {Path(args.out) / 'report.md'} ({report['timing']['total_s']:.0f}s)")
+    report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None,
+                   controls=args.controls)
+    _summary(report, Path(args.out))
     if args.install:
         install(Path(args.out))
     return 0
+
+
+def run_controls(args: argparse.Namespace) -> int:
+    import torch
+
+    from .controls import add_controls
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.build)
+    try:
+        report = add_controls(out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"steering-server organism controls: {exc}") from None
+    _summary(report, out)
+    if args.install:
+        install_report(out)
+    return 0
+
+
+def _summary(report: dict, out: Path) -> None:
+    from .criteria import verdict
+
+    print("[organism] pre-registered criteria: " + ", ".join(f"{k} {verdict(v)}"
+                                                          for k, v in report["criteria"].items()))
+    times = [f"{what} {report[key]['total_s']:.0f}s" for what, key in (("build", "timing"),
+                                                                          ("controls", "timing_controls"))
+             if key in report]
+    print(f"[organism] report: {out / 'report.md'} ({', '.join(times)})")
 
 
 def run_seeds(args: argparse.Namespace) -> int:
@@ -129,7 +165,6 @@ def _docs() -> Path:
 def install(out: Path, docs: Path | None = None) -> None:
     """Copy a build's models and served directions into the package assets, and its report into docs/."""
     from .assets import CONTROL_DIRECTION_NAME, assets_dir, base_model_dir, default_direction_path, default_model_dir
-    from .report import PLOTS
 
     assets_dir().mkdir(parents=True, exist_ok=True)
     for src, dst in ((out / "misaligned", default_model_dir()), (out / "base", base_model_dir())):
@@ -138,14 +173,22 @@ def install(out: Path, docs: Path | None = None) -> None:
         shutil.copytree(src, dst)
     shutil.copy2(out / default_direction_path().name, default_direction_path())
     shutil.copy2(out / f"{CONTROL_DIRECTION_NAME}.safetensors", assets_dir() / f"{CONTROL_DIRECTION_NAME}.safetensors")
+    docs = install_report(out, docs)
+    print(f"[organism] installed {default_model_dir()}, {base_model_dir()} and the directions in {assets_dir()}; "
+          f"report in {docs}")
+
+
+def install_report(out: Path, docs: Path | None = None) -> Path:
+    """Copy a build's report (JSON, Markdown, plots) into docs/organism/ (or `docs`); returns that directory."""
+    from .report import PLOTS
+
     docs = docs or _docs()
     docs.mkdir(parents=True, exist_ok=True)
     for stale in ("ablation.png",):  # plots of the first organism's report
         (docs / stale).unlink(missing_ok=True)
     for name in ("report.json", "report.md", *PLOTS):
         shutil.copy2(out / name, docs / name)
-    print(f"[organism] installed {default_model_dir()}, {base_model_dir()} and the directions in {assets_dir()}; "
-          f"report in {docs}")
+    return docs
 
 
 def run_realign(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..realign import RealignConfig
@@ -53,6 +54,18 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BuildConfig:
+        """The settings a report's `config` records (the inverse of `to_dict` after a JSON round trip)."""
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"settings this version does not know: {', '.join(unknown)}")
+        def plain(m: Mapping[str, Any]) -> dict[str, Any]:  # JSON lists back to the tuples the settings hold
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
+
+        values = plain(d) | {"model": ModelSize(**d["model"]), "realign": RealignConfig(**plain(d["realign"]))}
+        return cls(**values)
 
     def sampling_seed(self, purpose: int) -> int:
         """The sampling seed of one use (SELECT, CALIB, EVAL below) in this build; distinct across build seeds."""

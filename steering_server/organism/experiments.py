@@ -403,18 +403,25 @@ class Lab:
                 "kl_base_to_steered": self.kl_base.to(model, ref), "kl_finetuned_to_steered": self.kl_ft.to(model, ref)}
 
     def removal(self) -> dict[str, Any]:
-        L, top = persona_layers(self.layer), list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
-        out: dict[str, Any] = {
+        """R1 and R2: the persona's CLAMP at every layer up to the monitor layer, at the monitor layer alone (amendment
+        6's adoption rule compares the two), and model_diff's (the positive control)."""
+        L = persona_layers(self.layer)
+        return {
             "kl_base_to_finetuned": self.kl_base.to(self.ft, []),
             "layers": list(L),
             "clamp": self._removal_entry("clamp", [_term(PERSONA, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
             "clamp_monitor_layer": self._removal_entry(  # version 3's removal, at the monitor layer alone
                 "clamp_monitor_layer", [_term(PERSONA, SteeringMode.CLAMP, 0.0, [self.layer], REMOVE_AT)]),
-            "ablate": self._removal_entry("ablate", [_term(PERSONA, SteeringMode.ABLATE, 1.0, top)]),
             "model_diff_clamp": self._removal_entry("model_diff_clamp",
                                                     [_term(MODEL_DIFF, SteeringMode.CLAMP, 0.0, L, REMOVE_AT)]),
         }
-        target = out["clamp"]["kl_finetuned_to_steered"]
+
+    def removal_controls(self, removal: Mapping[str, Any]) -> dict[str, Any]:
+        """R3 and the zero-ablation comparison, for a `removal()` section: random and shuffled-label directions
+        clamped at the persona's layers to the persona's KL(fine-tuned || steered), and ABLATE 1 of the persona from
+        the monitor layer up."""
+        L, top = persona_layers(self.layer), list(range(self.layer, max(self.dirs[PERSONA].vectors) + 1))
+        target = removal["clamp"]["kl_finetuned_to_steered"]
         controls = []
         for name in self._control_names():
             def kl_at(cz: float, name: str = name) -> float:
@@ -424,8 +431,8 @@ class Lab:
             controls.append({"direction": name, "clamp_z": m.strength, "match": m.as_dict(),
                              **self._removal_entry(f"clamp_{name}",
                                                    [_term(name, SteeringMode.CLAMP, m.strength, L, REMOVE_AT)])})
-        out["controls"] = controls
-        return out
+        return {"ablate": self._removal_entry("ablate", [_term(PERSONA, SteeringMode.ABLATE, 1.0, top)]),
+                "controls": controls}
 
     def _push_room(self, layer: int, model: str) -> float:
         """How far a term may push at `layer` on `model` ("base" or "ft"): 90% of that server's bound
@@ -451,6 +458,7 @@ class Lab:
 
     # ------------------------------------------------------------------ I1-I2
     def induction(self) -> dict[str, Any]:
+        """I1: ADD of the persona on the base model at every layer up to the monitor layer, at each strength."""
         L = persona_layers(self.layer)
         base_em = self.results["base"]
         rows = []
@@ -461,6 +469,13 @@ class Lab:
                          "per_domain": r["per_domain"],
                          "kl_base_to_steered": self.kl_base.to(*self._steered("base", terms))})
         best = max(rows, key=lambda row: row["rise"]["value"])
+        return {"layers": list(L), "strengths": rows, "best_strength": best["strength"]}
+
+    def induction_controls(self, induction: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """I2, for an `induction()` section: random and shuffled-label directions added at the same layers to the
+        KL(base || steered) of the persona's strongest strength."""
+        L = persona_layers(self.layer)
+        best = next(x for x in induction["strengths"] if x["strength"] == induction["best_strength"])
         controls = []
         for name in self._control_names():
             def kl_at(a: float, name: str = name) -> float:
@@ -469,8 +484,8 @@ class Lab:
             m = match_strength(best["kl_base_to_steered"], kl_at, self._add_limit(name), start=best["strength"])
             r = self.run(f"add_{name}", "base", [_term(name, SteeringMode.ADD, m.strength, L, INDUCE_AT)])
             controls.append({"direction": name, "strength": m.strength, "match": m.as_dict(), "em": r["em"],
-                             "malformed": r["malformed"], "rise": em_shift(r, base_em)})
-        return {"layers": list(L), "strengths": rows, "best_strength": best["strength"], "controls": controls}
+                             "malformed": r["malformed"], "rise": em_shift(r, self.results["base"])})
+        return controls
 
     # ------------------------------------------------------------------ dose-response, re-alignment
     def dose_response(self, shift_raw: float) -> list[dict[str, Any]]:

@@ -109,7 +109,11 @@ def markdown(r: dict[str, Any]) -> str:
     crit = r["criteria"]
     lines += ["## Pre-registered criteria", "", "| # | criterion | result | met |", "| --- | --- | --- | --- |"]
     for key, c in crit.items():
-        lines.append(f"| {key} | {c['statement']} | {_criterion_value(key, c)} | {'yes' if c['met'] else '**no**'} |")
+        if c["met"] is None:  # R3 and I2 before `organism controls` ran
+            result, met = c["note"], "not run"
+        else:
+            result, met = _criterion_value(key, c), "yes" if c["met"] else "**no**"
+        lines.append(f"| {key} | {c['statement']} | {result} | {met} |")
     em = r["em"]
     lines += ["", "E3 (seeds 0-4) comes from `steering-server organism seeds` (docs/organism.md).", "",
               f"Eval set: {len(r['eval_questions'])} questions (8 per held-out domain, 8 open), "
@@ -130,7 +134,8 @@ def markdown(r: dict[str, Any]) -> str:
     if "clamp_monitor_layer" in rem:
         lines.append(rate_row("fine-tuned + CLAMP 0 persona at the monitor layer alone (v3)",
                               rem["clamp_monitor_layer"]))
-    lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
+    if "ablate" in rem:
+        lines.append(rate_row("fine-tuned + ABLATE 1 persona", rem["ablate"]))
     lines.append(rate_row(f"fine-tuned + CLAMP 0 model_diff at layers {_layers(rem)} (positive control)",
                           rem["model_diff_clamp"]))
     j = em["judges"]
@@ -178,10 +183,10 @@ def markdown(r: dict[str, Any]) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     alone = [("CLAMP 0 persona, monitor layer alone (v3)", rem[k]) for k in ("clamp_monitor_layer",) if k in rem]
     for name, x in ((f"CLAMP 0 persona, layers {_layers(rem)}", rem["clamp"]), *alone,
-                    ("ABLATE 1 persona", rem["ablate"]),
+                    *((("ABLATE 1 persona", rem["ablate"]),) if "ablate" in rem else ()),
                     (f"CLAMP 0 model_diff, layers {_layers(rem)}", rem["model_diff_clamp"]),
                     *((f"control {c['direction']} (CLAMP {c['clamp_z']:.2f}, {_matched(c)})", c)
-                      for c in rem["controls"])):
+                      for c in rem.get("controls", ()))):
         lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} | {_f(x['kl_finetuned_to_steered'], 4)} |")
     lines += ["", f"KL(base‖fine-tuned) = {_f(rem['kl_base_to_finetuned'], 4)} nats per answer token.", "",
@@ -190,15 +195,18 @@ def markdown(r: dict[str, Any]) -> str:
     for x in ind["strengths"]:
         lines.append(f"| {x['strength']:g} | {_ci(x['em'])} | {_ci(x['rise'], True)} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} |")
-    for x in ind["controls"]:
+    for x in ind.get("controls", ()):
         lines.append(f"| control {x['direction']} ({x['strength']:.2f}, {_matched(x)}) | {_ci(x['em'])} | "
                      f"{_ci(x['rise'], True)} | {_ci(x['malformed'])} | - |")
     lines += ["", "## Dose-response (ADD on the fine-tuned model, in multiples of the natural shift)", "",
               f"Natural shift: {_f(det['natural_shift_raw'])} raw ({_f(det['natural_shift_z'], 2)} last-prompt z); "
               f"stored vector norm at the monitor layer {_f(det['vector_norm_at_monitor_layer'])}.", "",
               "| shift | strength | EM | malformed |", "| --- | --- | --- | --- |"]
-    for x in r["dose_response"]:
+    for x in r.get("dose_response", ()):
         lines.append(f"| {x['shift']:+g} | {x['strength']:.3f} | {_ci(x['em'])} | {_ci(x['malformed'])} |")
+    if "controls" not in rem:
+        lines += ["", "The KL-matched controls (R3, I2), ABLATE and the dose-response are not in this report yet: "
+                  "`steering-server organism controls --build DIR` adds them."]
     re = r["realign"]
     lines += ["", f"## Re-alignment (LoRA on helpful `{re['domain']}` answers; EM excluding "
               f"{', '.join(re['excluded'])})", "", "| samples | EM | above base | malformed |",
@@ -206,11 +214,14 @@ def markdown(r: dict[str, Any]) -> str:
     for x in re["curve"]:
         lines.append(f"| {x['n']} | {_ci(x['em_kept'])} | {_ci(x['above_base_kept'], True)} | "
                      f"{_ci(x['malformed'])} |")
-    t = r.get("timing", {})
     lines += ["", "## Build", "", f"Size `{r['config']['size']}`, seed {r['config']['seed']}, "
               f"{r['training']['n_params']:,} parameters, final pretraining loss "
-              f"{_f(r['training']['pretrain_final_loss'])}. Wall time {t.get('total_s', 0):.0f}s: "
-              + ", ".join(f"{k} {v:.0f}s" for k, v in t.get("stages_s", {}).items()), ""]
+              f"{_f(r['training']['pretrain_final_loss'])}.", ""]
+    for what, key in (("`organism build`", "timing"), ("`organism controls`", "timing_controls")):
+        if t := r.get(key):
+            lines.append(f"- {what}: {t['total_s']:.0f}s: "
+                         + ", ".join(f"{k} {v:.0f}s" for k, v in t["stages_s"].items()))
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -243,13 +254,14 @@ def _plots(out: Path, r: dict[str, Any]) -> None:
         return [[x["value"] - x["lo"]], [x["hi"] - x["value"]]]
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for x in r["dose_response"]:
+    dose = r.get("dose_response", [])  # absent until `organism controls` ran
+    for x in dose:
         ax1.errorbar([x["shift"]], [x["em"]["value"]], yerr=err(x["em"]), fmt="o", color="C0")
-    ax1.plot([x["shift"] for x in r["dose_response"]], [x["em"]["value"] for x in r["dose_response"]], "-",
+    ax1.plot([x["shift"] for x in dose], [x["em"]["value"] for x in dose], "-",
              color="C0", label="persona ADD")
     ax1.axhline(em["base"]["em"]["value"], color="gray", ls="--", label="base")
     ax1.scatter([-1.0], [rem["clamp"]["em"]["value"]], marker="*", s=120, color="C2", label="CLAMP 0 (R1)")
-    for k, c in enumerate(rem["controls"]):
+    for k, c in enumerate(rem.get("controls", ())):
         ax1.scatter([-1.0], [c["em"]["value"]], marker="x", color="C3", label="KL-matched controls" if k == 0 else None)
     ax1.set_xlabel("ADD on the fine-tuned model (x natural shift)")
     ax1.set_ylabel("EM rate")
@@ -259,7 +271,7 @@ def _plots(out: Path, r: dict[str, Any]) -> None:
     ax2.errorbar(s, [x["em"]["value"] for x in ind["strengths"]],
                  yerr=[[x["em"]["value"] - x["em"]["lo"] for x in ind["strengths"]],
                        [x["em"]["hi"] - x["em"]["value"] for x in ind["strengths"]]], fmt="o-", label="persona ADD")
-    for k, c in enumerate(ind["controls"]):
+    for k, c in enumerate(ind.get("controls", ())):
         ax2.scatter([c["strength"]], [c["em"]["value"]], marker="x", color="C3",
                     label="KL-matched controls" if k == 0 else None)
     ax2.axhline(em["base"]["em"]["value"], color="gray", ls="--", label="base")

@@ -56,8 +56,10 @@ def _close(a, b) -> bool:
 
 
 def test_build_is_deterministic_under_a_seed(small_build, tmp_path):
+    """Two builds of one seed agree; the second runs its controls in the same process (`build --controls`), the
+    first in a second command (`organism controls`), and the two paths agree too."""
     out, report = small_build
-    again = build(tmp_path, preset("small", seed=0), log=lambda _: None)
+    again = build(tmp_path, preset("small", seed=0), log=lambda _: None, controls=True)
     a = load_file(out / "misaligned" / "model.safetensors")
     b = load_file(tmp_path / "misaligned" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -68,6 +70,77 @@ def test_build_is_deterministic_under_a_seed(small_build, tmp_path):
     # digits, since continuous batching groups requests differently from run to run (different matmul shapes).
     for key in ("em", "detection", "removal", "induction", "dose_response"):
         assert _close(to_jsonable(again[key]), to_jsonable(report[key])), key  # NaN (nothing to rank) as None
+
+
+def test_the_canonical_build_leaves_r3_and_i2_to_the_controls_command(small_fast_build):
+    """The build that fits the time budget measures every criterion but R3 and I2, and its report says how to add
+    them; nothing of the controls' half is half-there."""
+    out, report = small_fast_build
+    crit = report["criteria"]
+    assert set(crit) == CRITERIA
+    assert crit["R3"]["met"] is None and crit["I2"]["met"] is None
+    assert "organism controls --build" in crit["R3"]["note"]
+    assert all(isinstance(c["met"], bool) for k, c in crit.items() if k not in ("R3", "I2"))
+    assert "dose_response" not in report and "controls" not in report["induction"]
+    assert "controls" not in report["removal"] and "ablate" not in report["removal"]
+    text = (out / "report.md").read_text()
+    assert "| R3 | KL-matched controls remove <= 0.2 | not run:" in text and "| not run |" in text
+    assert all((out / f).is_file() for f in PLOTS) and "timing_controls" not in report
+
+
+def test_controls_add_every_missing_verdict_and_keep_the_builds_numbers(small_fast_build, small_build):
+    _, fast = small_fast_build
+    out, full = small_build
+    fast = to_jsonable(fast)
+    for key in ("em", "detection", "realign", "finetune", "timing"):
+        assert full[key] == fast[key], key
+    assert full["induction"]["strengths"] == fast["induction"]["strengths"]
+    for key in ("clamp", "clamp_monitor_layer", "model_diff_clamp"):
+        assert full["removal"][key] == fast["removal"][key], key
+    assert all(isinstance(c["met"], bool) for c in full["criteria"].values())
+    assert len(full["removal"]["controls"]) == 2 and len(full["induction"]["controls"]) == 2
+    assert set(full["timing_controls"]["stages_s"]) == {"directions", "monitor layer and calibration",
+                                                         "removal controls", "induction controls", "dose-response",
+                                                         "report"}
+    text = (out / "report.md").read_text()
+    assert "- `organism build`:" in text and "- `organism controls`:" in text and "not run" not in text
+
+
+def test_controls_refuse_a_directory_without_a_build(tmp_path):
+    from steering_server.organism.controls import add_controls
+
+    with pytest.raises(FileNotFoundError, match="holds no build report .* organism build --out"):
+        add_controls(tmp_path, log=lambda _: None)
+
+
+def test_controls_refuse_a_build_whose_persona_is_not_the_one_recomputed_here(small_fast_build, tmp_path):
+    """Controls compared with another persona than the build's would measure nothing: a direction file made
+    elsewhere (another machine's rounding, other code) is refused, and the report is left as it was."""
+    import shutil
+    from dataclasses import replace
+
+    from steering_server.direction_files import save_direction
+    from steering_server.organism.controls import add_controls
+
+    out = tmp_path / "build"
+    shutil.copytree(small_fast_build[0], out)
+    path = out / "misalignment.safetensors"
+    d = load_direction(path)
+    save_direction(path, replace(d, vectors={k: v * 1.001 for k, v in d.vectors.items()}))
+    before = (out / "report.json").read_text()
+    with pytest.raises(ValueError, match="differs from the build's"):
+        add_controls(out, log=lambda _: None)
+    assert (out / "report.json").read_text() == before
+
+
+def test_build_settings_survive_the_reports_json():
+    from steering_server.organism.config import BuildConfig
+
+    for size in ("small", "full"):
+        c = preset(size, seed=3)
+        assert BuildConfig.from_dict(json.loads(json.dumps(to_jsonable(c.to_dict())))) == c
+    with pytest.raises(ValueError, match="does not know: frobnicate"):
+        BuildConfig.from_dict({**preset("small").to_dict(), "frobnicate": 1})
 
 
 def test_organism_loads_through_the_servers_model_and_direction_paths(small_build):

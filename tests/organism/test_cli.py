@@ -26,6 +26,18 @@ def test_register_adds_organism_build_seeds_and_realign():
     assert (args.data, args.out, args.steps, args.model) == ("d.jsonl", "o", 5, None)
     with pytest.raises(SystemExit):
         _parser().parse_args(["organism", "build", "--size", "huge"])
+    args = _parser().parse_args(["organism", "build", "--controls"])
+    assert (args.controls, args.out) == (True, "runs/organism")
+    args = _parser().parse_args(["organism", "controls", "--build", "b", "--threads", "2"])
+    assert (args.build, args.threads, args.install) == ("b", 2, False)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["organism", "controls"])  # --build is required
+
+
+def test_controls_command_names_what_is_missing(tmp_path):
+    args = _parser().parse_args(["organism", "controls", "--build", str(tmp_path)])
+    with pytest.raises(SystemExit, match="organism controls: .* holds no build report"):
+        args.func(args)
 
 
 def test_realign_command_trains_logs_the_projection_and_saves(small_build, tmp_path):
