@@ -109,7 +109,7 @@ def test_controls_add_every_missing_verdict_and_keep_the_builds_numbers(small_fa
 def test_controls_refuse_a_directory_without_a_build(tmp_path):
     from steering_server.organism.controls import add_controls
 
-    with pytest.raises(FileNotFoundError, match="holds no build report .* organism build --out"):
+    with pytest.raises(FileNotFoundError, match=r"holds no build report .* organism build --out"):
         add_controls(tmp_path, log=lambda _: None)
 
 

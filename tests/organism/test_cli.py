@@ -36,7 +36,7 @@ def test_register_adds_organism_build_seeds_and_realign():
 
 def test_controls_command_names_what_is_missing(tmp_path):
     args = _parser().parse_args(["organism", "controls", "--build", str(tmp_path)])
-    with pytest.raises(SystemExit, match="organism controls: .* holds no build report"):
+    with pytest.raises(SystemExit, match=r"organism controls: .* holds no build report"):
         args.func(args)
 
 
