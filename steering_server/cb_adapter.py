@@ -28,11 +28,12 @@ from transformers.generation.continuous_batching.continuous_api import (
     ContinuousBatchingManager,
     ContinuousBatchProcessor,
 )
+from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
 from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
 from transformers.generation.continuous_batching.utils import stream_context
 
-from .cpu_attention import ReadInAttentionCache, install_cpu_attention
+from .cpu_attention import ReadInAttentionCache, install_cpu_attention, mask_free
 from .layers import SUPPORTED_ARCHITECTURES
 from .runtime import SteeringRuntime
 from .types import ServingSettings
@@ -184,6 +185,11 @@ class BatchingManager(ContinuousBatchingManager):
             processor.model_runner.__class__ = _SteeringRunner
         if self._attention_reads_cache and type(processor.cache) is PagedAttentionCache:
             processor.cache.__class__ = ReadInAttentionCache  # decode attention reads the cache itself
+        ios = processor.inputs_and_outputs
+        if self._attention_reads_cache and mask_free(self.model.config) and isinstance(ios, ContinuousBatchingIOs):
+            # The per-request attention never reads the block-diagonal mask: not building it saves a fill and a few
+            # ops per request at every step, and the buffer (cpu_attention's docstring). (Async IO is off.)
+            ios.attention_mask = None  # type: ignore[assignment]  # transformers declares it without None
         processor.runtime = self.runtime  # type: ignore[attr-defined]
         processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
         # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward, and the

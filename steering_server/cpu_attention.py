@@ -20,6 +20,11 @@ and they read their keys straight from the paged cache: transformers' cache upda
 keys and values into one flat sequence (a full copy of the batch's KV at every layer, a tenth of a serving step),
 which the padded gather then copies again. `ReadInAttentionCache` writes the new tokens and leaves the read to the
 attention (`PAGED_KV`); a call that goes to transformers' sdpa after all reads the flat sequence first, as before.
+
+For a model whose every layer takes the per-request path (`mask_free`: no sliding window, no soft-capping), the
+block-diagonal mask transformers builds at every step is never read: cb_adapter turns it off, which saves its fill and
+a few ops per request per step and its (max_batch_tokens, cache + max_batch_tokens) buffer (134 MB for the organism's
+evaluation engines). A call that would still need it is refused rather than served unmasked.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from transformers.generation.continuous_batching.cache import PagedAttentionCach
 from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["PAGED_KV", "ReadInAttentionCache", "install_cpu_attention"]
+__all__ = ["PAGED_KV", "ReadInAttentionCache", "install_cpu_attention", "mask_free"]
 
 _INSTALLED: dict[str, Any] = {}
 
@@ -292,6 +297,18 @@ def _varlen_attention(
     return out.unsqueeze(0)
 
 
+def mask_free(config: Any) -> bool:
+    """Whether every layer of a model with this config takes the per-request path, so continuous batching need not
+    build its mask: no sliding window (Mistral-style models pass theirs as an argument, which only the config tells
+    ahead) and no soft-capping. Unsure means no."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return (
+        getattr(text, "sliding_window", None) is None
+        and getattr(text, "attn_logit_softcapping", None) is None
+        and all(t == "full_attention" for t in getattr(text, "layer_types", None) or ())
+    )
+
+
 def _per_request_applies(module: torch.nn.Module, query: torch.Tensor, kwargs: dict[str, Any]) -> bool:
     return (
         isinstance(kwargs.get("cu_seq_lens_k"), torch.Tensor)
@@ -329,6 +346,11 @@ def install_cpu_attention() -> None:
                 "CPU read-in cache cannot serve it (cb_adapter: add the model type to the stock cache's list)"
             )
         if not _per_request_applies(module, query, kwargs):
+            if attention_mask is None and isinstance(kwargs.get("cu_seq_lens_q"), torch.Tensor):
+                raise RuntimeError(
+                    f"{type(module).__name__} needs transformers' masked attention in continuous batching, but the "
+                    "mask was turned off (cpu_attention.mask_free misjudged this model's config)"
+                )
             if paged is not None:
                 key, value = _read_back(paged)
             return original(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]

@@ -82,6 +82,37 @@ async def test_the_engine_takes_the_per_request_path_at_decode(
     assert calls["n"] >= 4 * engine.num_layers  # the decode steps (shared ones, with two), at every layer
 
 
+def test_only_models_whose_every_layer_attends_per_request_go_without_the_mask() -> None:
+    """The engine's llama serves without transformers' mask (nothing reads it); a sliding window or soft-capping
+    keeps it, and a call that would need it after all is refused, never served unmasked."""
+    from transformers import AutoConfig
+
+    from steering_server.tiny_models import tiny_config
+
+    assert cpu_attention.mask_free(tiny_config("llama")) and cpu_attention.mask_free(tiny_config("qwen2"))
+    assert not cpu_attention.mask_free(tiny_config("mistral"))  # its window arrives as an argument at each call
+    assert not cpu_attention.mask_free(AutoConfig.for_model("gemma2"))  # soft-capping and sliding layers
+    cpu_attention.install_cpu_attention()
+    q = torch.zeros(1, 4, 3, 8)
+    cu = torch.tensor([0, 3], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="mask was turned off"):
+        ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Identity(), q, q, q, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                        sliding_window=2)
+
+
+async def test_the_engine_builds_no_mask_for_a_model_that_never_reads_it() -> None:
+    if DEVICE != "cpu":
+        pytest.skip("CPU-only path")
+    async with running_engine(loaded_model()) as engine:
+        processor = engine.manager.batch_processor
+        assert processor is not None and processor.inputs_and_outputs.attention_mask is None
+        out = await engine.generate(GenerationRequest(Prompt(token_ids=(5, 6, 7)), SamplingParams(max_new_tokens=4)))
+    assert out.token_ids  # served
+    async with running_engine(loaded_model("mistral")) as engine:
+        processor = engine.manager.batch_processor
+        assert processor is not None and processor.inputs_and_outputs.attention_mask is not None
+
+
 def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
     """Continuous batching's mask: request i's queries see its own keys, the new tokens being the last of them."""
     mask = torch.zeros(sum(q_lens), sum(k_lens), dtype=torch.bool)
@@ -169,8 +200,9 @@ async def test_the_engine_prefilling_beside_decoders_matches_transformers_sdpa(m
             paged = kw.pop(cpu_attention.PAGED_KV, None)  # the engine's cache left the read to the attention
             if paged is not None:
                 k, v = cpu_attention._read_back(paged)  # type: ignore[arg-type]  # the flat sequence of those keys
-            want = original(module, q, k, v, mask, **kw)[0]
             cq, ck = (x.diff().tolist() for x in (kw["cu_seq_lens_q"], kw["cu_seq_lens_k"]))  # type: ignore[union-attr]
+            assert mask is None  # the engine builds no mask for this model: the reference gets the one it would
+            want = original(module, q, k, v, _block_causal_mask(cq, ck)[None, None], **kw)[0]
             seen.append((cq, ck, paged is not None, float((got[0] - want).abs().max())))
         return got
 
