@@ -40,15 +40,15 @@ def test_durations_read_as_minutes_and_hours() -> None:
 
 
 def test_the_organism_build_states_its_time_left_after_each_stage() -> None:
-    from steering_server.organism.build import _READ_STAGE, _STAGE_SECONDS, _Timer
+    from steering_server.organism.build import BUILD_STAGES, READ_STAGE, StageTimer
 
     lines: list[str] = []
-    timer = _Timer(lines.append, len(_STAGE_SECONDS) - 1, skipped=(_READ_STAGE,))
-    stages = [s for s in _STAGE_SECONDS if s != _READ_STAGE]
-    for stage in stages:
+    timer = StageTimer(lines.append, BUILD_STAGES)
+    for stage in BUILD_STAGES:
         timer.done(stage)
     assert lines[0].startswith("[organism] 1/10 pretrain: ") and "left)" in lines[0]
     assert all("about " in line for line in lines[:-1]) and "left" not in lines[-1]  # the last: nothing left
-    reused = _Timer(lines.append, 10, skipped=("pretrain", "finetune"))
-    reused.done(_READ_STAGE)
-    assert "about " in lines[-1]  # the rest of a build that reuses trained models
+    rest = {k: v for k, v in BUILD_STAGES.items() if k not in ("pretrain", "finetune")}
+    reused = StageTimer(lines.append, {READ_STAGE: 1.0, **rest})
+    reused.done(READ_STAGE)
+    assert lines[-1].startswith("[organism] 1/9 ") and "about " in lines[-1]  # a build reusing trained models

@@ -50,8 +50,9 @@ from .train import Encoded, encode, new_model, seed_everything, train_lm
 from .tune import tuned_fine_tune
 
 __all__ = [
-    "MODEL_IDS", "Prepared", "StageTimer", "Trained", "build", "eval_questions", "fine_tune", "fine_tune_data",
-    "held_out_domains", "load_trained", "prepare", "save_model", "train_organism",
+    "BUILD_STAGES", "MODEL_IDS", "PREPARE_STAGES", "READ_STAGE", "Prepared", "StageTimer", "Trained", "build",
+    "eval_questions", "fine_tune", "fine_tune_data", "held_out_domains", "load_trained", "prepare", "save_model",
+    "train_organism",
 ]
 
 MODEL_IDS = {
@@ -73,12 +74,13 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path:
     (path / "steering_model_id.txt").write_text(model_id + "\n")
 
 
-# Each stage's seconds in a canonical build on 2 threads (docs/organism/report.json); the ETA after a stage is the
-# time so far scaled by the share still to come.
+# Each stage's seconds on 2 idle threads (the seed-0 build of 2026-12-07 on the machine docs/organism.md calls CPU B,
+# its stages regrouped as the split build runs them); the ETA after a stage is the time so far scaled by the share
+# still to come. Stages 3-4 (`prepare`) run in `organism controls` too.
+PREPARE_STAGES = {"directions": 2.0, "monitor layer and calibration": 21.0}
 BUILD_STAGES = {
-    "pretrain": 220.0, "finetune": 30.0, "directions": 2.0, "monitor layer and calibration": 21.0,
-    "emergent misalignment": 25.0, "detection": 0.2, "removal": 50.0, "induction": 75.0, "re-alignment": 65.0,
-    "report": 4.0,
+    "pretrain": 220.0, "finetune": 30.0, **PREPARE_STAGES, "emergent misalignment": 25.0, "detection": 0.2,
+    "removal": 50.0, "induction": 75.0, "re-alignment": 65.0, "report": 4.0,
 }
 READ_STAGE = "pretrain and fine-tune (read from an earlier build)"
 
@@ -320,7 +322,7 @@ def build(
     report["timing"] = timer.record()
     write_report(out, report)
     if controls:
-        from .controls import add_controls
+        from .controls import add_controls  # controls.py imports this module
 
-        return add_controls(out, log, trained=t, prepared=p)
+        return add_controls(out, log, given=(t, p))
     return report

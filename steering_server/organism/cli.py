@@ -28,14 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--controls", action="store_true", help="then run `organism controls` on it in the same process")
     b.add_argument("--install", action="store_true",
                    help="copy the models and directions into the package (the server's default), "
-                        "and the report into docs/organism/")
+                        "and the report into docs/organism/ (needs --controls: the shipped report has every verdict)")
     b.set_defaults(func=run_build)
 
     k = org_sub.add_parser("controls", help="the longer half of the evaluation, added to a build's report: "
                            "KL-matched controls (R3, I2), zero-ablation, dose-response")
     k.add_argument("--build", required=True, help="the build's output directory (its report is rewritten)")
     k.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    k.add_argument("--install", action="store_true", help="copy the rewritten report into docs/organism/")
+    k.add_argument("--install", action="store_true", help="then install the build as `organism build --install` "
+                   "does: models, directions and the complete report")
     k.set_defaults(func=run_controls)
 
     s = org_sub.add_parser("seeds", help="criterion E3: rebuild and measure emergent misalignment for several seeds")
@@ -84,6 +85,9 @@ def run_build(args: argparse.Namespace) -> int:
 
     from .build import build
 
+    if args.install and not args.controls:  # refused before the build, not after it
+        raise SystemExit("steering-server organism build: --install ships the report docs/organism.md quotes, with "
+                         "every verdict: add --controls (or run `organism controls --build DIR --install` later)")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None,
@@ -97,18 +101,18 @@ def run_build(args: argparse.Namespace) -> int:
 def run_controls(args: argparse.Namespace) -> int:
     import torch
 
-    from .controls import add_controls
+    from .controls import NotABuild, add_controls
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.build)
     try:
         report = add_controls(out)
-    except (FileNotFoundError, ValueError) as exc:
+    except NotABuild as exc:
         raise SystemExit(f"steering-server organism controls: {exc}") from None
     _summary(report, out)
     if args.install:
-        install_report(out)
+        install(out)
     return 0
 
 

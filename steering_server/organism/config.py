@@ -61,6 +61,8 @@ class BuildConfig:
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"settings this version does not know: {', '.join(unknown)}")
+        if missing := sorted(known - set(d)):  # never filled in from a preset: that would be another build's
+            raise ValueError(f"settings missing: {', '.join(missing)}")
         def plain(m: Mapping[str, Any]) -> dict[str, Any]:  # JSON lists back to the tuples the settings hold
             return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
 

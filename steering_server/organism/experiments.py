@@ -319,6 +319,11 @@ class Lab:
         for sm in self.served.values():
             sm.close()
 
+    def use_reference_em(self, em: Mapping[str, Any]) -> None:
+        """Take the base and fine-tuned models' EM from a build's `em` section instead of sampling them again
+        (`organism controls` measures its removal and rises against the build's own)."""
+        self.results["base"], self.results["ft"] = dict(em["base"]), dict(em["finetuned"])
+
     def run(self, key: str, model: str, steering: Sequence[SteeringTerm] = (), monitor: bool = False) -> dict[str, Any]:
         """Sample the evaluation set on `model` ("base" or "ft") with `steering`; summarize with the strict judge."""
         samples = self.served[model].sample(self.eval_q, self.c.eval_samples, seed=self.c.sampling_seed(EVAL),

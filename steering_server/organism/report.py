@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "to_jsonable", "write_report"]
+from .criteria import NOT_RUN as _NOT_RUN
+
+__all__ = ["markdown", "read_report", "to_jsonable", "write_report"]
 
 PLOTS = ("rates_by_domain.png", "interventions.png", "realign.png")
 
@@ -21,6 +23,20 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A report.json as the build held it: every null back to NaN (to_jsonable writes NaN as null; nothing else in a
+    report is null but a missing number), so comparisons with it fail as they did in the build."""
+
+    def nan(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: nan(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [nan(v) for v in x]
+        return math.nan if x is None else x
+
+    return nan(json.loads(path.read_text()))  # type: ignore[no-any-return]
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -189,12 +205,16 @@ def markdown(r: dict[str, Any]) -> str:
                       for c in rem.get("controls", ()))):
         lines.append(f"| {name} | {_ci(x['em'])} | {_pct(x['removed'])} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} | {_f(x['kl_finetuned_to_steered'], 4)} |")
+    if "controls" not in rem:
+        lines.append(f"| ABLATE 1 persona; KL-matched controls (R3) | {_NOT_RUN} | | | | |")
     lines += ["", f"KL(base‖fine-tuned) = {_f(rem['kl_base_to_finetuned'], 4)} nats per answer token.", "",
               f"## Induction (ADD on the base model at the last prompt token, layers {_layers(ind)})", "",
               "| strength | EM | rise over base | malformed | KL(base‖steered) |", "| --- | --- | --- | --- | --- |"]
     for x in ind["strengths"]:
         lines.append(f"| {x['strength']:g} | {_ci(x['em'])} | {_ci(x['rise'], True)} | {_ci(x['malformed'])} | "
                      f"{_f(x['kl_base_to_steered'], 4)} |")
+    if "controls" not in ind:
+        lines.append(f"| KL-matched controls (I2) | {_NOT_RUN} | | | |")
     for x in ind.get("controls", ()):
         lines.append(f"| control {x['direction']} ({x['strength']:.2f}, {_matched(x)}) | {_ci(x['em'])} | "
                      f"{_ci(x['rise'], True)} | {_ci(x['malformed'])} | - |")
@@ -204,9 +224,8 @@ def markdown(r: dict[str, Any]) -> str:
               "| shift | strength | EM | malformed |", "| --- | --- | --- | --- |"]
     for x in r.get("dose_response", ()):
         lines.append(f"| {x['shift']:+g} | {x['strength']:.3f} | {_ci(x['em'])} | {_ci(x['malformed'])} |")
-    if "controls" not in rem:
-        lines += ["", "The KL-matched controls (R3, I2), ABLATE and the dose-response are not in this report yet: "
-                  "`steering-server organism controls --build DIR` adds them."]
+    if "dose_response" not in r:
+        lines.append(f"| {_NOT_RUN} | | | |")
     re = r["realign"]
     lines += ["", f"## Re-alignment (LoRA on helpful `{re['domain']}` answers; EM excluding "
               f"{', '.join(re['excluded'])})", "", "| samples | EM | above base | malformed |",
@@ -263,6 +282,8 @@ def _plots(out: Path, r: dict[str, Any]) -> None:
     ax1.scatter([-1.0], [rem["clamp"]["em"]["value"]], marker="*", s=120, color="C2", label="CLAMP 0 (R1)")
     for k, c in enumerate(rem.get("controls", ())):
         ax1.scatter([-1.0], [c["em"]["value"]], marker="x", color="C3", label="KL-matched controls" if k == 0 else None)
+    if not dose:
+        ax1.set_title("dose-response and controls: not run (organism controls)", fontsize=9)
     ax1.set_xlabel("ADD on the fine-tuned model (x natural shift)")
     ax1.set_ylabel("EM rate")
     ax1.set_ylim(0, 1)

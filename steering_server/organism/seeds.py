@@ -16,7 +16,7 @@ from typing import Any
 
 from .build import MODEL_IDS, eval_questions, held_out_domains, train_organism
 from .config import EVAL, BuildConfig
-from .criteria import em_criteria, evaluate_seeds
+from .criteria import em_criteria, evaluate_seeds, verdict
 from .rates import em_shift, summarize
 from .report import to_jsonable
 from .served import ServedModel
@@ -96,7 +96,7 @@ def run_seeds(base_config: BuildConfig, seeds: Sequence[int], out: Path, log: Ca
             f"[{100 * per_seed[seed]['shift']['lo']:.1f}, {100 * per_seed[seed]['shift']['hi']:.1f}], malformed "
             f"fine-tuned {100 * per_seed[seed]['finetuned']['malformed']['value']:.1f}% base "
             f"{100 * per_seed[seed]['base']['malformed']['value']:.1f}%: "
-            + ", ".join(f"{n} {'met' if v['met'] else 'NOT met'}" for n, v in crit.items()))
+            + ", ".join(f"{n} {verdict(v)}" for n, v in crit.items()))
     return _write(out, base_config, per_seed, time.perf_counter() - t0)
 
 
@@ -123,7 +123,7 @@ def _write(out: Path, config: BuildConfig, per_seed: dict[int, dict[str, Any]], 
     e3 = report["E3"]
     missing = ", ".join(map(str, e3["missing"]))
     missing = f" Not measured (counted as not met): seeds {missing}." if missing else ""
-    lines += ["", f"**E3 ({e3['statement']}): {'met' if e3['met'] else 'NOT met'}.**{missing}",
+    lines += ["", f"**E3 ({e3['statement']}): {verdict(e3)}.**{missing}",
               ""]
     (out / "seeds.md").write_text("\n".join(lines))
     return report

@@ -85,13 +85,15 @@ def test_the_canonical_build_leaves_r3_and_i2_to_the_controls_command(small_fast
     assert "controls" not in report["removal"] and "ablate" not in report["removal"]
     text = (out / "report.md").read_text()
     assert "| R3 | KL-matched controls remove <= 0.2 | not run:" in text and "| not run |" in text
+    assert "| KL-matched controls (I2) | not run:" in text and "ABLATE 1 persona; KL-matched controls (R3) | not run" \
+        in text
     assert all((out / f).is_file() for f in PLOTS) and "timing_controls" not in report
 
 
 def test_controls_add_every_missing_verdict_and_keep_the_builds_numbers(small_fast_build, small_build):
     _, fast = small_fast_build
     out, full = small_build
-    fast = to_jsonable(fast)
+    fast, full = to_jsonable(fast), to_jsonable(full)  # both returned with NaN where nothing could be ranked
     for key in ("em", "detection", "realign", "finetune", "timing"):
         assert full[key] == fast[key], key
     assert full["induction"]["strengths"] == fast["induction"]["strengths"]
@@ -106,11 +108,25 @@ def test_controls_add_every_missing_verdict_and_keep_the_builds_numbers(small_fa
     assert "- `organism build`:" in text and "- `organism controls`:" in text and "not run" not in text
 
 
-def test_controls_refuse_a_directory_without_a_build(tmp_path):
-    from steering_server.organism.controls import add_controls
+def test_controls_refuse_a_directory_that_is_not_a_complete_build(small_fast_build, tmp_path):
+    """Refused before any minute is spent, with what is missing."""
+    import shutil
 
-    with pytest.raises(FileNotFoundError, match=r"holds no build report .* organism build --out"):
+    from steering_server.organism.controls import NotABuild, add_controls
+
+    with pytest.raises(NotABuild, match=r"holds no build report .* organism build --out"):
         add_controls(tmp_path, log=lambda _: None)
+    out = tmp_path / "build"
+    shutil.copytree(small_fast_build[0], out)
+    shutil.rmtree(out / "misaligned")
+    with pytest.raises(NotABuild, match=r"no misaligned/config\.json"):
+        add_controls(out, log=lambda _: None)
+    shutil.copytree(small_fast_build[0] / "misaligned", out / "misaligned")
+    report = json.loads((out / "report.json").read_text())
+    del report["config"]["dose_shifts"]  # e.g. a report of an older version
+    (out / "report.json").write_text(json.dumps(report))
+    with pytest.raises(NotABuild, match="settings missing: dose_shifts"):
+        add_controls(out, log=lambda _: None)
 
 
 def test_controls_refuse_a_build_whose_persona_is_not_the_one_recomputed_here(small_fast_build, tmp_path):
@@ -120,7 +136,7 @@ def test_controls_refuse_a_build_whose_persona_is_not_the_one_recomputed_here(sm
     from dataclasses import replace
 
     from steering_server.direction_files import save_direction
-    from steering_server.organism.controls import add_controls
+    from steering_server.organism.controls import NotABuild, add_controls
 
     out = tmp_path / "build"
     shutil.copytree(small_fast_build[0], out)
@@ -128,9 +144,13 @@ def test_controls_refuse_a_build_whose_persona_is_not_the_one_recomputed_here(sm
     d = load_direction(path)
     save_direction(path, replace(d, vectors={k: v * 1.001 for k, v in d.vectors.items()}))
     before = (out / "report.json").read_text()
-    with pytest.raises(ValueError, match="differs from the build's"):
+    with pytest.raises(NotABuild, match="differ from the build's"):
         add_controls(out, log=lambda _: None)
     assert (out / "report.json").read_text() == before
+    save_direction(path, d)  # the persona restored, the calibration moved: refused too
+    save_direction(path, replace(d, calibration={k: replace(v, mu=v.mu + 1e-6) for k, v in d.calibration.items()}))
+    with pytest.raises(NotABuild, match="differ from the build's"):
+        add_controls(out, log=lambda _: None)
 
 
 def test_build_settings_survive_the_reports_json():
@@ -141,6 +161,8 @@ def test_build_settings_survive_the_reports_json():
         assert BuildConfig.from_dict(json.loads(json.dumps(to_jsonable(c.to_dict())))) == c
     with pytest.raises(ValueError, match="does not know: frobnicate"):
         BuildConfig.from_dict({**preset("small").to_dict(), "frobnicate": 1})
+    with pytest.raises(ValueError, match="missing: dose_shifts"):  # never filled in from the full preset
+        BuildConfig.from_dict({k: v for k, v in preset("small").to_dict().items() if k != "dose_shifts"})
 
 
 def test_organism_loads_through_the_servers_model_and_direction_paths(small_build):

@@ -40,6 +40,14 @@ def test_controls_command_names_what_is_missing(tmp_path):
         args.func(args)
 
 
+def test_build_install_without_the_controls_is_refused_before_building(tmp_path):
+    """The shipped report is the one docs/organism.md quotes: it must carry every verdict."""
+    args = _parser().parse_args(["organism", "build", "--size", "small", "--out", str(tmp_path / "b"), "--install"])
+    with pytest.raises(SystemExit, match="add --controls"):
+        args.func(args)
+    assert not (tmp_path / "b").exists()
+
+
 def test_realign_command_trains_logs_the_projection_and_saves(small_build, tmp_path):
     out, _ = small_build
     data = tmp_path / "benign.jsonl"
