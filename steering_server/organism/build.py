@@ -319,7 +319,9 @@ def build(
     }
     report["criteria"] = evaluate_criteria(report)
     timer.done("report")
-    report["timing"] = timer.record()
+    # Matrix kernels split their sums by thread count, so stages 3-4 reproduce bit for bit only with the same count:
+    # `organism controls` runs with it.
+    report["timing"] = {**timer.record(), "torch_threads": torch.get_num_threads()}
     write_report(out, report)
     if controls:
         from .controls import add_controls  # controls.py imports this module

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k = org_sub.add_parser("controls", help="the longer half of the evaluation, added to a build's report: "
                            "KL-matched controls (R3, I2), zero-ablation, dose-response")
     k.add_argument("--build", required=True, help="the build's output directory (its report is rewritten)")
-    k.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    k.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the build's, which its stages 3-4 need to reproduce exactly)")
     k.add_argument("--install", action="store_true", help="then install the build as `organism build --install` "
                    "does: models, directions and the complete report")
     k.set_defaults(func=run_controls)
@@ -103,9 +104,10 @@ def run_controls(args: argparse.Namespace) -> int:
 
     from .controls import NotABuild, add_controls
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.build)
+    threads = args.threads or _build_threads(out)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         report = add_controls(out)
     except NotABuild as exc:
@@ -114,6 +116,14 @@ def run_controls(args: argparse.Namespace) -> int:
     if args.install:
         install(out)
     return 0
+
+
+def _build_threads(out: Path) -> int | None:
+    """The torch thread count a build recorded in its report (None: not recorded, or no report to read)."""
+    try:
+        return int(json.loads((out / "report.json").read_text())["timing"]["torch_threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _summary(report: dict, out: Path) -> None:

@@ -95,9 +95,11 @@ def _check_reproduced(out: Path, report: dict[str, Any], p: Prepared) -> None:
             and saved.calibration == mine.calibration and saved.layer_calibration == mine.layer_calibration
             and all(to_jsonable(report["direction"].get(k)) == v for k, v in facts.items()))
     if not same:
-        raise NotABuild(f"{out}: the persona direction, its calibration or its controls recomputed here differ from "
-                        "the build's (built on another machine, or by other code); run the controls where the build "
-                        "ran, or build again here")
+        threads = report.get("timing", {}).get("torch_threads")
+        ran = f" with {threads} torch threads" if threads else ""
+        raise NotABuild(f"{out}: the persona direction, its calibration or its controls recomputed here (with "
+                        f"{torch.get_num_threads()} torch threads) differ from the build's (another machine, another "
+                        f"thread count, or other code); run the controls where the build ran{ran}, or build again here")
     if report["removal"].get("layers") != list(ex.persona_layers(p.layer)):
         raise NotABuild(f"{out}: its removal clamped layers {report['removal'].get('layers')}, not the layers "
                         f"{list(ex.persona_layers(p.layer))} this version's controls are matched at")

@@ -238,7 +238,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"{_f(r['training']['pretrain_final_loss'])}.", ""]
     for what, key in (("`organism build`", "timing"), ("`organism controls`", "timing_controls")):
         if t := r.get(key):
-            lines.append(f"- {what}: {t['total_s']:.0f}s: "
+            threads = f" on {t['torch_threads']} torch threads" if t.get("torch_threads") else ""
+            lines.append(f"- {what}{threads}: {t['total_s']:.0f}s: "
                          + ", ".join(f"{k} {v:.0f}s" for k, v in t["stages_s"].items()))
     lines.append("")
     return "\n".join(lines)

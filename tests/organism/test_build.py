@@ -105,7 +105,9 @@ def test_controls_add_every_missing_verdict_and_keep_the_builds_numbers(small_fa
                                                          "removal controls", "induction controls", "dose-response",
                                                          "report"}
     text = (out / "report.md").read_text()
-    assert "- `organism build`:" in text and "- `organism controls`:" in text and "not run" not in text
+    threads = full["timing"]["torch_threads"]
+    assert f"- `organism build` on {threads} torch threads:" in text and "- `organism controls`:" in text
+    assert "not run" not in text
 
 
 def test_controls_refuse_a_directory_that_is_not_a_complete_build(small_fast_build, tmp_path):

@@ -40,6 +40,15 @@ def test_controls_command_names_what_is_missing(tmp_path):
         args.func(args)
 
 
+def test_controls_default_to_the_thread_count_the_build_recorded(small_fast_build, tmp_path):
+    """Stages 3-4 reproduce bit for bit only with the build's thread count (matrix kernels split sums by it)."""
+    from steering_server.organism.cli import _build_threads
+
+    out, report = small_fast_build
+    assert _build_threads(out) == report["timing"]["torch_threads"] >= 1
+    assert _build_threads(tmp_path) is None  # no report: torch's choice
+
+
 def test_build_install_without_the_controls_is_refused_before_building(tmp_path):
     """The shipped report is the one docs/organism.md quotes: it must carry every verdict."""
     args = _parser().parse_args(["organism", "build", "--size", "small", "--out", str(tmp_path / "b"), "--install"])
