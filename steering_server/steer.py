@@ -10,9 +10,13 @@ With several directions, every projection is read from the same pre-steering sta
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["GATE_NEVER", "HEADROOM", "latch_gates", "measure_and_steer", "mode_coefficients", "steer_contained"]
+__all__ = [
+    "GATE_NEVER", "HEADROOM", "Gated", "latch_gates", "measure_and_steer", "mode_coefficients", "steer_contained",
+]
 
 # A steered state must keep this factor of headroom below its dtype's largest value: the layer above adds its own
 # output to it in that dtype (fp16: |x| <= 65504 / 4 = 16376). Real fp16 models' largest activations ("massive
@@ -84,14 +88,22 @@ def latch_gates(
     return pos >= gate_pos[token_gate]
 
 
+class Gated(NamedTuple):
+    """Conditional steering's extra terms for steer_contained."""
+
+    cond_slots: torch.Tensor  # (C, tokens) int64: the slot holding each condition's coefficients for the token
+    on: torch.Tensor  # (C, tokens) bool: the condition is on for the token (latch_gates)
+    alpha: torch.Tensor  # (slots, K) fp32: the layer's coefficient tables, indexed by cond_slots
+    beta: torch.Tensor
+
+
 def steer_contained(
     hidden: torch.Tensor,
-    token_slot: torch.Tensor,
     unit_dirs: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor,
+    alpha_rows: torch.Tensor,
+    beta_rows: torch.Tensor,
     applied: torch.Tensor,
-    gated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gated: Gated | None = None,
     proj: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """measure_and_steer with containment (DESIGN.md "Trust model"). A steered token whose update could make its
@@ -101,12 +113,14 @@ def steer_contained(
     |h + coef @ U|_inf <= |h|_inf + sum_k |coef_k| (unit rows have entries <= 1), and only the small coefficient
     tensor is masked. Unsteered tokens (slot 0) are bit-identical, as in measure_and_steer.
 
+    `alpha_rows`, `beta_rows`: each token's coefficients, (tokens, K) (the slot tables gathered by token slot), or
+    (K,) when every token of the batch has the same slot (broadcast: no gather, the same numbers).
     `applied`: a (tokens, 1) bool buffer, written in place: False where a token's update was refused (the caller
     reads it after the forward, once for every layer, rather than each layer adding up its own refusals).
-    `gated` (conditional steering): (C, tokens) int64 slots holding each condition's extra coefficients and
-    (C, tokens) bool, whether that condition is on for the token (latch_gates); an extra term that is off adds an
-    exact zero (masked, never multiplied, so a non-finite projection cannot leak through it). `proj`: the
-    projections (tokens, K) when the caller already computed them from `hidden` (for latch_gates).
+    `gated` (conditional steering, `Gated`): per condition column the token's slot of extra coefficients and
+    whether the condition is on for it (latch_gates); an extra term that is off adds an exact zero (masked, never
+    multiplied, so a non-finite projection cannot leak through it). `proj`: the projections (tokens, K) when the
+    caller already computed them from `hidden` (for latch_gates).
 
     Returns the states (tokens, hidden) in hidden's dtype and the fp32 projections (tokens, K). Branch-free on
     values (CUDA graphs)."""
@@ -116,13 +130,13 @@ def steer_contained(
     # beta - alpha * proj per token, fused as in measure_and_steer: (tokens, K). Each op here runs at every steered
     # layer of every step; on small CPU batches their count, not their size, is the cost (a decode step's ops take
     # 3-10 us each whatever their size).
-    coef = torch.addcmul(beta.index_select(0, token_slot), alpha.index_select(0, token_slot), proj, value=-1.0)
+    coef = torch.addcmul(beta_rows, alpha_rows, proj, value=-1.0)
     if gated is not None:  # every condition column at once: a few kernels whatever their number
-        cond_slots, on = gated
-        c, t = cond_slots.shape
-        flat = cond_slots.flatten()  # (C * tokens,)
-        extra = beta.index_select(0, flat).view(c, t, -1) - alpha.index_select(0, flat).view(c, t, -1) * proj
-        coef = coef + torch.where(on.unsqueeze(-1), extra, 0.0).sum(dim=0)  # (C, tokens, K) -> (tokens, K)
+        c, t = gated.cond_slots.shape
+        flat = gated.cond_slots.flatten()  # (C * tokens,)
+        extra = (gated.beta.index_select(0, flat).view(c, t, -1)
+                 - gated.alpha.index_select(0, flat).view(c, t, -1) * proj)  # (C, tokens, K)
+        coef = coef + torch.where(gated.on.unsqueeze(-1), extra, 0.0).sum(dim=0)  # (C, tokens, K) -> (tokens, K)
     # A bound on |h|_inf: fp16's range is small enough for real states to approach it, so its largest entry; for
     # bf16 and fp32 (range 3e38) only non-finite values matter, which |sum| catches in one cheaper pass.
     # (The dtype is fixed per model: this is not a branch on tensor values.)
@@ -130,7 +144,8 @@ def steer_contained(
         h_reach = h32.abs().amax(dim=-1, keepdim=True)  # (tokens, 1)
     else:
         h_reach = h32.sum(dim=-1, keepdim=True).abs()
-    reach = h_reach + coef.abs().sum(dim=-1, keepdim=True)  # (tokens, 1); NaN and inf propagate
+    reach = h_reach + torch.linalg.vector_norm(coef, 1, dim=-1, keepdim=True)  # (tokens, 1): + sum |coef_k|; NaN, inf
+    # propagate
     # Unsteered tokens have zero coefficients: refusing their update changes nothing (their flags are ignored).
     ok = torch.le(reach, _limit(hidden.dtype), out=applied)  # NaN compares False
     coef = torch.where(ok, coef, 0.0)

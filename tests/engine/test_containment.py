@@ -137,7 +137,7 @@ def test_steer_contained_refuses_only_bad_updates() -> None:
         beta[1, 0] = 0.5
         beta[2, 1] = 1e6 if dtype == torch.float16 else math.inf  # slot 2 overflows (fp16: near its range)
         applied = torch.zeros(5, 1, dtype=torch.bool)
-        steered, proj = steer_contained(h, slots, unit, alpha, beta, applied)
+        steered, proj = steer_contained(h, unit, alpha[slots], beta[slots], applied)
         expected, expected_proj = measure_and_steer(h, slots, unit, alpha, beta)
         assert applied[:, 0].tolist() == [True, True, False, True, True]
         assert torch.equal(steered[[0, 1, 3, 4]], expected[[0, 1, 3, 4]])  # the rest exactly as before
@@ -145,6 +145,21 @@ def test_steer_contained_refuses_only_bad_updates() -> None:
         assert torch.equal(steered[2], h[2])  # the refused update: the token keeps its finite state
         assert bool(torch.isfinite(steered).all())
         assert torch.equal(proj, expected_proj)
+
+
+def test_steer_contained_gives_the_same_bits_with_one_shared_row() -> None:
+    """A batch whose tokens all have one slot passes that slot's (K,) rows instead of gathering them per token (the
+    hook's fast path for a lone request or requests steered alike): the states and projections must not change."""
+    torch.manual_seed(1)
+    for dtype in DTYPES:
+        h = (torch.randn(7, 16) * 3).to(dtype)
+        unit = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+        alpha, beta = torch.rand(4, 3), torch.randn(4, 3)
+        slots = torch.full((7,), 2)
+        gathered = steer_contained(h, unit, alpha[slots], beta[slots], torch.zeros(7, 1, dtype=torch.bool))
+        shared = steer_contained(h, unit, alpha[2], beta[2], torch.zeros(7, 1, dtype=torch.bool))
+        assert torch.equal(gathered[0], shared[0]) and torch.equal(gathered[1], shared[1])
+        assert not torch.equal(shared[0], h)  # it did steer
 
 
 def test_check_push_is_relative_to_the_residual_norm() -> None:

@@ -55,7 +55,7 @@ async def test_canary_refuses_an_engine_whose_steering_does_nothing(monkeypatch:
     monkeypatch.setattr(
         runtime_module,
         "steer_contained",
-        lambda h, *a: (h, torch.zeros(h.shape[0], a[1].shape[0])),
+        lambda h, unit, *a: (h, torch.zeros(h.shape[0], unit.shape[0])),
     )
     with pytest.raises(RuntimeError, match="canary: steering did not change"):
         await start_engine(EngineConfig(limits=TEST_LIMITS), loaded=loaded_model())
