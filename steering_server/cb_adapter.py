@@ -33,7 +33,7 @@ from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.requests import GenerationOutput, RequestStatus
 from transformers.generation.continuous_batching.utils import stream_context
 
-from .cpu_attention import ReadInAttentionCache, install_cpu_attention, mask_free
+from .cpu_attention import ReadInAttentionCache, install_cpu_attention, mask_free, step_plans
 from .layers import SUPPORTED_ARCHITECTURES
 from .runtime import SteeringRuntime
 from .types import ServingSettings
@@ -86,7 +86,8 @@ class _SteeringRunner(ModelRunner):
         # someone else runs on the same model between steps.
         self.runtime.serving_forward = True
         try:
-            super().compute_batch(model, batch_data)
+            with step_plans():  # the CPU attention works out each step's groups and gathers once, for every layer
+                super().compute_batch(model, batch_data)
         finally:
             self.runtime.serving_forward = False
         if self.runtime.defer_sampling and self.runtime.logits_buf is not None:

@@ -29,15 +29,19 @@ evaluation engines). A call that would still need it is refused rather than serv
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["PAGED_KV", "ReadInAttentionCache", "install_cpu_attention", "mask_free"]
+__all__ = ["PAGED_KV", "ReadInAttentionCache", "install_cpu_attention", "mask_free", "step_plans"]
 
 _INSTALLED: dict[str, Any] = {}
 
@@ -105,44 +109,72 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x[0].transpose(0, 1)
 
 
-def _single_queries(
-    q: torch.Tensor,  # (B, heads, d): one query per request
-    k_rows: torch.Tensor,  # (rows, kv_heads, d): keys, token-major (the flat sequence, or the paged cache)
-    v_rows: torch.Tensor,
-    starts: list[int],  # (B,) where each request's keys begin in the flat sequence
-    lengths: list[int],  # (B,) how many keys each has
-    scaling: float | None,
-    read_index: torch.Tensor | None = None,  # (total_k,) int64: the row in k_rows of each flat key; None: identity
-) -> torch.Tensor:  # (B, heads, d)
-    """One sdpa call for B requests of one query each (the last of its keys is its own): each request's keys
-    gathered into a padded (B, kv_heads, max_length, d) batch, as padded `generate` does."""
-    b, kv_heads, dim = q.shape[0], k_rows.shape[1], k_rows.shape[2]
-    max_length = max(lengths)
-    flat = read_index.shape[0] if read_index is not None else k_rows.shape[0]  # keys in the flat sequence
+# ---- step plans: what every layer of one forward step reads, worked out once -------------------------------------
+# Every layer of a step attends over the same requests with the same lengths and cache rows, so the groups, the
+# gather indices and the masks (a dozen small tensor ops and a Python pass over the requests) are built at the first
+# layer and reused by the others (`step_plans`, entered by cb_adapter around each step's forward). Outside a step
+# nothing is cached.
+_STEP = threading.local()
+_P = TypeVar("_P")
+
+
+@contextlib.contextmanager
+def step_plans() -> Iterator[None]:
+    """Cache the attention plans of one forward step (its layers share them) on this thread, for its duration."""
+    _STEP.plans = {}
+    try:
+        yield
+    finally:
+        _STEP.plans = None
+
+
+def _planned(key: tuple[torch.Tensor | None, ...], make: Callable[[], _P]) -> _P:
+    """The plan for this step's call with these length and index tensors: built once per step. Keyed by the tensors'
+    identity, which is safe only within one step (the entry holds them, so no other tensor takes their id)."""
+    plans: dict[tuple[int, ...], tuple[Any, tuple[torch.Tensor | None, ...]]] | None = getattr(_STEP, "plans", None)
+    if plans is None:
+        return make()
+    ids = tuple(id(t) for t in key)
+    hit = plans.get(ids)
+    if hit is None:
+        hit = plans[ids] = (make(), key)
+    return hit[0]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """The keys of one padded sdpa call: rows of a key source ((rows, kv_heads, d): the flat sequence, or the paged
+    cache) gathered into a (b, kv_heads, length, d) batch."""
+
+    b: int
+    length: int
+    index: torch.Tensor | None  # (b * length,) source row of each key slot; None: the source is that batch already
+    mask: torch.Tensor | None  # (b, 1, 1, length) bool, False on padding; None: no padding
+
+    def keys(self, k_src: torch.Tensor, v_src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kv_heads, dim = k_src.shape[1], k_src.shape[2]
+        return tuple(  # type: ignore[return-value]
+            (x if self.index is None else x.index_select(0, self.index))  # one row copy, none for the source
+            .view(self.b, self.length, kv_heads, dim)
+            .transpose(1, 2)
+            for x in (k_src, v_src)
+        )
+
+
+def _gather(starts: list[int], lengths: list[int], flat: int, read_index: torch.Tensor | None) -> _Gather:
+    """The padded keys of requests whose keys start at `starts` in a flat sequence of `flat` keys, one request per
+    row of the batch; `read_index` ((flat,) int64): the cache row of each flat key (None: read the flat sequence)."""
+    b, max_length = len(lengths), max(lengths)
     if flat == b * max_length and lengths == [max_length] * b and starts == list(range(0, flat, max_length)):
         # Every request has max_length keys, back to back (always so for a lone request): the flat sequence is the
         # padded batch, without a mask. Decided on the host lists: no tensor op, no sync.
-        if read_index is None:
-            k, v = k_rows, v_rows  # a view
-        else:
-            k, v = k_rows.index_select(0, read_index), v_rows.index_select(0, read_index)  # one row copy each
-        k = k.view(b, max_length, kv_heads, dim).transpose(1, 2)  # (B, kv_heads, L, d)
-        v = v.view(b, max_length, kv_heads, dim).transpose(1, 2)
-        mask = None
-    else:
-        j = torch.arange(max_length, device=q.device)  # (L,)
-        length = torch.tensor(lengths, device=q.device)  # (B,)
-        valid = j[None, :] < length[:, None]  # (B, L)
-        index = torch.where(valid, torch.tensor(starts, device=q.device)[:, None] + j[None, :], 0).reshape(-1)
-        if read_index is not None:
-            index = read_index[index]  # (B * L,) its row in the cache
-        k = k_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
-        v = v_rows.index_select(0, index).view(b, max_length, kv_heads, dim).transpose(1, 2)
-        mask = valid[:, None, None, :]  # (B, 1, 1, L)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.unsqueeze(2), k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != kv_heads
-    )  # (B, heads, 1, d)
-    return out[:, :, 0]
+        return _Gather(b, max_length, read_index, None)
+    j = torch.arange(max_length)  # (L,)
+    valid = j[None, :] < torch.tensor(lengths)[:, None]  # (B, L)
+    index = torch.where(valid, torch.tensor(starts)[:, None] + j[None, :], 0).reshape(-1)  # (B * L,) flat positions
+    if read_index is not None:
+        index = read_index[index]  # its row in the cache
+    return _Gather(b, max_length, index, valid[:, None, None, :])
 
 
 def _decode_groups(lengths: list[int]) -> list[list[int]]:
@@ -159,25 +191,38 @@ def _decode_groups(lengths: list[int]) -> list[list[int]]:
     return groups
 
 
-def _decoders(
-    q: torch.Tensor,  # (D, heads, d): one query per decoding request
-    k_rows: torch.Tensor,  # (rows, kv_heads, d)
-    v_rows: torch.Tensor,
-    starts: list[int],  # (D,) where each request's keys begin in the flat sequence
-    lengths: list[int],  # (D,)
-    scaling: float | None,
-    read_index: torch.Tensor | None,  # as in _single_queries
-) -> torch.Tensor:  # (D, heads, d)
-    """The decoding requests in one padded call per group of similar key lengths (`_decode_groups`)."""
+DecodePlan = list[tuple[torch.Tensor | None, _Gather]]  # per group: its members (None: every request), its keys
+
+
+def _decode_plan(starts: list[int], lengths: list[int], flat: int, read_index: torch.Tensor | None) -> DecodePlan:
+    """One padded call per group of decoding requests of similar key lengths (`_decode_groups`)."""
     groups = _decode_groups(lengths)
     if len(groups) == 1:
-        return _single_queries(q, k_rows, v_rows, starts, lengths, scaling, read_index)
+        return [(None, _gather(starts, lengths, flat, read_index))]
+    return [(torch.tensor(g), _gather([starts[i] for i in g], [lengths[i] for i in g], flat, read_index))
+            for g in groups]
+
+
+def _decoders(
+    q: torch.Tensor,  # (D, heads, d): one query per decoding request (the last of its keys is its own)
+    k_src: torch.Tensor,  # (rows, kv_heads, d): keys, token-major (the flat sequence, or the paged cache)
+    v_src: torch.Tensor,
+    plan: DecodePlan,
+    scaling: float | None,
+) -> torch.Tensor:  # (D, heads, d)
+    """The decoding requests in one padded sdpa call per group, as padded `generate` does."""
+
+    def attend(queries: torch.Tensor, gather: _Gather) -> torch.Tensor:  # (group, heads, d)
+        k, v = gather.keys(k_src, v_src)  # (group, kv_heads, L, d)
+        return torch.nn.functional.scaled_dot_product_attention(
+            queries.unsqueeze(2), k, v, attn_mask=gather.mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1]
+        )[:, :, 0]
+
+    if len(plan) == 1 and plan[0][0] is None:
+        return attend(q, plan[0][1])
     out = q.new_empty(q.shape)
-    for group in groups:
-        members = torch.tensor(group)
-        out[members] = _single_queries(
-            q[members], k_rows, v_rows, [starts[i] for i in group], [lengths[i] for i in group], scaling, read_index
-        )
+    for members, gather in plan:
+        out[members] = attend(q[members], gather)
     return out
 
 
@@ -190,12 +235,16 @@ def _decode_attention(
     scaling: float | None,
     paged: PagedKV | None = None,  # where the keys are, when the cache left its read to the attention
 ) -> torch.Tensor:  # (1, B, heads, head_dim), as sdpa_attention_forward returns
-    ck = cu_seq_lens_k.tolist()  # a host tensor on the CPU: no device sync
-    starts, lengths = ck[:-1], [b - a for a, b in itertools.pairwise(ck)]
-    if paged is None:
-        return _decoders(_rows(query), _rows(key), _rows(value), starts, lengths, scaling, None).unsqueeze(0)
-    k_cache, v_cache, read_index = paged[:3]
-    return _decoders(_rows(query), k_cache, v_cache, starts, lengths, scaling, read_index).unsqueeze(0)
+    read_index = None if paged is None else paged[2]
+    k_src, v_src = (_rows(key), _rows(value)) if paged is None else paged[:2]
+
+    def make() -> DecodePlan:
+        ck = cu_seq_lens_k.tolist()  # a host tensor on the CPU: no device sync
+        flat = ck[-1] if read_index is None else read_index.shape[0]
+        return _decode_plan(ck[:-1], [b - a for a, b in itertools.pairwise(ck)], flat, read_index)
+
+    plan = _planned((cu_seq_lens_k, read_index), make)
+    return _decoders(_rows(query), k_src, v_src, plan, scaling).unsqueeze(0)
 
 
 def _prefill_groups(sizes: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
@@ -215,85 +264,129 @@ def _prefill_groups(sizes: list[tuple[int, int, int]]) -> list[list[tuple[int, i
     return groups
 
 
-def _padded_prefills(
-    q_rows: torch.Tensor,  # (total_q, heads, d)
-    k_rows: torch.Tensor,  # (total_k, kv_heads, d)
-    v_rows: torch.Tensor,
-    q_starts: torch.Tensor,  # (P,) int64 where each request's queries begin in the rows
-    q_lens: torch.Tensor,  # (P,) int64
-    k_starts: torch.Tensor,  # (P,) int64 where each request's keys begin
-    k_lens: torch.Tensor,  # (P,) int64, each >= its q_len (the new tokens are the last keys)
-    scaling: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # (real queries, heads, d) and their (real queries,) rows in q_rows
+@dataclass(frozen=True)
+class _Prefills:
     """Causal attention for P prefilling requests in one sdpa call: queries and keys gathered into padded
     (P, heads, most queries, d) and (P, kv_heads, most keys, d) batches. Query i of a request with q new tokens over
     k keys sees keys 0 .. k - q + i; padding rows see key 0 at least (never an empty row: no NaN), and are dropped."""
-    p, heads, dim = q_starts.shape[0], q_rows.shape[1], q_rows.shape[2]
-    kv_heads = k_rows.shape[1]
+
+    q_index: torch.Tensor  # (P * Lq,) query row of each query slot (0 on padding)
+    valid: torch.Tensor  # (real queries,) the slots that hold one, in (P, Lq) order
+    rows: torch.Tensor  # (real queries,) their query rows, in the same order
+    keys: _Gather  # (P, Lk) keys; its mask is the (P, 1, Lq, Lk) causal one
+    lq: int
+
+
+def _prefills_plan(
+    members: list[tuple[int, int, int]], cq: list[int], ck: list[int], read_index: torch.Tensor | None
+) -> _Prefills:
+    q_starts, k_starts = torch.tensor([cq[m[0]] for m in members]), torch.tensor([ck[m[0]] for m in members])
+    q_lens, k_lens = torch.tensor([m[1] for m in members]), torch.tensor([m[2] for m in members])  # (P,) int64
     lq, lk = int(q_lens.max()), int(k_lens.max())
     iq, ik = torch.arange(lq), torch.arange(lk)
     q_valid = iq[None, :] < q_lens[:, None]  # (P, Lq)
     k_valid = ik[None, :] < k_lens[:, None]  # (P, Lk)
     q_index = torch.where(q_valid, q_starts[:, None] + iq[None, :], 0)  # (P, Lq)
-    k_index = torch.where(k_valid, k_starts[:, None] + ik[None, :], 0).reshape(-1)  # (P * Lk,)
-    q = q_rows.index_select(0, q_index.reshape(-1)).view(p, lq, heads, dim).transpose(1, 2)  # (P, heads, Lq, d)
-    k = k_rows.index_select(0, k_index).view(p, lk, kv_heads, dim).transpose(1, 2)  # (P, kv_heads, Lk, d)
-    v = v_rows.index_select(0, k_index).view(p, lk, kv_heads, dim).transpose(1, 2)
+    k_index = torch.where(k_valid, k_starts[:, None] + ik[None, :], 0).reshape(-1)  # (P * Lk,) flat positions
+    if read_index is not None:
+        k_index = read_index[k_index]  # their rows in the cache
     causal = ik[None, None, :] <= iq[None, :, None] + (k_lens - q_lens)[:, None, None]  # (P, Lq, Lk)
     mask = (causal & k_valid[:, None, :]).unsqueeze(1)  # (P, 1, Lq, Lk)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scaling, enable_gqa=heads != kv_heads
-    )  # (P, heads, Lq, d)
-    return out.transpose(1, 2)[q_valid], q_index[q_valid]
+    valid = q_valid.reshape(-1).nonzero().squeeze(1)
+    return _Prefills(q_index.reshape(-1), valid, q_index.reshape(-1)[valid], _Gather(len(members), lk, k_index, mask),
+                     lq)
+
+
+@dataclass(frozen=True)
+class _Single:
+    """A prefilling request alone in its group: its own unpadded sdpa call."""
+
+    q_lo: int  # its query rows q_lo:q_hi
+    q_hi: int
+    keys: slice | torch.Tensor  # its keys: a slice of the flat sequence, or (n_k,) cache rows
+    mask: torch.Tensor | None  # (n_q, n_k) bool for a chunk after cached keys
+    causal: bool  # a fresh prompt (n_q == n_k > 1): sdpa's own causal mask
+
+
+@dataclass(frozen=True)
+class _VarlenPlan:
+    total_q: int  # queries of real requests (rows past them are padding)
+    decoder_rows: torch.Tensor | None  # (D,) query row of each decoding request that shares padded calls
+    decoders: DecodePlan
+    groups: list[_Prefills]
+    singles: list[_Single]
+
+
+def _varlen_plan(cq: list[int], ck: list[int], read_index: torch.Tensor | None) -> _VarlenPlan:
+    n = len(cq) - 1
+    decoders = [i for i in range(n) if cq[i + 1] - cq[i] == 1]
+    rows, plan = None, []
+    if len(decoders) > 1:
+        rows = torch.tensor([cq[i] for i in decoders])
+        flat = ck[-1] if read_index is None else read_index.shape[0]
+        plan = _decode_plan([ck[i] for i in decoders], [ck[i + 1] - ck[i] for i in decoders], flat, read_index)
+    batched = set(decoders) if len(decoders) > 1 else set()
+    rest = [(i, cq[i + 1] - cq[i], ck[i + 1] - ck[i]) for i in range(n) if cq[i + 1] > cq[i] and i not in batched]
+    groups, singles = [], []
+    for group in _prefill_groups(rest):
+        if len(group) > 1:
+            groups.append(_prefills_plan(group, cq, ck, read_index))
+            continue
+        i, n_q, n_k = group[0]
+        # sdpa's is_causal aligns the triangle top-left: right only for a fresh prompt (n_q == n_k); a chunk after
+        # cached tokens needs it bottom-right, and a single query sees every key.
+        mask = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + (n_k - n_q) if 1 < n_q < n_k else None
+        keys = slice(ck[i], ck[i + 1]) if read_index is None else read_index[ck[i] : ck[i + 1]]
+        singles.append(_Single(cq[i], cq[i + 1], keys, mask, n_q == n_k > 1))
+    return _VarlenPlan(cq[-1], rows, plan, groups, singles)
 
 
 def _varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (1, heads, total_q, head_dim): each request's new tokens, concatenated
     key: torch.Tensor,  # (1, kv_heads, total_k, head_dim): each request's cache and new tokens, concatenated
-    value: torch.Tensor,
+    value: torch.Tensor,  # (with `paged`: the new tokens only; every key is read from the cache)
     cu_seq_lens_q: torch.Tensor,  # (n + 1,) int32 offsets of each request's queries
     cu_seq_lens_k: torch.Tensor,  # (n + 1,) int32 offsets of each request's keys
     scaling: float | None,
+    paged: PagedKV | None = None,
 ) -> torch.Tensor:  # (1, total_q, heads, head_dim)
     """Any step but decode-only: each request's queries against its own keys, causally. A request's new tokens are
     the last of its keys, so query j of q new tokens over k keys sees keys 0 .. k - q + j. The decoding requests
     of the step (one query each) share padded calls, as in a decode-only step; the prefilling ones share padded
-    calls by size (`_prefill_groups`), and a request alone in its group has its own, unpadded."""
-    cq, ck = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()  # host tensors on the CPU: no device sync
-    q_rows, k_rows, v_rows = _rows(query), _rows(key), _rows(value)
-    heads, kv_heads = q_rows.shape[1], k_rows.shape[1]
-    out = q_rows.new_zeros(q_rows.shape)  # (total_q, heads, d): rows past the last request (padding) stay zero
-    n = len(cq) - 1
-    decoders = [i for i in range(n) if cq[i + 1] - cq[i] == 1]
-    if len(decoders) > 1:
-        rows = torch.tensor([cq[i] for i in decoders])  # (D,) each decoder's query row
-        lengths = [ck[i + 1] - ck[i] for i in decoders]
-        out[rows] = _decoders(q_rows[rows], k_rows, v_rows, [ck[i] for i in decoders], lengths, scaling, None)
-    batched = set(decoders) if len(decoders) > 1 else set()
-    rest = [(i, cq[i + 1] - cq[i], ck[i + 1] - ck[i]) for i in range(n) if cq[i + 1] > cq[i] and i not in batched]
-    for group in _prefill_groups(rest):
-        if len(group) > 1:
-            index = [m[0] for m in group]
-            got, rows = _padded_prefills(
-                q_rows, k_rows, v_rows, torch.tensor([cq[i] for i in index]), torch.tensor([m[1] for m in group]),
-                torch.tensor([ck[i] for i in index]), torch.tensor([m[2] for m in group]), scaling,
-            )
-            out[rows] = got
-            continue
-        i, n_q, n_k = group[0]
-        q = q_rows[cq[i] : cq[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, heads, n_q, d)
-        k = k_rows[ck[i] : ck[i + 1]].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, n_k, d)
-        v = v_rows[ck[i] : ck[i + 1]].transpose(0, 1).unsqueeze(0)
-        # sdpa's is_causal aligns the triangle top-left: right only for a fresh prompt (n_q == n_k); a chunk after
-        # cached tokens needs it bottom-right, and a single query sees every key.
-        mask = None
-        if 1 < n_q < n_k:
-            mask = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + (n_k - n_q)  # (n_q, n_k)
+    calls by size (`_prefill_groups`), and a request alone in its group has its own, unpadded. With `paged`, every
+    call gathers its keys from the cache rows, never from a flat copy of every request's keys."""
+    read_index = None if paged is None else paged[2]
+    k_src, v_src = (_rows(key), _rows(value)) if paged is None else paged[:2]
+
+    def make() -> _VarlenPlan:
+        # host tensors on the CPU: no device sync
+        return _varlen_plan(cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist(), read_index)
+
+    plan = _planned((cu_seq_lens_q, cu_seq_lens_k, read_index), make)
+    q_rows = _rows(query)
+    heads, kv_heads, dim = q_rows.shape[1], k_src.shape[1], q_rows.shape[2]
+    gqa = heads != kv_heads
+    # (total_q, heads, d): every real request's rows are written below; rows past them (padding) must read zero
+    out = q_rows.new_empty(q_rows.shape) if plan.total_q == q_rows.shape[0] else q_rows.new_zeros(q_rows.shape)
+    if plan.decoder_rows is not None:
+        out[plan.decoder_rows] = _decoders(q_rows[plan.decoder_rows], k_src, v_src, plan.decoders, scaling)
+    for g in plan.groups:
+        p = g.keys.b
+        q = q_rows.index_select(0, g.q_index).view(p, g.lq, heads, dim).transpose(1, 2)  # (P, heads, Lq, d)
+        k, v = g.keys.keys(k_src, v_src)  # (P, kv_heads, Lk, d)
         o = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=n_q == n_k > 1, scale=scaling, enable_gqa=heads != kv_heads
+            q, k, v, attn_mask=g.keys.mask, scale=scaling, enable_gqa=gqa
+        )  # (P, heads, Lq, d)
+        out.index_copy_(0, g.rows, o.transpose(1, 2).reshape(-1, heads, dim).index_select(0, g.valid))
+    for s in plan.singles:
+        q = q_rows[s.q_lo : s.q_hi].transpose(0, 1).unsqueeze(0)  # (1, heads, n_q, d)
+        k, v = ((x[s.keys] if isinstance(s.keys, slice) else x.index_select(0, s.keys)).transpose(0, 1).unsqueeze(0)
+                for x in (k_src, v_src))  # (1, kv_heads, n_k, d)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=s.mask, is_causal=s.causal, scale=scaling, enable_gqa=gqa
         )  # (1, heads, n_q, d)
-        out[cq[i] : cq[i + 1]] = o[0].transpose(0, 1)
+        out[s.q_lo : s.q_hi] = o[0].transpose(0, 1)
     return out.unsqueeze(0)
 
 
@@ -360,9 +453,7 @@ def install_cpu_attention() -> None:
             # Decode only, one query per request, no padding rows: the common step, read from the cache (a lone
             # request too: its keys are gathered once, where the flat read and a varlen call cost twice as much).
             return _decode_attention(module, query, key, value, cu_k, scaling, paged), None
-        if paged is not None:
-            key, value = _read_back(paged)
-        return _varlen_attention(module, query, key, value, cu_q, cu_k, scaling), None
+        return _varlen_attention(module, query, key, value, cu_q, cu_k, scaling, paged), None
 
     _INSTALLED["sdpa"] = original
     ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa

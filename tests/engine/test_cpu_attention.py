@@ -132,20 +132,50 @@ def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
          "three decoders of different lengths around a prompt",
          "short prefills in one padded call, a long one alone"],
 )
-def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k_lens: list[int]) -> None:
+@pytest.mark.parametrize("paged", [False, True], ids=["the flat read", "read from the paged cache"])
+def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k_lens: list[int], paged: bool) -> None:
     g = torch.Generator().manual_seed(1)
     heads, kv_heads, dim = 4, 2, 8
     q = torch.randn(1, heads, sum(q_lens), dim, generator=g)
     # the paged cache's layout: (total, kv_heads, d) rows, transposed
     k, v = (torch.randn(sum(k_lens), kv_heads, dim, generator=g).transpose(0, 1).unsqueeze(0) for _ in range(2))
     cu_q, cu_k = (torch.tensor([0, *torch.tensor(x).cumsum(0).tolist()], dtype=torch.int32) for x in (q_lens, k_lens))
-    got = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3)  # (1, total_q, heads, d)
+    args: tuple = ()
+    if paged:  # the keys scattered over a larger cache, each flat key at its read_index row
+        total = sum(k_lens)
+        read_index = torch.randperm(total + 30, generator=g)[:total]
+        caches = [torch.randn(total + 30, kv_heads, dim, generator=g) for _ in range(2)]
+        for cache, x in zip(caches, (k, v), strict=True):
+            cache[read_index] = x[0].transpose(0, 1)
+        args = ((caches[0], caches[1], read_index),)
+    got = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3, *args)  # (1, total_q, heads, d)
     rep = heads // kv_heads
     mask = _block_causal_mask(q_lens, k_lens)
     want = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), attn_mask=mask, scale=0.3
     ).transpose(1, 2)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_one_step_works_out_its_plan_once_for_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a step the layers share the groups and gathers of the first (the same numbers as without the cache);
+    outside a step, and in the next one, nothing stale is reused."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 3, 8, generator=g)
+    k, v = (torch.randn(1, 2, 20, 8, generator=g) for _ in range(2))
+    cu_q, cu_k = torch.tensor([0, 1, 2, 3], dtype=torch.int32), torch.tensor([0, 5, 14, 20], dtype=torch.int32)
+    built = []
+    original = cpu_attention._varlen_plan
+    monkeypatch.setattr(cpu_attention, "_varlen_plan", lambda *a: built.append(1) or original(*a))
+    want = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3)
+    with cpu_attention.step_plans():
+        layers = [cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3) for _ in range(4)]
+    assert len(built) == 2  # once outside a step, once for the four layers of the step
+    assert all(torch.equal(x, want) for x in layers)
+    cu_k2 = torch.tensor([0, 6, 14, 20], dtype=torch.int32)  # the next step: other lengths, other tensors
+    with cpu_attention.step_plans():
+        again = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k2, 0.3)
+    assert len(built) == 3 and not torch.equal(again, want)
 
 
 def test_decoders_share_a_padded_call_only_with_requests_of_similar_length() -> None:
@@ -253,13 +283,13 @@ async def test_concurrent_requests_get_the_same_tokens_and_scores_as_on_the_stoc
         return [(o.token_ids, o.monitor[0].token_scores) for o in outs]
 
     calls = {"paged decode": 0}
-    original = cpu_attention._decoders
+    original = cpu_attention._decode_attention
 
     def counting(*args: object) -> torch.Tensor:
-        calls["paged decode"] += args[-1] is not None  # read_index given: keys read from the cache
+        calls["paged decode"] += args[-1] is not None  # the cache left the read to the attention
         return original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cpu_attention, "_decoders", counting)
+    monkeypatch.setattr(cpu_attention, "_decode_attention", counting)
     read_in = await run()
     assert calls["paged decode"] >= 8 * loaded.num_layers
     monkeypatch.setattr(cb_adapter, "ReadInAttentionCache", PagedAttentionCache)  # the swap becomes a no-op
