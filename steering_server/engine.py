@@ -33,7 +33,7 @@ from .errors import (
 )
 from .models import LoadedModel, load_model
 from .monitor_feed import MonitorFeed, current_front_end, current_rpc, request_event
-from .planning import MAX_CONDITIONS, FieldTerm, MonitorTarget, RequestPlan, effective_terms, make_plan
+from .planning import MAX_CONDITIONS, FieldTerm, MonitorTarget, PlanCache, RequestPlan, effective_terms, make_plan
 from .prompts import render_prompt
 from .provenance import check_provenance, config_hash, tokenizer_hash
 from .registry import DirectionRegistry
@@ -126,6 +126,7 @@ class Engine(EngineClient):
         # forward, which the hooks pass through.
         self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
         self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size, self.residual_norms)
+        self._plans = PlanCache()
         self.manager = BatchingManager(
             self.model,
             self.runtime,
@@ -276,7 +277,7 @@ class Engine(EngineClient):
         else:
             check_monitor(request.monitor, field_prefix)
         terms = effective_terms(request.steering, self._policy, request.ignore_policy, f"{field_prefix}steering")
-        plan = make_plan(
+        plan = self._plans.plan(
             self.registry,
             terms,
             request.monitor,

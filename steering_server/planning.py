@@ -6,6 +6,8 @@ Validation that needs the model or the registry happens here, with field paths i
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +31,8 @@ from .types import (
     SteeringTerm,
 )
 
-__all__ = ["MAX_CONDITIONS", "ConditionPlan", "FieldTerm", "MonitorTarget", "RequestPlan", "effective_terms",
-           "make_plan"]
+__all__ = ["MAX_CONDITIONS", "ConditionPlan", "FieldTerm", "MonitorTarget", "PlanCache", "RequestPlan",
+           "effective_terms", "make_plan"]
 
 # Distinct conditions per request (its own and the STEER alert rules'): condition columns of the device tables
 # (runtime.SteeringRuntime.max_conditions), each one more masked coefficient lookup per steered layer.
@@ -179,6 +181,46 @@ def make_plan(
     entries += [w.entry for w in rule_watches]
     unconditional = any(ft.term.condition is None and bool(rt.layers) for ft, rt in zip(terms, resolved, strict=True))
     return RequestPlan(tables, monitors, entries, plans, watches, terms, unconditional, own_conditional)
+
+
+class PlanCache:
+    """make_plan's result for a request like a recent one: the same plan object (plans are read, never written, by
+    the engine). A plan depends only on make_plan's arguments and the registry's named directions, so the key is the
+    arguments with the registry's generation (bumped by every put and delete). Planning composes and checks every
+    term per layer and position class (a few ms of Python); traffic that repeats its steering (the same Compare
+    variants, the organism's thousands of samples per intervention) plans once, and its admission no longer holds
+    the interpreter against the batching thread. A request that fails planning is not cached: it fails again."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._plans: OrderedDict[Hashable, RequestPlan] = OrderedDict()
+
+    def plan(
+        self,
+        registry: DirectionRegistry,
+        terms: tuple[FieldTerm, ...],
+        monitor: MonitorOptions,
+        num_layers: int,
+        max_directions: int,
+        allow_red_team: bool,
+        field_prefix: str = "",
+        rules: tuple[AlertRule, ...] = (),
+    ) -> RequestPlan:
+        key = (registry.generation, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # an unhashable field (a caller's list): plan it, do not cache it
+            return make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix,
+                             rules)
+        if plan is None:
+            plan = make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix,
+                             rules)
+            self._plans[key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
 
 
 def _conditions(

@@ -57,6 +57,9 @@ class DirectionRegistry:
         self._hidden = hidden_size
         # The model's measured residual norm per layer (containment bounds); None: no bounds (unit tests only).
         self.residual_norms: list[float] | None = list(residual_norms) if residual_norms is not None else None
+        # Bumped whenever the named directions change (put, delete): a plan made at one generation is valid until the
+        # next (planning.PlanCache).
+        self.generation = 0
         self._by_name: dict[str, RegisteredDirection] = {}
         self._rows: dict[int, RegisteredDirection] = {}  # every row in use, live or retired
         # (row a, row b) -> layer -> cosine of their vectors there, for the live entries (composition.inducing).
@@ -126,6 +129,7 @@ class DirectionRegistry:
             direction, row, {layer: float(v.norm()) for layer, v in direction.vectors.items()}, monitor_row=monitor_row
         )
         self._by_name[direction.name] = entry
+        self.generation += 1
         for r in entry.rows:
             self._rows[r] = entry
         for other in self._by_name.values():
@@ -165,6 +169,7 @@ class DirectionRegistry:
         entry = self._by_name.pop(name, None)
         if entry is None:
             raise NotFoundError("direction", name, "name")
+        self.generation += 1
         self._retire(entry)
 
     def acquire(self, entry: RegisteredDirection) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
+from steering_server import planning
 from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 
 from .conftest import loaded_model, random_direction, running_engine
@@ -159,3 +162,30 @@ async def test_branch_free_hook_path_equals_the_eager_skipping_path() -> None:
         assert a.token_ids == b.token_ids
         for ma, mb in zip(a.monitor, b.monitor, strict=True):
             assert _close(ma.token_scores, mb.token_scores, rel=1e-5)
+
+
+async def test_requests_steered_alike_are_planned_once_and_a_replaced_direction_is_planned_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Admission reuses the plan of a request steered and monitored alike (planning.PlanCache): the same tokens as
+    planning each request, one plan for many requests; after the direction is replaced (or deleted and registered
+    again) the next request is planned against the new one, never steered with the old vectors."""
+    made = []
+    original = planning.make_plan
+    monkeypatch.setattr(planning, "make_plan", lambda *a, **k: made.append(1) or original(*a, **k))
+    loaded = loaded_model()
+    async with running_engine(loaded) as engine:
+        engine.put_direction(random_direction("d", loaded))
+        req = _req(_prompts(1)[0], PUSH)
+        first = await engine.generate(req)
+        before = len(made)
+        again = await asyncio.gather(*(engine.generate(req) for _ in range(5)))
+        assert len(made) == before  # planned once
+        assert all(a.token_ids == first.token_ids for a in again)
+        engine.put_direction(random_direction("d", loaded, seed=11))  # another vector under the same name
+        replaced = await engine.generate(req)
+        assert len(made) == before + 1 and replaced.token_ids != first.token_ids
+        engine.delete_direction("d")
+        engine.put_direction(random_direction("d", loaded))  # the first vector again
+        assert (await engine.generate(req)).token_ids == first.token_ids
+        assert len(made) == before + 2
