@@ -186,13 +186,15 @@ def make_plan(
 class PlanCache:
     """make_plan's result for a request like a recent one: the same plan object (plans are read, never written, by
     the engine). A plan depends only on make_plan's arguments and the registry's named directions, so the key is the
-    arguments with the registry's generation (bumped by every put and delete). Planning composes and checks every
-    term per layer and position class (a few ms of Python); traffic that repeats its steering (the same Compare
-    variants, the organism's thousands of samples per intervention) plans once, and its admission no longer holds
-    the interpreter against the batching thread. A request that fails planning is not cached: it fails again."""
+    arguments at the registry's generation (bumped by every put and delete, which empties the cache: plans of retired
+    directions are never used again). Planning composes and checks every term per layer and position class (a few ms
+    of Python); traffic that repeats its steering (Compare's variants, the organism's thousands of samples per
+    intervention) plans once, and its admission no longer holds the interpreter against the batching thread. A
+    request that fails planning is not cached: it fails again."""
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
+        self._generation = -1
         self._plans: OrderedDict[Hashable, RequestPlan] = OrderedDict()
 
     def plan(
@@ -206,20 +208,20 @@ class PlanCache:
         field_prefix: str = "",
         rules: tuple[AlertRule, ...] = (),
     ) -> RequestPlan:
-        key = (registry.generation, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)
+        args = (terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)
+        if registry.generation != self._generation:
+            self._plans.clear()
+            self._generation = registry.generation
         try:
-            plan = self._plans.get(key)
-        except TypeError:  # an unhashable field (a caller's list): plan it, do not cache it
-            return make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix,
-                             rules)
+            plan = self._plans.get(args)
+        except TypeError:  # an unhashable field (a caller's list): planned, not cached
+            return make_plan(registry, *args)
         if plan is None:
-            plan = make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix,
-                             rules)
-            self._plans[key] = plan
+            plan = self._plans[args] = make_plan(registry, *args)
             if len(self._plans) > self._size:
                 self._plans.popitem(last=False)
         else:
-            self._plans.move_to_end(key)
+            self._plans.move_to_end(args)
         return plan
 
 

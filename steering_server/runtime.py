@@ -241,8 +241,9 @@ class SteeringRuntime:
 
         # Eager forwards: the (unit, alpha, beta) views of the first k direction rows, sliced once per k instead of at
         # every step (slicing is a dispatched op, and small CPU steps pay per op), and per (k, slot) the (k,) alpha and
-        # beta rows of a batch whose tokens all share that slot (no gather per layer: two index_selects and a slower
-        # addcmul were a third of the hook's time on a lone request). Views of fixed buffers: always valid.
+        # beta rows of a batch whose tokens all share that slot, a lone request's steps (no gather per layer: two
+        # index_selects and a slower addcmul were a fifth of steer_contained on one token). Views of fixed buffers:
+        # always valid.
         eager_views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         slot_rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -268,7 +269,7 @@ class SteeringRuntime:
             if work.capture:
                 acc.index_add_(0, self.token_cap[:n], x.float())  # capture reads pre-steering states
             if work.steer:
-                if work.slot is not None:  # eager, one slot for every token: its rows, broadcast
+                if work.slot is not None and n == self.num_tokens:  # eager, one slot for every token: its rows
                     rows = slot_rows.get((k, work.slot))
                     if rows is None:
                         rows = slot_rows[(k, work.slot)] = (alpha_k[work.slot], beta_k[work.slot])

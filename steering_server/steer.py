@@ -94,7 +94,7 @@ class Gated(NamedTuple):
     cond_slots: torch.Tensor  # (C, tokens) int64: the slot holding each condition's coefficients for the token
     on: torch.Tensor  # (C, tokens) bool: the condition is on for the token (latch_gates)
     alpha: torch.Tensor  # (slots, K) fp32: the layer's coefficient tables, indexed by cond_slots
-    beta: torch.Tensor
+    beta: torch.Tensor  # (slots, K) fp32
 
 
 def steer_contained(
@@ -114,7 +114,8 @@ def steer_contained(
     tensor is masked. Unsteered tokens (slot 0) are bit-identical, as in measure_and_steer.
 
     `alpha_rows`, `beta_rows`: each token's coefficients, (tokens, K) (the slot tables gathered by token slot), or
-    (K,) when every token of the batch has the same slot (broadcast: no gather, the same numbers).
+    (K,) when every token of the batch has the same slot, as a lone request's do (broadcast: no gather, the same
+    numbers).
     `applied`: a (tokens, 1) bool buffer, written in place: False where a token's update was refused (the caller
     reads it after the forward, once for every layer, rather than each layer adding up its own refusals).
     `gated` (conditional steering, `Gated`): per condition column the token's slot of extra coefficients and
@@ -144,8 +145,8 @@ def steer_contained(
         h_reach = h32.abs().amax(dim=-1, keepdim=True)  # (tokens, 1)
     else:
         h_reach = h32.sum(dim=-1, keepdim=True).abs()
-    reach = h_reach + torch.linalg.vector_norm(coef, 1, dim=-1, keepdim=True)  # (tokens, 1): + sum |coef_k|; NaN, inf
-    # propagate
+    # (tokens, 1): |h| bound + sum_k |coef_k| in one op; NaN and inf propagate
+    reach = h_reach + torch.linalg.vector_norm(coef, 1, dim=-1, keepdim=True)
     # Unsteered tokens have zero coefficients: refusing their update changes nothing (their flags are ignored).
     ok = torch.le(reach, _limit(hidden.dtype), out=applied)  # NaN compares False
     coef = torch.where(ok, coef, 0.0)

@@ -148,7 +148,9 @@ def test_varlen_attention_equals_the_block_causal_flat_sdpa(q_lens: list[int], k
         for cache, x in zip(caches, (k, v), strict=True):
             cache[read_index] = x[0].transpose(0, 1)
         args = ((caches[0], caches[1], read_index),)
-    got = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3, *args)  # (1, total_q, heads, d)
+    # With the cache given, every key must come from it: the key and value arguments (the new tokens) read NaN here.
+    kv = (torch.full_like(k, torch.nan), torch.full_like(v, torch.nan)) if paged else (k, v)
+    got = cpu_attention._varlen_attention(torch.nn.Identity(), q, *kv, cu_q, cu_k, 0.3, *args)  # (1, total_q, heads, d)
     rep = heads // kv_heads
     mask = _block_causal_mask(q_lens, k_lens)
     want = torch.nn.functional.scaled_dot_product_attention(
@@ -172,10 +174,22 @@ def test_one_step_works_out_its_plan_once_for_every_layer(monkeypatch: pytest.Mo
         layers = [cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3) for _ in range(4)]
     assert len(built) == 2  # once outside a step, once for the four layers of the step
     assert all(torch.equal(x, want) for x in layers)
-    cu_k2 = torch.tensor([0, 6, 14, 20], dtype=torch.int32)  # the next step: other lengths, other tensors
+    cu_k[1] = 6  # the next step: other lengths in the same tensor (transformers refills its buffers in place)
     with cpu_attention.step_plans():
-        again = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k2, 0.3)
+        again = cpu_attention._varlen_attention(torch.nn.Identity(), q, k, v, cu_q, cu_k, 0.3)
     assert len(built) == 3 and not torch.equal(again, want)
+
+
+def test_decode_reads_only_the_keys_of_real_requests_when_the_flat_keys_are_padded() -> None:
+    """Compiled forwards pad their inputs: the flat keys then run past the last request's, and equal lengths must not
+    be mistaken for a padding-free batch (the stock cache's read, no paged rows)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 2, 8, generator=g)
+    k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(2))  # 2 requests x 6 keys, then 4 padding keys
+    cu = torch.tensor([0, 6, 12], dtype=torch.int32)
+    got = cpu_attention._decode_attention(torch.nn.Identity(), q, k, v, cu, 0.3)  # (1, 2, heads, d)
+    want = cpu_attention._decode_attention(torch.nn.Identity(), q, k[:, :, :12], v[:, :, :12], cu, 0.3)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_decoders_share_a_padded_call_only_with_requests_of_similar_length() -> None:

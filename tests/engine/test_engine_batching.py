@@ -8,6 +8,7 @@ import random
 import pytest
 
 from steering_server import planning
+from steering_server.errors import NotFoundError
 from steering_server.types import GenerationRequest, MonitorOptions, Prompt, SamplingParams, SteeringMode, SteeringTerm
 
 from .conftest import loaded_model, random_direction, running_engine
@@ -168,8 +169,8 @@ async def test_requests_steered_alike_are_planned_once_and_a_replaced_direction_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Admission reuses the plan of a request steered and monitored alike (planning.PlanCache): the same tokens as
-    planning each request, one plan for many requests; after the direction is replaced (or deleted and registered
-    again) the next request is planned against the new one, never steered with the old vectors."""
+    planning each request, one plan for many requests; after the direction is replaced the next request is planned
+    against the new one, never steered with the old vectors; after it is deleted, a request naming it fails."""
     made = []
     original = planning.make_plan
     monkeypatch.setattr(planning, "make_plan", lambda *a, **k: made.append(1) or original(*a, **k))
@@ -186,6 +187,8 @@ async def test_requests_steered_alike_are_planned_once_and_a_replaced_direction_
         replaced = await engine.generate(req)
         assert len(made) == before + 1 and replaced.token_ids != first.token_ids
         engine.delete_direction("d")
+        with pytest.raises(NotFoundError):  # a deleted direction is not steered by a plan made before
+            await engine.generate(req)
         engine.put_direction(random_direction("d", loaded))  # the first vector again
         assert (await engine.generate(req)).token_ids == first.token_ids
-        assert len(made) == before + 2
+        assert len(made) == before + 3  # the refused request was planned too (and failed there)
