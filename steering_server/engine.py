@@ -126,7 +126,7 @@ class Engine(EngineClient):
         # forward, which the hooks pass through.
         self.residual_norms = measure_residual_norms(self.model, loaded.layers, CANARY_PROMPT)
         self.registry = DirectionRegistry(self.runtime, self.num_layers, self.hidden_size, self.residual_norms)
-        self._plans = PlanCache()
+        self._plans = PlanCache(self.registry, self.num_layers, self.limits.max_directions, self.limits.allow_red_team)
         self.manager = BatchingManager(
             self.model,
             self.runtime,
@@ -278,12 +278,8 @@ class Engine(EngineClient):
             check_monitor(request.monitor, field_prefix)
         terms = effective_terms(request.steering, self._policy, request.ignore_policy, f"{field_prefix}steering")
         plan = self._plans.plan(
-            self.registry,
             terms,
             request.monitor,
-            self.num_layers,
-            self.limits.max_directions,
-            self.limits.allow_red_team,
             field_prefix,
             # every request, ignore_policy included: alerts are monitoring
             rules=self._policy.alerts if rules is None else rules,

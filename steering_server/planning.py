@@ -186,42 +186,44 @@ def make_plan(
 class PlanCache:
     """make_plan's result for a request like a recent one: the same plan object (plans are read, never written, by
     the engine). A plan depends only on make_plan's arguments and the registry's named directions, so the key is the
-    arguments at the registry's generation (bumped by every put and delete, which empties the cache: plans of retired
-    directions are never used again). Planning composes and checks every term per layer and position class (a few ms
-    of Python); traffic that repeats its steering (Compare's variants, the organism's thousands of samples per
-    intervention) plans once, and its admission no longer holds the interpreter against the batching thread. A
-    request that fails planning is not cached: it fails again."""
+    request's arguments (the engine's are fixed) at the registry's generation (bumped by every put and delete, which
+    empties the cache: plans of retired directions are never used again). Planning composes and checks every term
+    per layer and position class (a few ms of Python); traffic that repeats its steering (Compare's variants, the
+    organism's thousands of samples per intervention) plans once, and its admission no longer holds the interpreter
+    against the batching thread. A request that fails planning is not cached: it fails again."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(
+        self, registry: DirectionRegistry, num_layers: int, max_directions: int, allow_red_team: bool, size: int = 256
+    ) -> None:
+        self._engine = (registry, num_layers, max_directions, allow_red_team)  # fixed for the engine's life
         self._size = size
         self._generation = -1
         self._plans: OrderedDict[Hashable, RequestPlan] = OrderedDict()
 
     def plan(
-        self,
-        registry: DirectionRegistry,
-        terms: tuple[FieldTerm, ...],
-        monitor: MonitorOptions,
-        num_layers: int,
-        max_directions: int,
-        allow_red_team: bool,
-        field_prefix: str = "",
+        self, terms: tuple[FieldTerm, ...], monitor: MonitorOptions, field_prefix: str = "",
         rules: tuple[AlertRule, ...] = (),
     ) -> RequestPlan:
-        args = (terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)
+        """make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)."""
+        registry, num_layers, max_directions, allow_red_team = self._engine
+        key = (terms, monitor, field_prefix, rules)
+
+        def make() -> RequestPlan:
+            return make_plan(registry, terms, monitor, num_layers, max_directions, allow_red_team, field_prefix, rules)
+
         if registry.generation != self._generation:
             self._plans.clear()
             self._generation = registry.generation
         try:
-            plan = self._plans.get(args)
+            plan = self._plans.get(key)
         except TypeError:  # an unhashable field (a caller's list): planned, not cached
-            return make_plan(registry, *args)
+            return make()
         if plan is None:
-            plan = self._plans[args] = make_plan(registry, *args)
+            plan = self._plans[key] = make()
             if len(self._plans) > self._size:
                 self._plans.popitem(last=False)
         else:
-            self._plans.move_to_end(args)
+            self._plans.move_to_end(key)
         return plan
 
 
