@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.generation.configuration_utils import CompileConfig, ContinuousBatchingConfig
+from transformers.generation.continuous_batching import input_outputs
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.generation.continuous_batching.continuous_api import (
     BackgroundThreadStatus,
@@ -69,6 +70,24 @@ class Progress:
 def progress(output: GenerationOutput) -> Progress:
     failed = output.status == RequestStatus.FAILED
     return Progress(output.generated_tokens, failed or output.is_finished(), failed, output.error)  # no copy
+
+
+# Set on a thread while it creates a batch processor whose attention never reads transformers' mask (below).
+_creating_mask_free = threading.local()
+_stock_attn_mask_is_needed = input_outputs.attn_mask_is_needed
+
+
+def _attn_mask_is_needed(config: PretrainedConfig) -> bool:
+    """transformers' question when it allocates a batch processor's buffers, answered "no" on a thread creating a
+    mask-free engine's processor. Not building the mask spares its buffer, (max_batch_tokens, KV cache +
+    max_batch_tokens) floats: 2.2 GB for the organism's evaluation engines, which `torch.empty` fills with NaN
+    under `torch.use_deterministic_algorithms` (1 s at every engine start there)."""
+    if getattr(_creating_mask_free, "on", False):
+        return False
+    return bool(_stock_attn_mask_is_needed(config))
+
+
+input_outputs.attn_mask_is_needed = _attn_mask_is_needed  # type: ignore[assignment]  # per thread, see above
 
 
 class _SteeringRunner(ModelRunner):
@@ -180,17 +199,22 @@ class BatchingManager(ContinuousBatchingManager):
         self._on_loop_exit = on_loop_exit
 
     def _create_batch_processor(self) -> ContinuousBatchProcessor:
-        processor = super()._create_batch_processor()
+        # The per-request attention never reads the block-diagonal mask: not building it saves its buffer, a fill
+        # and a few ops per request at every step (cpu_attention's docstring). (Async IO is off.)
+        no_mask = self._attention_reads_cache and mask_free(self.model.config)
+        _creating_mask_free.on = no_mask
+        try:
+            processor = super()._create_batch_processor()
+        finally:
+            _creating_mask_free.on = False
         if not isinstance(processor, _SteeringProcessor):
             processor.__class__ = _SteeringProcessor
             processor.model_runner.__class__ = _SteeringRunner
         if self._attention_reads_cache and type(processor.cache) is PagedAttentionCache:
             processor.cache.__class__ = ReadInAttentionCache  # decode attention reads the cache itself
         ios = processor.inputs_and_outputs
-        if self._attention_reads_cache and mask_free(self.model.config) and isinstance(ios, ContinuousBatchingIOs):
-            # The per-request attention never reads the block-diagonal mask: not building it saves a fill and a few
-            # ops per request at every step, and the buffer (cpu_attention's docstring). (Async IO is off.)
-            ios.attention_mask = None  # type: ignore[assignment]  # transformers declares it without None
+        if no_mask and isinstance(ios, ContinuousBatchingIOs) and ios.attention_mask is not None:
+            raise RuntimeError("transformers built the attention mask of a mask-free engine (cb_adapter's seam)")
         processor.runtime = self.runtime  # type: ignore[attr-defined]
         processor.model_runner.runtime = self.runtime  # type: ignore[attr-defined]
         # Padded inputs mean CUDA graphs or compile: hooks must then run the same ops on every forward, and the

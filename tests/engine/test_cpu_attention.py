@@ -113,6 +113,38 @@ async def test_the_engine_builds_no_mask_for_a_model_that_never_reads_it() -> No
         assert processor is not None and processor.inputs_and_outputs.attention_mask is not None
 
 
+def test_only_the_thread_creating_a_mask_free_engine_skips_the_mask() -> None:
+    """The mask is skipped at allocation (its buffer would be filled with NaN under deterministic algorithms), by an
+    answer scoped to the creating thread: an engine for a model that needs the mask, created meanwhile on another
+    thread, still gets it."""
+    import threading
+
+    from transformers.generation.continuous_batching import input_outputs
+
+    from steering_server import cb_adapter
+    from steering_server.tiny_models import tiny_config
+
+    config = tiny_config("mistral")
+    config._attn_implementation = "sdpa"
+    seen: dict[str, bool] = {}
+
+    def creating() -> None:
+        cb_adapter._creating_mask_free.on = True
+        try:
+            seen["creating thread"] = input_outputs.attn_mask_is_needed(config)
+            other = threading.Thread(target=lambda: seen.update(other=input_outputs.attn_mask_is_needed(config)))
+            other.start()
+            other.join()
+        finally:
+            cb_adapter._creating_mask_free.on = False
+
+    thread = threading.Thread(target=creating)
+    thread.start()
+    thread.join()
+    assert seen == {"creating thread": False, "other": True}
+    assert input_outputs.attn_mask_is_needed(config)
+
+
 def _block_causal_mask(q_lens: list[int], k_lens: list[int]) -> torch.Tensor:
     """Continuous batching's mask: request i's queries see its own keys, the new tokens being the last of them."""
     mask = torch.zeros(sum(q_lens), sum(k_lens), dtype=torch.bool)
