@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..heap import startup_objects_frozen
+
 if TYPE_CHECKING:  # the build imports torch; the CLI imports it only when a command runs
     from .config import BuildConfig
 
@@ -91,8 +93,9 @@ def run_build(args: argparse.Namespace) -> int:
                          "every verdict: add --controls (or run `organism controls --build DIR --install` later)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None,
-                   controls=args.controls)
+    with startup_objects_frozen():
+        report = build(Path(args.out), _config(args, args.seed), models=Path(args.models) if args.models else None,
+                       controls=args.controls)
     _summary(report, Path(args.out))
     if args.install:
         install(Path(args.out))
@@ -109,7 +112,8 @@ def run_controls(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
-        report = add_controls(out)
+        with startup_objects_frozen():
+            report = add_controls(out)
     except NotABuild as exc:
         raise SystemExit(f"steering-server organism controls: {exc}") from None
     _summary(report, out)
@@ -145,8 +149,9 @@ def run_seeds(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    report = seeds(_config(args, 0), args.seeds, out, build=Path(args.build) if args.build else None,
-                   train=not args.no_train)
+    with startup_objects_frozen():
+        report = seeds(_config(args, 0), args.seeds, out, build=Path(args.build) if args.build else None,
+                       train=not args.no_train)
     print(f"[organism seeds] E3 {'met' if report['E3']['met'] else 'NOT met'}; report: {out / 'seeds.md'}")
     if args.install:
         for name in ("seeds.md", "seeds.json"):

@@ -26,6 +26,7 @@ from steering_client._channel import MAX_MESSAGE_BYTES
 from ..audit_log import AuditLog
 from ..config import EngineConfig
 from ..engine_api import EngineClient
+from ..heap import startup_objects_frozen
 from .auth import Access, AuthInterceptor, is_loopback
 from .metrics import Metrics
 from .metrics_http import MetricsHttpServer
@@ -257,7 +258,8 @@ async def serve(
             log.info("serving %s on %s:%d (health SERVING)", engine.model_info().model_id, host, server.port)
             if on_serving is not None:
                 on_serving(server.port)
-            await stopping
+            with startup_objects_frozen():  # the model, tokenizer and modules: out of the collector's full passes
+                await stopping
         log.info("stopping")
     finally:
         for task in (starting, stopping):
