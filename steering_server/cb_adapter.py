@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedConfig, PreTrainedModel
 from transformers.generation.configuration_utils import CompileConfig, ContinuousBatchingConfig
 from transformers.generation.continuous_batching import input_outputs
+from transformers.generation.continuous_batching import utils as cb_utils
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.generation.continuous_batching.continuous_api import (
     BackgroundThreadStatus,
@@ -72,17 +73,20 @@ def progress(output: GenerationOutput) -> Progress:
     return Progress(output.generated_tokens, failed or output.is_finished(), failed, output.error)  # no copy
 
 
-# Set on a thread while it creates a batch processor whose attention never reads transformers' mask (below).
-_creating_mask_free = threading.local()
-_stock_attn_mask_is_needed = input_outputs.attn_mask_is_needed
+class _MaskFreeCreation(threading.local):
+    on: bool = False  # this thread is creating a batch processor whose attention never reads transformers' mask
 
 
-def _attn_mask_is_needed(config: PretrainedConfig) -> bool:
+_creating_mask_free = _MaskFreeCreation()
+_stock_attn_mask_is_needed = cb_utils.attn_mask_is_needed  # the definition, never a wrapper installed below
+
+
+def _attn_mask_is_needed(config: PreTrainedConfig) -> bool:
     """transformers' question when it allocates a batch processor's buffers, answered "no" on a thread creating a
     mask-free engine's processor. Not building the mask spares its buffer, (max_batch_tokens, KV cache +
     max_batch_tokens) floats: 2.2 GB for the organism's evaluation engines, which `torch.empty` fills with NaN
     under `torch.use_deterministic_algorithms` (1 s at every engine start there)."""
-    if getattr(_creating_mask_free, "on", False):
+    if _creating_mask_free.on:
         return False
     return bool(_stock_attn_mask_is_needed(config))
 
@@ -200,7 +204,7 @@ class BatchingManager(ContinuousBatchingManager):
 
     def _create_batch_processor(self) -> ContinuousBatchProcessor:
         # The per-request attention never reads the block-diagonal mask: not building it saves its buffer, a fill
-        # and a few ops per request at every step (cpu_attention's docstring). (Async IO is off.)
+        # and a few ops per request at every step (cpu_attention's docstring).
         no_mask = self._attention_reads_cache and mask_free(self.model.config)
         _creating_mask_free.on = no_mask
         try:

@@ -252,13 +252,16 @@ async def serve(
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             engine = starting.result()  # a failed start raises here
-            await server.attach(engine)
-            # Ready only now (health SERVING): scripts wait for these lines (the port is the last word of the first).
-            log.info("listening on port %d", server.port)
-            log.info("serving %s on %s:%d (health SERVING)", engine.model_info().model_id, host, server.port)
-            if on_serving is not None:
-                on_serving(server.port)
-            with startup_objects_frozen():  # the model, tokenizer and modules: out of the collector's full passes
+            # The model, tokenizer and modules out of the collector's full passes; its one full collection runs here,
+            # before health turns SERVING, not under the first requests.
+            with startup_objects_frozen():
+                await server.attach(engine)
+                # Ready only now (health SERVING): scripts wait for these lines (the port is the last word of the
+                # first).
+                log.info("listening on port %d", server.port)
+                log.info("serving %s on %s:%d (health SERVING)", engine.model_info().model_id, host, server.port)
+                if on_serving is not None:
+                    on_serving(server.port)
                 await stopping
         log.info("stopping")
     finally:

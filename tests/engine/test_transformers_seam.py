@@ -37,6 +37,17 @@ _CONFIG_FIELDS = {
     "page_size", "max_queue_size", "auto_switch_to_flash",
 }
 
+def _mask_question_is_asked() -> bool:
+    """cb_adapter answers this question per thread to skip the mask's allocation; it works only while the IOs ask it
+    by this module-level name."""
+    import inspect
+
+    from transformers.generation.continuous_batching import input_outputs
+
+    source = inspect.getsource(input_outputs.ContinuousBatchingIOs._setup_static_tensors)
+    return hasattr(input_outputs, "attn_mask_is_needed") and "attn_mask_is_needed(self.config)" in source
+
+
 # (touchpoint, private, check): each check returns True when transformers still offers what the adapter uses.
 STATIC: list[tuple[str, bool, Callable[[], bool]]] = [
     ("ContinuousBatchingManager.__init__(model, generation_config, continuous_batching_config)", False,
@@ -60,6 +71,8 @@ STATIC: list[tuple[str, bool, Callable[[], bool]]] = [
     ("ContinuousBatchProcessor.prepare_next_batch() -> bool and update_batch()", False,
      lambda: _params(ContinuousBatchProcessor.prepare_next_batch) == ["self"]
      and _params(ContinuousBatchProcessor.update_batch) == ["self"]),
+    ("input_outputs.attn_mask_is_needed(config), looked up by ContinuousBatchingIOs when it allocates its buffers",
+     True, lambda: _mask_question_is_asked()),
     ("ModelRunner._sample(scores, output_ids)", True,
      lambda: _params(ModelRunner._sample) == ["self", "scores", "output_ids"]),
     ("BackgroundThreadStatus.HARD_STOP is ordered (local_status >= HARD_STOP)", True,
