@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -142,15 +143,23 @@ async def test_serve_runs_until_sigterm_then_stops_the_engine() -> None:
         assert config.model == "m"
         return engine
 
-    task = asyncio.ensure_future(serve(EngineConfig(model="m"), "127.0.0.1", 0, start_engine, on_serving=ports.append))
+    frozen: list[int] = []
+
+    def serving(port: int) -> None:  # by the time health is SERVING, start-up objects are out of full collections
+        frozen.append(gc.get_freeze_count())
+        ports.append(port)
+
+    task = asyncio.ensure_future(serve(EngineConfig(model="m"), "127.0.0.1", 0, start_engine, on_serving=serving))
     while not ports and not task.done():
         await asyncio.sleep(0.01)
     assert ports, task.result()
+    assert frozen[0] > 0
     async with AsyncSteeringClient(f"127.0.0.1:{ports[0]}") as client:
         assert (await client.generate("Hi", max_new_tokens=3)).token_ids
     os.kill(os.getpid(), signal.SIGTERM)
     await task
     assert engine.stopping  # shut down after the server stopped
+    assert gc.get_freeze_count() == 0  # unfrozen on the way out
 
 
 async def test_sigint_while_the_engine_starts_stops_cleanly() -> None:
